@@ -1,0 +1,342 @@
+//! Managing tenants and users, shared by the admin API and the operator's CLI. The rules about who
+//! may change whom live here, once.
+
+use std::sync::Arc;
+
+use crate::audit::{AuditContext, AuditEvent, Auditor, Outcome};
+use crate::auth::password::Passwords;
+use crate::auth::revocation::Revocations;
+use crate::auth::sessions::revoke_all_user_tokens;
+use crate::domain::{
+    InvalidValue, Password, PasswordPolicy, PlanName, Plans, Role, TenantId, TenantName, UserId,
+    Username,
+};
+use crate::storage::{Store, StoreError, TenantRecord, TenantScope, TenantUpdate, UserRecord};
+use crate::time::now_ms;
+
+/// Who is making a change.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor {
+    /// The operator, through `sonicgw admin` on the database directly.
+    Operator,
+    /// A signed-in user.
+    User {
+        id: UserId,
+        tenant: TenantId,
+        role: Role,
+    },
+}
+
+impl Actor {
+    fn role(self) -> Role {
+        match self {
+            Actor::Operator => Role::PlatformAdmin,
+            Actor::User { role, .. } => role,
+        }
+    }
+
+    fn scope(self) -> TenantScope {
+        match self {
+            Actor::User { role, tenant, .. } if role != Role::PlatformAdmin => {
+                TenantScope::Tenant(tenant)
+            }
+            _ => TenantScope::All,
+        }
+    }
+
+    fn is(self, user: UserId) -> bool {
+        matches!(self, Actor::User { id, .. } if id == user)
+    }
+}
+
+/// Why an account change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidValue),
+    /// Absent, or outside the actor's tenant.
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// A unique name is already taken.
+    #[error("the name is already taken")]
+    NameTaken,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for AccountError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict => AccountError::NameTaken,
+            other => AccountError::Internal(other.into()),
+        }
+    }
+}
+
+/// A user to create. Strings are parsed here.
+#[derive(Debug, Default)]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub role: Option<String>,
+    pub plan: Option<String>,
+    /// Defaults to the actor's tenant; only a platform admin may name another.
+    pub tenant_id: Option<TenantId>,
+}
+
+/// Changes to a user; `None` leaves a field alone. `plan: Some(None)` clears the user's own plan.
+#[derive(Debug, Default)]
+pub struct UserChanges {
+    pub role: Option<String>,
+    pub plan: Option<Option<String>>,
+    pub disabled: Option<bool>,
+    pub password: Option<String>,
+}
+
+/// Tenant and user management.
+#[derive(Clone)]
+pub struct Accounts {
+    pub store: Arc<dyn Store>,
+    pub passwords: Passwords,
+    pub revocations: Arc<Revocations>,
+    pub auditor: Auditor,
+    pub plans: Plans,
+    pub policy: PasswordPolicy,
+}
+
+impl Accounts {
+    pub async fn create_tenant(
+        &self,
+        context: &AuditContext,
+        name: &str,
+        plan: Option<&str>,
+    ) -> Result<TenantRecord, AccountError> {
+        let now = now_ms();
+        let tenant = TenantRecord {
+            id: TenantId::generate(),
+            name: TenantName::parse(name)?,
+            plan: PlanName::parse(plan.unwrap_or("free"), &self.plans)?,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_tenant(&tenant).await?;
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new("tenant.create", Outcome::Success)
+                    .tenant(tenant.id)
+                    .target(tenant.id),
+            )
+            .await;
+        Ok(tenant)
+    }
+
+    pub async fn update_tenant(
+        &self,
+        context: &AuditContext,
+        id: TenantId,
+        name: Option<&str>,
+        plan: Option<&str>,
+    ) -> Result<TenantRecord, AccountError> {
+        let update = TenantUpdate {
+            name: name.map(TenantName::parse).transpose()?,
+            plan: plan.map(|p| PlanName::parse(p, &self.plans)).transpose()?,
+        };
+        let tenant = self
+            .store
+            .update_tenant(id, &update, now_ms())
+            .await?
+            .ok_or(AccountError::NotFound)?;
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new("tenant.update", Outcome::Success)
+                    .tenant(id)
+                    .target(id),
+            )
+            .await;
+        Ok(tenant)
+    }
+
+    pub async fn create_user(
+        &self,
+        context: &AuditContext,
+        actor: Actor,
+        new: NewUser,
+    ) -> Result<UserRecord, AccountError> {
+        let username = Username::parse(&new.username)?;
+        let password = Password::parse(new.password, self.policy)?;
+        let role = match &new.role {
+            Some(role) => role.parse::<Role>()?,
+            None => Role::User,
+        };
+        if role > actor.role() {
+            return Err(AccountError::Forbidden(
+                "you cannot grant a role above your own",
+            ));
+        }
+        let plan = new
+            .plan
+            .as_deref()
+            .map(|p| PlanName::parse(p, &self.plans))
+            .transpose()?;
+        let tenant_id = match (new.tenant_id, actor) {
+            (Some(id), _) => id,
+            (None, Actor::User { tenant, .. }) => tenant,
+            (None, Actor::Operator) => {
+                return Err(InvalidValue::new("tenant_id", "is required").into())
+            }
+        };
+        if self.store.tenant(actor.scope(), tenant_id).await?.is_none() {
+            return Err(InvalidValue::new("tenant_id", "no such tenant").into());
+        }
+        let now = now_ms();
+        let user = UserRecord {
+            id: UserId::generate(),
+            tenant_id,
+            username,
+            password_hash: self.passwords.hash(&password).await?,
+            role,
+            plan,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_user(&user).await?;
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new("user.create", Outcome::Success)
+                    .tenant(tenant_id)
+                    .target(user.id)
+                    .reason(role.as_str()),
+            )
+            .await;
+        Ok(user)
+    }
+
+    /// A user the actor may see.
+    pub async fn user(&self, actor: Actor, id: UserId) -> Result<UserRecord, AccountError> {
+        self.store
+            .user(actor.scope(), id)
+            .await?
+            .ok_or(AccountError::NotFound)
+    }
+
+    /// A user the actor may change: in scope, and not more powerful than the actor.
+    async fn changeable_user(&self, actor: Actor, id: UserId) -> Result<UserRecord, AccountError> {
+        let user = self.user(actor, id).await?;
+        if user.role > actor.role() {
+            return Err(AccountError::Forbidden(
+                "only a platform admin can change a platform admin",
+            ));
+        }
+        Ok(user)
+    }
+
+    /// Applies changes. A new password or disabling revokes every token of the user; a new role or
+    /// plan revokes their access tokens, so the next refresh carries the new claims.
+    pub async fn update_user(
+        &self,
+        context: &AuditContext,
+        actor: Actor,
+        id: UserId,
+        changes: UserChanges,
+    ) -> Result<UserRecord, AccountError> {
+        let mut user = self.changeable_user(actor, id).await?;
+        let mut changed = Vec::new();
+        let mut revoke_sessions = false;
+        let mut revoke_access = false;
+        if let Some(role) = &changes.role {
+            let role = role.parse::<Role>()?;
+            if role > actor.role() {
+                return Err(AccountError::Forbidden(
+                    "you cannot grant a role above your own",
+                ));
+            }
+            if actor.is(id) && role != user.role {
+                return Err(AccountError::Conflict("you cannot change your own role"));
+            }
+            revoke_access |= role != user.role;
+            user.role = role;
+            changed.push("role");
+        }
+        if let Some(plan) = &changes.plan {
+            let plan = plan
+                .as_deref()
+                .map(|p| PlanName::parse(p, &self.plans))
+                .transpose()?;
+            revoke_access |= plan != user.plan;
+            user.plan = plan;
+            changed.push("plan");
+        }
+        if let Some(disabled) = changes.disabled {
+            if actor.is(id) && disabled {
+                return Err(AccountError::Conflict("you cannot disable yourself"));
+            }
+            revoke_sessions |= disabled && !user.disabled;
+            user.disabled = disabled;
+            changed.push("disabled");
+        }
+        if let Some(password) = changes.password {
+            let password = Password::parse(password, self.policy)?;
+            user.password_hash = self.passwords.hash(&password).await?;
+            revoke_sessions = true;
+            changed.push("password");
+        }
+        user.updated_at = now_ms();
+        if !self.store.update_user(actor.scope(), &user).await? {
+            return Err(AccountError::NotFound);
+        }
+        if revoke_sessions {
+            revoke_all_user_tokens(self.store.as_ref(), &self.revocations, id).await?;
+        } else if revoke_access {
+            for token in self.store.user_access_tokens(id, now_ms()).await? {
+                self.revocations
+                    .revoke(&token.jti, token.expires_at / 1000)
+                    .await?;
+            }
+        }
+        let reason = changed.join(",");
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new("user.update", Outcome::Success)
+                    .tenant(user.tenant_id)
+                    .target(id)
+                    .reason(&reason),
+            )
+            .await;
+        Ok(user)
+    }
+
+    /// Deletes a user after revoking every token they hold.
+    pub async fn delete_user(
+        &self,
+        context: &AuditContext,
+        actor: Actor,
+        id: UserId,
+    ) -> Result<(), AccountError> {
+        let user = self.changeable_user(actor, id).await?;
+        if actor.is(id) {
+            return Err(AccountError::Conflict("you cannot delete yourself"));
+        }
+        revoke_all_user_tokens(self.store.as_ref(), &self.revocations, id).await?;
+        if !self.store.delete_user(actor.scope(), id).await? {
+            return Err(AccountError::NotFound);
+        }
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new("user.delete", Outcome::Success)
+                    .tenant(user.tenant_id)
+                    .target(id),
+            )
+            .await;
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! Wiring: opens the database, bootstraps the first tenant and admin, builds the services, and runs
+//! the API and metrics listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::accounts::{Accounts, Actor, NewUser};
+use crate::audit::{AuditContext, Auditor};
+use crate::auth::password::Passwords;
+use crate::auth::revocation::Revocations;
+use crate::auth::sessions::Sessions;
+use crate::auth::throttle::{LoginThrottle, ThrottleLimits};
+use crate::auth::tokens::{TokenSettings, Tokens};
+use crate::config::Config;
+use crate::domain::{PasswordPolicy, Plans};
+use crate::http::directory::Directory;
+use crate::http::{AppState, Services};
+use crate::storage::Store;
+
+/// The parts shared by the server and the operator's CLI.
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    pub revocations: Arc<Revocations>,
+    pub accounts: Accounts,
+    pub plans: Plans,
+}
+
+impl Core {
+    /// Opens the database (applying migrations) and the revocation channel.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        let store = crate::storage::connect(&config.database_url()).await?;
+        let revocations =
+            Revocations::start(Arc::clone(&store), config.redis_url(), &config.redis_prefix)
+                .await?;
+        let plans = config.plans().map_err(anyhow::Error::msg)?;
+        let accounts = Accounts {
+            store: Arc::clone(&store),
+            passwords: Passwords::new(),
+            revocations: Arc::clone(&revocations),
+            auditor: Auditor::new(Arc::clone(&store)),
+            plans: plans.clone(),
+            policy: PasswordPolicy {
+                min_length: config.password_min_length,
+                max_length: config.password_max_length,
+            },
+        };
+        Ok(Self {
+            store,
+            revocations,
+            accounts,
+            plans,
+        })
+    }
+
+    /// On an empty database: tenant `default` and platform admin `admin`. The password comes from
+    /// `SONICGW_ADMIN_PASSWORD` or is generated and printed once, to the console only.
+    pub async fn bootstrap(&self) -> anyhow::Result<()> {
+        if self.store.count_tenants().await? > 0 {
+            return Ok(());
+        }
+        let context = AuditContext::cli();
+        let tenant = self
+            .accounts
+            .create_tenant(&context, "default", Some("pro"))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the default tenant: {e}"))?;
+        let (password, generated) = match std::env::var("SONICGW_ADMIN_PASSWORD") {
+            Ok(password) if !password.is_empty() => (password, false),
+            _ => (generate_password(), true),
+        };
+        self.accounts
+            .create_user(
+                &context,
+                Actor::Operator,
+                NewUser {
+                    username: "admin".to_owned(),
+                    password: password.clone(),
+                    role: Some("platform_admin".to_owned()),
+                    plan: None,
+                    tenant_id: Some(tenant.id),
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the admin user: {e}"))?;
+        if generated {
+            // Deliberately not through tracing: shown once on the console, never in the logs.
+            eprintln!(
+                "\n  First start: created tenant \"default\" and platform admin \"admin\".\n  \
+                 Admin password (shown only now): {password}\n"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A random password of 24 URL-safe characters.
+pub fn generate_password() -> String {
+    let mut bytes = [0u8; 18];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A running server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections and waits for the server to finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await?
+    }
+
+    /// Runs until the server fails or the process is asked to stop (Ctrl-C or SIGTERM).
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = shutdown.send(true);
+        });
+        self.task.await?
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Starts the API (and metrics) listeners with everything they need.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let core = Core::open(&config).await?;
+    core.bootstrap().await?;
+
+    let std_listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let issuer = config.issuer(addr);
+
+    let tokens = Arc::new(Tokens::new(
+        TokenSettings {
+            issuer: issuer.clone(),
+            audience: config.audience.clone(),
+            ttl_s: config.access_token_ttl_s,
+            leeway_s: config.token_leeway_s,
+            keys_dir: config.keys_dir(),
+            alg: config.signing_alg().map_err(anyhow::Error::msg)?,
+            hs256_secret: config.hs256_secret().map(str::to_owned),
+            cache_capacity: config.token_cache_size,
+        },
+        Arc::clone(&core.revocations),
+    )?);
+    let throttle = LoginThrottle::new(
+        ThrottleLimits {
+            max_failures: config.login_max_failures,
+            window: Duration::from_secs(config.login_window_s),
+            lockout: Duration::from_secs(config.login_lockout_s),
+        },
+        ThrottleLimits {
+            max_failures: config.login_ip_max_failures,
+            window: Duration::from_secs(config.login_window_s),
+            lockout: Duration::from_secs(config.login_lockout_s),
+        },
+    );
+    let sessions = Arc::new(Sessions::new(
+        Arc::clone(&core.store),
+        Arc::clone(&tokens),
+        core.accounts.passwords.clone(),
+        throttle,
+        core.accounts.auditor.clone(),
+        config.refresh_token_ttl_s,
+    ));
+    let state = AppState::new(Services {
+        issuer,
+        store: Arc::clone(&core.store),
+        tokens: Arc::clone(&tokens),
+        sessions: Arc::clone(&sessions),
+        passwords: core.accounts.passwords.clone(),
+        auditor: core.accounts.auditor.clone(),
+        plans: core.plans.clone(),
+        password_policy: core.accounts.policy,
+        directory: Directory::new(config.token_cache_size),
+        accounts: core.accounts.clone(),
+        config: config.clone(),
+    });
+
+    let metrics_addr = if config.metrics_listen.is_empty() {
+        None
+    } else {
+        Some(start_metrics(&config.metrics_listen).await?)
+    };
+
+    tokio::spawn(housekeeping(Arc::clone(&tokens), Arc::clone(&sessions)));
+
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let app = crate::http::router(state.clone());
+    let task = if config.tls_enabled() {
+        serve_tls(&config, std_listener, app, shutdown_rx).await?
+    } else {
+        let listener = TcpListener::from_std(std_listener)?;
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("serving HTTP")
+        })
+    };
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+async fn serve_tls(
+    config: &Config,
+    listener: std::net::TcpListener,
+    app: Router,
+    mut shutdown_rx: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls =
+        axum_server::tls_rustls::RustlsConfig::from_pem_file(&config.tls_cert, &config.tls_key)
+            .await
+            .context("loading tls_cert / tls_key")?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        let _ = shutdown_rx.wait_for(|stop| *stop).await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+    Ok(tokio::spawn(async move {
+        server
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .context("serving HTTPS")
+    }))
+}
+
+async fn start_metrics(listen: &str) -> anyhow::Result<SocketAddr> {
+    let handle = crate::metrics::recorder();
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding metrics_listen {listen}"))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(error = %err, "metrics listener failed");
+        }
+    });
+    Ok(addr)
+}
+
+/// Picks up rotated keys and forgets stale throttle entries.
+async fn housekeeping(tokens: Arc<Tokens>, sessions: Arc<Sessions>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(err) = tokens.reload_keys() {
+            tracing::warn!(error = %err, "reloading signing keys failed");
+        }
+        sessions.throttle().prune();
+    }
+}

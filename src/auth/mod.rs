@@ -1,0 +1,8 @@
+//! Authentication: signing keys, access tokens, passwords, sessions, revocation and login throttling.
+
+pub mod keys;
+pub mod password;
+pub mod revocation;
+pub mod sessions;
+pub mod throttle;
+pub mod tokens;

@@ -1,0 +1,229 @@
+//! The access-token denylist. Checking is an in-memory lookup, so a request costs no network round trip;
+//! what feeds the memory depends on the deployment:
+//! - embedded default: revocations are written to the database too (they survive a restart), and the
+//!   table is polled every second so the CLI and other processes on the same database are seen;
+//! - with `redis_url`: Redis keeps each revocation (expiring with the token) and a pub/sub channel
+//!   pushes it to every replica.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dashmap::DashMap;
+use futures::StreamExt;
+
+use crate::storage::{RevokedToken, Store};
+use crate::time::{now_ms, now_s};
+
+/// How far back each database poll looks, to tolerate clock skew between processes.
+const POLL_OVERLAP_MS: i64 = 5_000;
+
+/// Revoked access tokens by `jti`, with their expiry (Unix seconds).
+pub struct Revocations {
+    denied: DashMap<String, i64>,
+    store: Arc<dyn Store>,
+    redis: Option<RedisChannel>,
+}
+
+struct RedisChannel {
+    client: redis::Client,
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl RedisChannel {
+    fn key(&self, jti: &str) -> String {
+        format!("{}:revoked:{jti}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:revocations", self.prefix)
+    }
+}
+
+impl Revocations {
+    /// Loads current revocations and starts the task that keeps them up to date.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        redis_url: Option<&str>,
+        redis_prefix: &str,
+    ) -> anyhow::Result<Arc<Self>> {
+        let redis = match redis_url {
+            Some(url) => {
+                let client = redis::Client::open(url).context("redis_url is invalid")?;
+                let conn = redis::aio::ConnectionManager::new(client.clone())
+                    .await
+                    .context("connecting to Redis")?;
+                Some(RedisChannel {
+                    client,
+                    conn,
+                    prefix: redis_prefix.to_owned(),
+                })
+            }
+            None => None,
+        };
+        let revocations = Arc::new(Self {
+            denied: DashMap::new(),
+            store,
+            redis,
+        });
+        if revocations.redis.is_some() {
+            // Subscribe before loading, so nothing published in between is missed.
+            let pubsub = revocations.subscribe().await?;
+            revocations.load_from_redis().await?;
+            tokio::spawn(Arc::clone(&revocations).follow_redis(pubsub));
+        } else {
+            let loaded = revocations.load_from_store(0).await?;
+            tokio::spawn(Arc::clone(&revocations).poll_store(loaded));
+        }
+        tokio::spawn(Arc::clone(&revocations).purge_expired());
+        Ok(revocations)
+    }
+
+    /// True when the token with this `jti` was revoked.
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.denied.contains_key(jti)
+    }
+
+    /// Revokes one access token until it expires (`expires_at`, Unix seconds).
+    pub async fn revoke(&self, jti: &str, expires_at: i64) -> anyhow::Result<()> {
+        self.denied.insert(jti.to_owned(), expires_at);
+        self.store
+            .insert_revoked_token(&RevokedToken {
+                jti: jti.to_owned(),
+                expires_at: expires_at * 1000,
+                revoked_at: now_ms(),
+            })
+            .await?;
+        if let Some(redis) = &self.redis {
+            let ttl = (expires_at - now_s()).max(1);
+            let mut conn = redis.conn.clone();
+            redis::pipe()
+                .cmd("SET")
+                .arg(redis.key(jti))
+                .arg(expires_at)
+                .arg("EX")
+                .arg(ttl)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(redis.channel())
+                .arg(format!("{jti} {expires_at}"))
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .context("publishing a revocation to Redis")?;
+        }
+        Ok(())
+    }
+
+    fn remember(&self, jti: String, expires_at: i64) {
+        if expires_at > now_s() {
+            self.denied.insert(jti, expires_at);
+        }
+    }
+
+    /// Loads revocations made since `since_ms`; returns the newest `revoked_at` seen.
+    async fn load_from_store(&self, since_ms: i64) -> anyhow::Result<i64> {
+        let mut newest = since_ms;
+        for token in self.store.revoked_tokens_since(since_ms, now_ms()).await? {
+            newest = newest.max(token.revoked_at);
+            self.remember(token.jti, token.expires_at / 1000);
+        }
+        Ok(newest)
+    }
+
+    async fn poll_store(self: Arc<Self>, mut newest: i64) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match self
+                .load_from_store((newest - POLL_OVERLAP_MS).max(0))
+                .await
+            {
+                Ok(seen) => newest = newest.max(seen),
+                Err(err) => tracing::warn!(error = %err, "polling revocations failed"),
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> anyhow::Result<redis::aio::PubSub> {
+        let redis = self.redis.as_ref().context("no Redis configured")?;
+        let mut pubsub = redis.client.get_async_pubsub().await?;
+        pubsub.subscribe(redis.channel()).await?;
+        Ok(pubsub)
+    }
+
+    async fn load_from_redis(&self) -> anyhow::Result<()> {
+        let redis = self.redis.as_ref().context("no Redis configured")?;
+        let mut conn = redis.conn.clone();
+        let pattern = format!("{}:revoked:*", redis.prefix);
+        let key_prefix = format!("{}:revoked:", redis.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let values: Vec<Option<i64>> =
+                    redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+                for (key, value) in keys.iter().zip(values) {
+                    if let (Some(jti), Some(exp)) = (key.strip_prefix(&key_prefix), value) {
+                        self.remember(jti.to_owned(), exp);
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    async fn follow_redis(self: Arc<Self>, mut pubsub: redis::aio::PubSub) {
+        loop {
+            {
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let Ok(payload) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    if let Some((jti, exp)) = payload.split_once(' ') {
+                        if let Ok(exp) = exp.parse() {
+                            self.remember(jti.to_owned(), exp);
+                        }
+                    }
+                }
+            }
+            tracing::warn!("revocation channel closed; resubscribing");
+            pubsub = loop {
+                match self.subscribe().await {
+                    Ok(pubsub) => break pubsub,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "resubscribing to revocations failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            if let Err(err) = self.load_from_redis().await {
+                tracing::warn!(error = %err, "reloading revocations from Redis failed");
+            }
+        }
+    }
+
+    async fn purge_expired(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let now = now_s();
+            self.denied.retain(|_, expires_at| *expires_at > now);
+            if let Err(err) = self.store.purge_expired(now_ms()).await {
+                tracing::warn!(error = %err, "purging expired tokens failed");
+            }
+        }
+    }
+}

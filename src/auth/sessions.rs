@@ -1,0 +1,411 @@
+//! Sign-in sessions: the password and refresh-token grants, rotation with reuse detection
+//! (RFC 9700 4.14.2), logout and revocation. Each login starts a refresh-token *family*; every
+//! access token records the family it was issued in, so revoking a family revokes its access tokens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use super::password::Passwords;
+use super::throttle::LoginThrottle;
+use super::tokens::{AccessClaims, Tokens};
+use crate::audit::{AuditContext, AuditEvent, Auditor, Outcome};
+use crate::domain::{PlanName, TenantName, UserId, Username};
+use crate::storage::{RefreshTokenRecord, Store, TenantScope, TokenId, UserRecord};
+use crate::time::{now_ms, now_s};
+
+/// What a successful grant returns.
+#[derive(Debug)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub refresh_token: String,
+    pub scope: String,
+}
+
+/// Why a grant failed, in RFC 6749 5.2 terms.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// Wrong credentials, or an unknown, used, revoked or expired refresh token. Deliberately vague.
+    #[error("invalid_grant")]
+    InvalidGrant,
+    #[error("invalid_request: {0}")]
+    InvalidRequest(&'static str),
+    /// Too many failed logins; retry after the duration.
+    #[error("too many failed logins")]
+    Throttled(Duration),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::storage::StoreError> for GrantError {
+    fn from(err: crate::storage::StoreError) -> Self {
+        GrantError::Internal(err.into())
+    }
+}
+
+/// Issues, rotates and revokes sessions.
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    tokens: Arc<Tokens>,
+    passwords: Passwords,
+    throttle: LoginThrottle,
+    auditor: Auditor,
+    refresh_ttl_s: i64,
+}
+
+/// SHA-256 of a refresh token, hex: the only form in which refresh tokens are stored.
+pub fn refresh_token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Sessions {
+    pub fn new(
+        store: Arc<dyn Store>,
+        tokens: Arc<Tokens>,
+        passwords: Passwords,
+        throttle: LoginThrottle,
+        auditor: Auditor,
+        refresh_ttl_s: i64,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            passwords,
+            throttle,
+            auditor,
+            refresh_ttl_s,
+        }
+    }
+
+    pub fn throttle(&self) -> &LoginThrottle {
+        &self.throttle
+    }
+
+    /// `grant_type=password`. Unknown user, wrong password and disabled user fail identically, after the
+    /// same Argon2 work.
+    pub async fn password_grant(
+        &self,
+        context: &AuditContext,
+        username: &str,
+        password: &str,
+        tenant: Option<&str>,
+    ) -> Result<TokenPair, GrantError> {
+        let address = context.client_ip.clone().unwrap_or_default();
+        let account = format!(
+            "{}/{}",
+            tenant.unwrap_or("*"),
+            username.trim().to_ascii_lowercase()
+        );
+        if let Err(retry_after) = self.throttle.check(&account, &address) {
+            self.auditor
+                .record(
+                    context,
+                    AuditEvent::new("auth.login", Outcome::Denied)
+                        .target(&account)
+                        .reason("throttled"),
+                )
+                .await;
+            return Err(GrantError::Throttled(retry_after));
+        }
+        let user = self.find_login_user(username, tenant).await?;
+        let verified = self
+            .passwords
+            .verify(user.as_ref().map(|u| u.password_hash.as_str()), password)
+            .await?;
+        let failure = match &user {
+            None => Some("unknown_user"),
+            Some(_) if !verified => Some("wrong_password"),
+            Some(u) if u.disabled => Some("user_disabled"),
+            Some(_) => None,
+        };
+        let mut event_context = context.clone();
+        if let Some(user) = &user {
+            event_context = event_context.with_actor(user.id, user.tenant_id);
+        }
+        if let Some(reason) = failure {
+            self.throttle.record_failure(&account, &address);
+            crate::metrics::auth_failure(reason);
+            self.auditor
+                .record(
+                    &event_context,
+                    AuditEvent::new("auth.login", Outcome::Failure)
+                        .target(&account)
+                        .reason(reason),
+                )
+                .await;
+            return Err(GrantError::InvalidGrant);
+        }
+        let user = user.expect("a successful login has a user");
+        self.throttle.record_success(&account);
+        let family = uuid::Uuid::new_v4().simple().to_string();
+        let pair = self.issue_pair(&user, &family).await?;
+        self.auditor
+            .record(
+                &event_context,
+                AuditEvent::new("auth.login", Outcome::Success).target(user.id),
+            )
+            .await;
+        Ok(pair)
+    }
+
+    async fn find_login_user(
+        &self,
+        username: &str,
+        tenant: Option<&str>,
+    ) -> Result<Option<UserRecord>, GrantError> {
+        let Ok(username) = Username::parse(username) else {
+            return Ok(None);
+        };
+        let mut candidates = self.store.users_by_username(&username).await?;
+        if let Some(tenant) = tenant {
+            let Ok(name) = TenantName::parse(tenant) else {
+                return Ok(None);
+            };
+            let Some(tenant) = self.store.tenant_by_name(&name).await? else {
+                return Ok(None);
+            };
+            candidates.retain(|u| u.tenant_id == tenant.id);
+        }
+        if candidates.len() > 1 {
+            return Err(GrantError::InvalidRequest(
+                "this username exists in several tenants: send the tenant parameter",
+            ));
+        }
+        Ok(candidates.pop())
+    }
+
+    /// `grant_type=refresh_token`: rotates the token. A token presented twice revokes its whole family.
+    pub async fn refresh_grant(
+        &self,
+        context: &AuditContext,
+        refresh_token: &str,
+    ) -> Result<TokenPair, GrantError> {
+        let now = now_ms();
+        let hash = refresh_token_hash(refresh_token);
+        let Some(record) = self.store.refresh_token(&hash).await? else {
+            crate::metrics::auth_failure("unknown_refresh_token");
+            return Err(GrantError::InvalidGrant);
+        };
+        let context = context.clone().with_actor(record.user_id, record.tenant_id);
+        let refused =
+            |reason: &'static str| self.refresh_refused(&context, &record.family_id, reason);
+        if record.revoked_at.is_some() {
+            return Err(refused("refresh_token_revoked").await);
+        }
+        if record.expires_at <= now {
+            return Err(refused("refresh_token_expired").await);
+        }
+        let first_use =
+            record.used_at.is_none() && self.store.mark_refresh_token_used(&hash, now).await?;
+        if !first_use {
+            self.revoke_family(&record.family_id).await?;
+            crate::metrics::auth_failure("refresh_token_reused");
+            self.auditor
+                .record(
+                    &context,
+                    AuditEvent::new("auth.refresh_reuse_detected", Outcome::Denied)
+                        .target(&record.family_id)
+                        .reason("family_revoked"),
+                )
+                .await;
+            return Err(GrantError::InvalidGrant);
+        }
+        let user = self.store.user(TenantScope::All, record.user_id).await?;
+        let Some(user) = user.filter(|u| !u.disabled) else {
+            self.revoke_family(&record.family_id).await?;
+            return Err(refused("user_unavailable").await);
+        };
+        let pair = self.issue_pair(&user, &record.family_id).await?;
+        self.auditor
+            .record(
+                &context,
+                AuditEvent::new("auth.refresh", Outcome::Success).target(&record.family_id),
+            )
+            .await;
+        Ok(pair)
+    }
+
+    async fn refresh_refused(
+        &self,
+        context: &AuditContext,
+        family: &str,
+        reason: &'static str,
+    ) -> GrantError {
+        crate::metrics::auth_failure(reason);
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new("auth.refresh", Outcome::Failure)
+                    .target(family)
+                    .reason(reason),
+            )
+            .await;
+        GrantError::InvalidGrant
+    }
+
+    async fn issue_pair(&self, user: &UserRecord, family: &str) -> Result<TokenPair, GrantError> {
+        let plan = self.effective_plan(user).await?;
+        let issued = self
+            .tokens
+            .issue(user.id, user.tenant_id, user.role, plan)?;
+        self.store
+            .insert_access_token(
+                &TokenId {
+                    jti: issued.claims.jti.clone(),
+                    expires_at: issued.claims.exp * 1000,
+                },
+                user.id,
+                family,
+            )
+            .await?;
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let refresh_token = URL_SAFE_NO_PAD.encode(secret);
+        let now = now_ms();
+        self.store
+            .insert_refresh_token(&RefreshTokenRecord {
+                token_hash: refresh_token_hash(&refresh_token),
+                family_id: family.to_owned(),
+                user_id: user.id,
+                tenant_id: user.tenant_id,
+                issued_at: now,
+                expires_at: now + self.refresh_ttl_s * 1000,
+                used_at: None,
+                revoked_at: None,
+            })
+            .await?;
+        Ok(TokenPair {
+            access_token: issued.token,
+            expires_in: issued.claims.exp - now_s(),
+            refresh_token,
+            scope: issued.claims.scope,
+        })
+    }
+
+    /// The user's own plan, else their tenant's.
+    pub async fn effective_plan(&self, user: &UserRecord) -> Result<PlanName, GrantError> {
+        if let Some(plan) = &user.plan {
+            return Ok(plan.clone());
+        }
+        let tenant = self
+            .store
+            .tenant(TenantScope::All, user.tenant_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("user {} has no tenant", user.id))?;
+        Ok(tenant.plan)
+    }
+
+    /// Revokes every refresh token of a family and every access token issued in it.
+    pub async fn revoke_family(&self, family: &str) -> anyhow::Result<()> {
+        let now = now_ms();
+        self.store.revoke_refresh_family(family, now).await?;
+        for token in self.store.family_access_tokens(family, now).await? {
+            self.tokens
+                .revocations()
+                .revoke(&token.jti, token.expires_at / 1000)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes every token of a user: on disable, delete and password change.
+    pub async fn revoke_user(&self, user: UserId) -> anyhow::Result<()> {
+        revoke_all_user_tokens(self.store.as_ref(), self.tokens.revocations(), user).await
+    }
+
+    /// `POST /v1/auth/logout`: the presented access token and its refresh family.
+    pub async fn logout(
+        &self,
+        context: &AuditContext,
+        claims: &AccessClaims,
+    ) -> anyhow::Result<()> {
+        self.tokens
+            .revocations()
+            .revoke(&claims.jti, claims.exp)
+            .await?;
+        if let Some(family) = self.store.access_token_family(&claims.jti).await? {
+            self.revoke_family(&family).await?;
+        }
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new("auth.logout", Outcome::Success).target(&claims.jti),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// RFC 7009: revokes a refresh token (with its family) or an access token. Unknown tokens are
+    /// silently accepted, as the RFC requires.
+    pub async fn revoke_token(
+        &self,
+        context: &AuditContext,
+        token: &str,
+        hint: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let as_refresh = || async {
+            let record = self.store.refresh_token(&refresh_token_hash(token)).await?;
+            anyhow::Ok(record)
+        };
+        let as_access = || self.tokens.verify_signature_and_claims(token).ok();
+        let (refresh, access) = if hint == Some("access_token") {
+            let access = as_access();
+            let refresh = if access.is_none() {
+                as_refresh().await?
+            } else {
+                None
+            };
+            (refresh, access)
+        } else {
+            let refresh = as_refresh().await?;
+            let access = if refresh.is_none() { as_access() } else { None };
+            (refresh, access)
+        };
+        if let Some(record) = refresh {
+            self.revoke_family(&record.family_id).await?;
+            self.auditor
+                .record(
+                    &context.clone().with_actor(record.user_id, record.tenant_id),
+                    AuditEvent::new("auth.revoke", Outcome::Success)
+                        .target(&record.family_id)
+                        .reason("refresh_token"),
+                )
+                .await;
+        } else if let Some(claims) = access {
+            self.tokens
+                .revocations()
+                .revoke(&claims.jti, claims.exp)
+                .await?;
+            self.auditor
+                .record(
+                    &context.clone().with_actor(claims.sub, claims.tid),
+                    AuditEvent::new("auth.revoke", Outcome::Success)
+                        .target(&claims.jti)
+                        .reason("access_token"),
+                )
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Revokes every refresh and access token of a user. Shared by the API and the operator's CLI.
+pub async fn revoke_all_user_tokens(
+    store: &dyn Store,
+    revocations: &super::revocation::Revocations,
+    user: UserId,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    store.revoke_user_refresh_tokens(user, now).await?;
+    for token in store.user_access_tokens(user, now).await? {
+        revocations
+            .revoke(&token.jti, token.expires_at / 1000)
+            .await?;
+    }
+    Ok(())
+}

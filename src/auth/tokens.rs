@@ -1,0 +1,361 @@
+//! Access tokens: issuing and verifying JWTs (RFC 9068 profile). Verification is the only way to get
+//! `AccessClaims` from a request, and `http::caller` is the only place it is called from.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::keys::{KeyRing, SigningAlg};
+use super::revocation::Revocations;
+use crate::domain::{PlanName, Role, TenantId, UserId};
+use crate::time::now_s;
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The `typ` header of access tokens (RFC 9068).
+const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// At most this often an unknown `kid` makes the key directory be read again (after `keys rotate`).
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The claims of an access token, and nothing else about the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: UserId,
+    pub tid: TenantId,
+    pub role: Role,
+    pub plan: PlanName,
+    pub scope: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// Why a token was refused. `code()` is the stable reason used in logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("no bearer token was presented")]
+    Missing,
+    #[error("the token is larger than 8 KiB")]
+    Oversized,
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token header carries a key or key reference, which is never trusted")]
+    EmbeddedKey,
+    #[error("the token is not an access token (typ must be at+jwt)")]
+    WrongType,
+    #[error("the token was signed by an unknown key")]
+    UnknownKey,
+    #[error("the token's algorithm does not match its key")]
+    AlgorithmMismatch,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token was issued by someone else")]
+    WrongIssuer,
+    #[error("the token is meant for another audience")]
+    WrongAudience,
+    #[error("the token lacks a required claim")]
+    MissingClaim,
+    #[error("the token has been revoked")]
+    Revoked,
+}
+
+impl TokenRejection {
+    pub fn code(self) -> &'static str {
+        match self {
+            TokenRejection::Missing => "missing",
+            TokenRejection::Oversized => "oversized",
+            TokenRejection::Malformed => "malformed",
+            TokenRejection::EmbeddedKey => "embedded_key",
+            TokenRejection::WrongType => "wrong_type",
+            TokenRejection::UnknownKey => "unknown_key",
+            TokenRejection::AlgorithmMismatch => "algorithm_mismatch",
+            TokenRejection::BadSignature => "bad_signature",
+            TokenRejection::Expired => "expired",
+            TokenRejection::NotYetValid => "not_yet_valid",
+            TokenRejection::IssuedInFuture => "issued_in_future",
+            TokenRejection::WrongIssuer => "wrong_issuer",
+            TokenRejection::WrongAudience => "wrong_audience",
+            TokenRejection::MissingClaim => "missing_claim",
+            TokenRejection::Revoked => "revoked",
+        }
+    }
+}
+
+/// Settings for issuing and verifying access tokens.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub ttl_s: i64,
+    pub leeway_s: i64,
+    pub keys_dir: PathBuf,
+    pub alg: SigningAlg,
+    pub hs256_secret: Option<String>,
+    /// How many verified tokens to remember (0 disables the cache).
+    pub cache_capacity: usize,
+}
+
+/// A freshly signed access token.
+pub struct IssuedToken {
+    pub token: String,
+    pub claims: AccessClaims,
+}
+
+/// Issues and verifies access tokens.
+pub struct Tokens {
+    settings: TokenSettings,
+    keys: RwLock<Arc<KeyRing>>,
+    last_reload: std::sync::Mutex<Instant>,
+    /// Already-verified tokens. Expiry and revocation are still checked on every hit.
+    verified: Option<quick_cache::sync::Cache<String, Arc<AccessClaims>>>,
+    revocations: Arc<Revocations>,
+}
+
+impl Tokens {
+    pub fn new(settings: TokenSettings, revocations: Arc<Revocations>) -> anyhow::Result<Self> {
+        let keys = Self::load_keys(&settings)?;
+        let verified = (settings.cache_capacity > 0)
+            .then(|| quick_cache::sync::Cache::new(settings.cache_capacity));
+        Ok(Self {
+            settings,
+            keys: RwLock::new(Arc::new(keys)),
+            last_reload: std::sync::Mutex::new(Instant::now()),
+            verified,
+            revocations,
+        })
+    }
+
+    fn load_keys(settings: &TokenSettings) -> anyhow::Result<KeyRing> {
+        KeyRing::load_or_create(
+            &settings.keys_dir,
+            settings.alg,
+            settings.hs256_secret.as_deref(),
+            settings.ttl_s + settings.leeway_s,
+        )
+    }
+
+    pub fn settings(&self) -> &TokenSettings {
+        &self.settings
+    }
+
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    fn key_ring(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads the key directory again (after `sonicgw keys rotate`).
+    pub fn reload_keys(&self) -> anyhow::Result<()> {
+        let ring = Self::load_keys(&self.settings)?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        Ok(())
+    }
+
+    /// Reloads keys at most every few seconds; true when it did.
+    fn reload_keys_throttled(&self) -> bool {
+        let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() < KEY_RELOAD_INTERVAL {
+            return false;
+        }
+        *last = Instant::now();
+        drop(last);
+        match self.reload_keys() {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "reloading signing keys failed");
+                false
+            }
+        }
+    }
+
+    /// The public keys, for `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.key_ring().jwks().clone()
+    }
+
+    /// Signs an access token for a user.
+    pub fn issue(
+        &self,
+        user: UserId,
+        tenant: TenantId,
+        role: Role,
+        plan: PlanName,
+    ) -> anyhow::Result<IssuedToken> {
+        let now = now_s();
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+            sub: user,
+            tid: tenant,
+            role,
+            plan,
+            scope: scope_for(role).to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + self.settings.ttl_s,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let ring = self.key_ring();
+        let mut header = Header::new(ring.signing.alg.jwt_algorithm());
+        header.kid = Some(ring.signing.kid.clone());
+        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
+        let token = jsonwebtoken::encode(&header, &claims, &ring.signing.encoding)?;
+        Ok(IssuedToken { token, claims })
+    }
+
+    /// Verifies a bearer token completely: size, header, key, signature, claims and revocation.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenRejection::Oversized);
+        }
+        let claims = match self.verified.as_ref().and_then(|cache| cache.get(token)) {
+            Some(claims) => {
+                self.check_times(&claims)?;
+                claims
+            }
+            None => {
+                let claims = Arc::new(self.verify_uncached(token)?);
+                if let Some(cache) = &self.verified {
+                    cache.insert(token.to_owned(), Arc::clone(&claims));
+                }
+                claims
+            }
+        };
+        if self.revocations.is_revoked(&claims.jti) {
+            return Err(TokenRejection::Revoked);
+        }
+        Ok((*claims).clone())
+    }
+
+    /// Verifies signature and claims, ignoring revocation; `Err` for any token we did not sign.
+    /// RFC 7009 revocation of an expired token is pointless, so expiry is still checked.
+    pub fn verify_signature_and_claims(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenRejection::Oversized);
+        }
+        self.verify_uncached(token)
+    }
+
+    fn check_times(&self, claims: &AccessClaims) -> Result<(), TokenRejection> {
+        let now = now_s();
+        let leeway = self.settings.leeway_s;
+        if claims.exp + leeway <= now {
+            return Err(TokenRejection::Expired);
+        }
+        if claims.nbf - leeway > now {
+            return Err(TokenRejection::NotYetValid);
+        }
+        if claims.iat - leeway > now {
+            return Err(TokenRejection::IssuedInFuture);
+        }
+        Ok(())
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+        let header = checked_header(token)?;
+        let mut ring = self.key_ring();
+        if ring.verifying_key(&header.kid).is_none() && self.reload_keys_throttled() {
+            ring = self.key_ring();
+        }
+        let key = ring
+            .verifying_key(&header.kid)
+            .ok_or(TokenRejection::UnknownKey)?;
+        if key.alg.as_str() != header.alg {
+            return Err(TokenRejection::AlgorithmMismatch);
+        }
+        let mut validation = Validation::new(key.alg.jwt_algorithm());
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = self.settings.leeway_s.max(0) as u64;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
+            .map_err(|err| match err.kind() {
+                ErrorKind::InvalidSignature => TokenRejection::BadSignature,
+                ErrorKind::ExpiredSignature => TokenRejection::Expired,
+                ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
+                ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
+                ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
+                ErrorKind::MissingRequiredClaim(_) => TokenRejection::MissingClaim,
+                ErrorKind::Json(json) if json.to_string().contains("missing field") => {
+                    TokenRejection::MissingClaim
+                }
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    TokenRejection::AlgorithmMismatch
+                }
+                _ => TokenRejection::Malformed,
+            })?;
+        self.check_times(&data.claims)?;
+        Ok(data.claims)
+    }
+}
+
+/// The scope string of a role.
+fn scope_for(role: Role) -> &'static str {
+    match role {
+        Role::User => "videos",
+        Role::Admin => "videos admin",
+        Role::PlatformAdmin => "videos admin platform",
+    }
+}
+
+/// The parts of the JOSE header we act on.
+struct CheckedHeader {
+    alg: String,
+    kid: String,
+}
+
+/// Parses the header ourselves, so that members jsonwebtoken would ignore are refused: any key or key
+/// reference (`jku`, `jwk`, `x5u`, `x5c`), `crit`, a missing `kid`, and a `typ` other than `at+jwt`.
+fn checked_header(token: &str) -> Result<CheckedHeader, TokenRejection> {
+    let (encoded, rest) = token.split_once('.').ok_or(TokenRejection::Malformed)?;
+    if rest.split('.').count() != 2 {
+        return Err(TokenRejection::Malformed);
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| TokenRejection::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenRejection::Malformed)?;
+    if ["jku", "jwk", "x5u", "x5c", "crit"]
+        .iter()
+        .any(|name| header.contains_key(*name))
+    {
+        return Err(TokenRejection::EmbeddedKey);
+    }
+    let typ = header.get("typ").and_then(|v| v.as_str()).unwrap_or("");
+    let typ = typ.strip_prefix("application/").unwrap_or(typ);
+    if !typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE) {
+        return Err(TokenRejection::WrongType);
+    }
+    let alg = header
+        .get("alg")
+        .and_then(|v| v.as_str())
+        .ok_or(TokenRejection::Malformed)?;
+    let kid = header
+        .get("kid")
+        .and_then(|v| v.as_str())
+        .ok_or(TokenRejection::UnknownKey)?;
+    Ok(CheckedHeader {
+        alg: alg.to_owned(),
+        kid: kid.to_owned(),
+    })
+}

@@ -1,0 +1,339 @@
+//! The `sonicgw` command: `serve`, and operator tasks that work on the database directly.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::accounts::{Actor, NewUser, UserChanges};
+use crate::app::{generate_password, Core};
+use crate::audit::AuditContext;
+use crate::config::Config;
+use crate::domain::{TenantName, Username};
+use crate::storage::UserRecord;
+
+#[derive(Parser)]
+#[command(
+    name = "sonicgw",
+    version,
+    about = "Sonic Gateway: the multi-tenant service in front of Sonic"
+)]
+struct Cli {
+    /// TOML configuration file; SONICGW_* environment variables override it.
+    #[arg(long, global = true, env = "SONICGW_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API.
+    Serve,
+    /// Manage tenants and users directly in the database.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Inspect the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a tenant.
+    CreateTenant {
+        name: String,
+        #[arg(long, default_value = "free")]
+        plan: String,
+    },
+    /// Create a user; the password is read from stdin with --password-stdin, else generated and printed.
+    CreateUser {
+        #[command(flatten)]
+        who: UserRef,
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// The user's own plan (default: the tenant's).
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a user's role (user, admin, platform_admin).
+    SetRole {
+        #[command(flatten)]
+        who: UserRef,
+        role: String,
+    },
+    /// Set a user's own plan.
+    SetPlan {
+        #[command(flatten)]
+        who: UserRef,
+        plan: String,
+    },
+    /// Set a tenant's plan.
+    SetTenantPlan { tenant: String, plan: String },
+    /// Disable a user and revoke all their tokens.
+    DisableUser {
+        #[command(flatten)]
+        who: UserRef,
+    },
+    /// Enable a disabled user.
+    EnableUser {
+        #[command(flatten)]
+        who: UserRef,
+    },
+    /// Set a new password (revokes all the user's tokens).
+    ResetPassword {
+        #[command(flatten)]
+        who: UserRef,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+/// A user named by tenant and username.
+#[derive(Args)]
+struct UserRef {
+    /// Tenant name.
+    #[arg(long)]
+    tenant: String,
+    /// Username.
+    username: String,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key; older keys keep verifying until their tokens expire.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and report the first broken link (exit status 1 when broken).
+    Verify,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("sonicgw: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("sonicgw: starting the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("sonicgw: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SONICGW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => {
+            let server = crate::app::start(config).await?;
+            // A line for people and for scripts that start the server on port 0.
+            println!("sonicgw listening on http://{}", server.addr);
+            if let Some(metrics) = server.metrics_addr {
+                println!("sonicgw metrics on http://{metrics}/metrics");
+            }
+            server.run_until_signal().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin(command) => admin(command, &config).await.map(|()| ExitCode::SUCCESS),
+        Command::Keys(KeysCommand::Rotate) => {
+            let alg = config.signing_alg().map_err(anyhow::Error::msg)?;
+            let kid = crate::auth::keys::rotate(&config.keys_dir(), alg)?;
+            println!(
+                "new signing key {kid} ({}); running servers pick it up within a minute",
+                alg.as_str()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let core = Core::open(&config).await?;
+            let report = crate::audit::verify_chain(core.store.as_ref()).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let password = line.trim_end_matches(['\r', '\n']).to_owned();
+        if password.is_empty() {
+            bail!("no password on stdin");
+        }
+        Ok((password, false))
+    } else {
+        Ok((generate_password(), true))
+    }
+}
+
+async fn find_user(core: &Core, who: &UserRef) -> anyhow::Result<UserRecord> {
+    let tenant = core
+        .store
+        .tenant_by_name(&TenantName::parse(&who.tenant)?)
+        .await?
+        .with_context(|| format!("no tenant named {}", who.tenant))?;
+    let username = Username::parse(&who.username)?;
+    core.store
+        .users_by_username(&username)
+        .await?
+        .into_iter()
+        .find(|u| u.tenant_id == tenant.id)
+        .with_context(|| format!("no user {} in tenant {}", who.username, who.tenant))
+}
+
+async fn change_user(core: &Core, who: &UserRef, changes: UserChanges) -> anyhow::Result<()> {
+    let user = find_user(core, who).await?;
+    core.accounts
+        .update_user(&AuditContext::cli(), Actor::Operator, user.id, changes)
+        .await?;
+    Ok(())
+}
+
+async fn admin(command: AdminCommand, config: &Config) -> anyhow::Result<()> {
+    let core = Core::open(config).await?;
+    core.bootstrap().await?;
+    let context = AuditContext::cli();
+    match command {
+        AdminCommand::CreateTenant { name, plan } => {
+            let tenant = core
+                .accounts
+                .create_tenant(&context, &name, Some(&plan))
+                .await?;
+            println!("created tenant {} ({})", tenant.name, tenant.id);
+        }
+        AdminCommand::CreateUser {
+            who,
+            role,
+            plan,
+            password_stdin,
+        } => {
+            let tenant = core
+                .store
+                .tenant_by_name(&TenantName::parse(&who.tenant)?)
+                .await?
+                .with_context(|| format!("no tenant named {}", who.tenant))?;
+            let (password, generated) = read_password(password_stdin)?;
+            let user = core
+                .accounts
+                .create_user(
+                    &context,
+                    Actor::Operator,
+                    NewUser {
+                        username: who.username,
+                        password: password.clone(),
+                        role: Some(role),
+                        plan,
+                        tenant_id: Some(tenant.id),
+                    },
+                )
+                .await?;
+            println!(
+                "created user {} ({}) in tenant {}",
+                user.username, user.id, tenant.name
+            );
+            if generated {
+                println!("password (shown only now): {password}");
+            }
+        }
+        AdminCommand::SetRole { who, role } => {
+            let changes = UserChanges {
+                role: Some(role),
+                ..UserChanges::default()
+            };
+            change_user(&core, &who, changes).await?;
+            println!("role updated");
+        }
+        AdminCommand::SetPlan { who, plan } => {
+            let changes = UserChanges {
+                plan: Some(Some(plan)),
+                ..UserChanges::default()
+            };
+            change_user(&core, &who, changes).await?;
+            println!("plan updated");
+        }
+        AdminCommand::SetTenantPlan { tenant, plan } => {
+            let record = core
+                .store
+                .tenant_by_name(&TenantName::parse(&tenant)?)
+                .await?
+                .with_context(|| format!("no tenant named {tenant}"))?;
+            core.accounts
+                .update_tenant(&context, record.id, None, Some(&plan))
+                .await?;
+            println!("tenant plan updated");
+        }
+        AdminCommand::DisableUser { who } => {
+            let changes = UserChanges {
+                disabled: Some(true),
+                ..UserChanges::default()
+            };
+            change_user(&core, &who, changes).await?;
+            println!("user disabled and their tokens revoked");
+        }
+        AdminCommand::EnableUser { who } => {
+            let changes = UserChanges {
+                disabled: Some(false),
+                ..UserChanges::default()
+            };
+            change_user(&core, &who, changes).await?;
+            println!("user enabled");
+        }
+        AdminCommand::ResetPassword {
+            who,
+            password_stdin,
+        } => {
+            let (password, generated) = read_password(password_stdin)?;
+            let changes = UserChanges {
+                password: Some(password.clone()),
+                ..UserChanges::default()
+            };
+            change_user(&core, &who, changes).await?;
+            println!("password reset; all of the user's tokens are revoked");
+            if generated {
+                println!("new password (shown only now): {password}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Configuration: a TOML file (`--config`) with `SONICGW_<KEY>` environment variables laid over it.
+//! Every key is documented in the README.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::auth::keys::SigningAlg;
+use crate::domain::{Plan, Plans};
+
+/// The whole configuration, with defaults for the embedded single-machine setup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Prometheus metrics listener; empty disables it.
+    pub metrics_listen: String,
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; empty means `sqlite://<data_dir>/sonicgw.db`.
+    pub database_url: String,
+    /// Empty: revocations live in the database and process memory.
+    pub redis_url: String,
+    pub redis_prefix: String,
+    /// `iss` of issued tokens; empty means `http://<listen>`.
+    pub issuer: String,
+    pub audience: String,
+    pub signing_alg: String,
+    pub hs256_secret: String,
+    /// Directory of signing keys; empty means `<data_dir>/keys`.
+    pub keys_dir: String,
+    pub access_token_ttl_s: i64,
+    pub refresh_token_ttl_s: i64,
+    pub token_leeway_s: i64,
+    pub token_cache_size: usize,
+    pub password_min_length: usize,
+    pub password_max_length: usize,
+    pub login_max_failures: u32,
+    pub login_ip_max_failures: u32,
+    pub login_window_s: u64,
+    pub login_lockout_s: u64,
+    /// `text` or `json`.
+    pub log_format: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub require_https: bool,
+    /// Addresses whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    pub plans: BTreeMap<String, Plan>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            metrics_listen: "127.0.0.1:9464".to_owned(),
+            data_dir: PathBuf::from("./sonicgw-data"),
+            database_url: String::new(),
+            redis_url: String::new(),
+            redis_prefix: "sonicgw".to_owned(),
+            issuer: String::new(),
+            audience: "sonicgw".to_owned(),
+            signing_alg: "RS256".to_owned(),
+            hs256_secret: String::new(),
+            keys_dir: String::new(),
+            access_token_ttl_s: 30 * 60,
+            refresh_token_ttl_s: 14 * 24 * 3600,
+            token_leeway_s: 30,
+            token_cache_size: 10_000,
+            password_min_length: 12,
+            password_max_length: 256,
+            login_max_failures: 10,
+            login_ip_max_failures: 10,
+            login_window_s: 15 * 60,
+            login_lockout_s: 15 * 60,
+            log_format: "text".to_owned(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            require_https: false,
+            trusted_proxies: Vec::new(),
+            plans: BTreeMap::new(),
+        }
+    }
+}
+
+/// Keys settable through `SONICGW_<KEY>` (upper case). `plans` only in the file.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "metrics_listen",
+    "data_dir",
+    "database_url",
+    "redis_url",
+    "redis_prefix",
+    "issuer",
+    "audience",
+    "signing_alg",
+    "hs256_secret",
+    "keys_dir",
+    "access_token_ttl_s",
+    "refresh_token_ttl_s",
+    "token_leeway_s",
+    "token_cache_size",
+    "password_min_length",
+    "password_max_length",
+    "login_max_failures",
+    "login_ip_max_failures",
+    "login_window_s",
+    "login_lockout_s",
+    "log_format",
+    "tls_cert",
+    "tls_key",
+    "require_https",
+    "trusted_proxies",
+];
+
+impl Config {
+    /// Reads the file (if any), then the environment, then checks the result.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for key in ENV_KEYS {
+            let name = format!("SONICGW_{}", key.to_ascii_uppercase());
+            if let Ok(raw) = std::env::var(&name) {
+                table.insert((*key).to_owned(), env_value(key, &raw));
+            }
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.signing_alg().map_err(anyhow::Error::msg)?;
+        self.plans().map_err(anyhow::Error::msg)?;
+        if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
+            bail!("access_token_ttl_s must be between 60 and 86400");
+        }
+        if self.refresh_token_ttl_s < self.access_token_ttl_s {
+            bail!("refresh_token_ttl_s must be at least access_token_ttl_s");
+        }
+        if !(0..=60).contains(&self.token_leeway_s) {
+            bail!("token_leeway_s must be between 0 and 60");
+        }
+        if self.password_min_length < 8 || self.password_max_length < self.password_min_length {
+            bail!("password_min_length must be at least 8 and at most password_max_length");
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            bail!("tls_cert and tls_key must be set together");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be text or json");
+        }
+        if self.login_max_failures == 0 || self.login_ip_max_failures == 0 {
+            bail!("login_max_failures and login_ip_max_failures must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn signing_alg(&self) -> Result<SigningAlg, String> {
+        self.signing_alg.parse()
+    }
+
+    pub fn plans(&self) -> Result<Plans, String> {
+        Plans::with_overrides(self.plans.clone())
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("sonicgw.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        if self.keys_dir.is_empty() {
+            self.data_dir.join("keys")
+        } else {
+            PathBuf::from(&self.keys_dir)
+        }
+    }
+
+    pub fn redis_url(&self) -> Option<&str> {
+        (!self.redis_url.is_empty()).then_some(self.redis_url.as_str())
+    }
+
+    pub fn hs256_secret(&self) -> Option<&str> {
+        (!self.hs256_secret.is_empty()).then_some(self.hs256_secret.as_str())
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        !self.tls_cert.is_empty()
+    }
+
+    /// The issuer URL, derived from the listen address when not configured.
+    pub fn issuer(&self, bound: SocketAddr) -> String {
+        if self.issuer.is_empty() {
+            let scheme = if self.tls_enabled() { "https" } else { "http" };
+            format!("{scheme}://{bound}")
+        } else {
+            self.issuer.trim_end_matches('/').to_owned()
+        }
+    }
+}
+
+/// An environment value as TOML: lists are comma-separated, numbers and booleans parsed, the rest strings.
+fn env_value(key: &str, raw: &str) -> toml::Value {
+    if key == "trusted_proxies" {
+        return toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        );
+    }
+    let numeric = ["_s", "_size", "_length", "_failures"]
+        .iter()
+        .any(|suffix| key.ends_with(suffix));
+    match (numeric, key == "require_https") {
+        (true, _) => raw
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
+        (_, true) => raw
+            .parse::<bool>()
+            .map(toml::Value::Boolean)
+            .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let config = Config::load(None).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert!(config.database_url().starts_with("sqlite://"));
+        assert_eq!(config.signing_alg().unwrap(), SigningAlg::RS256);
+    }
+
+    #[test]
+    fn file_values_and_plans_are_read_and_unknown_keys_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "access_token_ttl_s = 600\n[plans.team]\nmax_resolution = 768\nmax_duration_s = 60\n\
+             max_inference_steps = 30\nvideos_per_day = 20\nmax_concurrent_jobs = 2\npriority_weight = 2\n\
+             allow_lip_sync_correction = true\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.access_token_ttl_s, 600);
+        assert_eq!(
+            config.plans().unwrap().get("team").unwrap().max_resolution,
+            768
+        );
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn env_values_are_typed() {
+        assert_eq!(
+            env_value("login_max_failures", "5"),
+            toml::Value::Integer(5)
+        );
+        assert_eq!(
+            env_value("require_https", "true"),
+            toml::Value::Boolean(true)
+        );
+        assert_eq!(
+            env_value("hs256_secret", "12345"),
+            toml::Value::String("12345".into())
+        );
+        assert_eq!(
+            env_value("trusted_proxies", "10.0.0.1, 10.0.0.2"),
+            toml::Value::Array(vec!["10.0.0.1".into(), "10.0.0.2".into()])
+        );
+    }
+}

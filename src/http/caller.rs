@@ -1,0 +1,256 @@
+//! Who is calling. `Caller` is the only way a handler learns the user, and extracting it verifies the
+//! bearer token completely, so a handler that takes a `Caller` cannot run on a bad token. `Admin` and
+//! `PlatformAdmin` add the role check; `scope()` gives the tenant scope every query needs.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+
+use super::error::ApiError;
+use super::middleware::RequestId;
+use super::state::AppState;
+use crate::audit::{AuditContext, AuditEvent, Outcome};
+use crate::auth::tokens::{AccessClaims, TokenRejection};
+use crate::domain::{PlanName, Role, TenantId, UserId};
+use crate::storage::TenantScope;
+
+/// Where a request came from: for audit records and login throttling.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub request_id: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    pub fn audit_context(&self) -> AuditContext {
+        AuditContext {
+            request_id: self.request_id.clone(),
+            actor_user_id: None,
+            actor_tenant_id: None,
+            client_ip: self.ip.map(|ip| ip.to_string()),
+            user_agent: self.user_agent.clone(),
+        }
+    }
+}
+
+/// The client's address: the peer, or with a trusted proxy in front, the nearest untrusted address in
+/// `X-Forwarded-For`.
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .copied()
+        .or(Some(peer))
+}
+
+impl FromRequestParts<AppState> for ClientInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(ClientInfo {
+            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            ip: client_ip(peer, &parts.headers, &state.config.trusted_proxies),
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(256).collect()),
+        })
+    }
+}
+
+/// An authenticated caller: a verified, unrevoked access token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: UserId,
+    pub tenant_id: TenantId,
+    pub role: Role,
+    pub plan: PlanName,
+    pub claims: AccessClaims,
+    pub client: ClientInfo,
+}
+
+impl Caller {
+    /// The tenants this caller's queries may see: all for a platform admin, else their own.
+    pub fn scope(&self) -> TenantScope {
+        if self.role == Role::PlatformAdmin {
+            TenantScope::All
+        } else {
+            TenantScope::Tenant(self.tenant_id)
+        }
+    }
+
+    /// This caller as the actor of an account change.
+    pub fn actor(&self) -> crate::accounts::Actor {
+        crate::accounts::Actor::User {
+            id: self.user_id,
+            tenant: self.tenant_id,
+            role: self.role,
+        }
+    }
+
+    pub fn audit_context(&self) -> AuditContext {
+        self.client
+            .audit_context()
+            .with_actor(self.user_id, self.tenant_id)
+    }
+}
+
+/// The bearer token of a request (RFC 6750 2.1), if there is exactly one well-formed one.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenRejection> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(TokenRejection::Missing)?;
+    if values.next().is_some() {
+        return Err(TokenRejection::Malformed);
+    }
+    let value = value.to_str().map_err(|_| TokenRejection::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenRejection::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenRejection::Missing);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(TokenRejection::Malformed);
+    }
+    Ok(token)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let verified = bearer_token(&parts.headers).and_then(|token| state.tokens.verify(token));
+        let claims = match verified {
+            Ok(claims) => claims,
+            Err(reason) => {
+                crate::metrics::auth_failure(reason.code());
+                tracing::info!(reason = reason.code(), "bearer token refused");
+                return Err(ApiError::Unauthorized(reason));
+            }
+        };
+        let Ok(client) = ClientInfo::from_request_parts(parts, state).await;
+        let caller = Caller {
+            user_id: claims.sub,
+            tenant_id: claims.tid,
+            role: claims.role,
+            plan: claims.plan.clone(),
+            claims,
+            client,
+        };
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
+    }
+}
+
+/// A caller with at least the `admin` role.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+/// A caller with the `platform_admin` role.
+#[derive(Debug, Clone)]
+pub struct PlatformAdmin(pub Caller);
+
+async fn require_role(
+    parts: &mut Parts,
+    state: &AppState,
+    minimum: Role,
+) -> Result<Caller, ApiError> {
+    let caller = Caller::from_request_parts(parts, state).await?;
+    if caller.role >= minimum {
+        return Ok(caller);
+    }
+    state
+        .auditor
+        .record(
+            &caller.audit_context(),
+            AuditEvent::new("access.denied", Outcome::Denied)
+                .target(format!("{} {}", parts.method, parts.uri.path()))
+                .reason("role"),
+        )
+        .await;
+    Err(ApiError::forbidden(format!(
+        "this action needs the {minimum} role"
+    )))
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        require_role(parts, state, Role::Admin).await.map(Admin)
+    }
+}
+
+impl FromRequestParts<AppState> for PlatformAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        require_role(parts, state, Role::PlatformAdmin)
+            .await
+            .map(PlatformAdmin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_ip(Some(stranger), &headers, &[proxy]),
+            Some(stranger)
+        );
+        assert_eq!(
+            client_ip(Some(proxy), &headers, &[proxy]),
+            Some("203.0.113.9".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_missing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "bEaReR abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Ok("abc"));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Err(TokenRejection::Missing));
+    }
+}

@@ -1,0 +1,212 @@
+//! The one error type of the HTTP layer, rendered as RFC 9457 problem JSON with a stable `code`.
+//! Internal errors are logged with their cause and answered with a bare 500.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::tokens::TokenRejection;
+use crate::domain::InvalidValue;
+use crate::storage::StoreError;
+
+/// One invalid field.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable error code.
+    pub code: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body or a parameter failed validation (422, `validation_failed`).
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    /// The request is malformed: unparseable body, wrong content type (400).
+    #[error("{detail}")]
+    BadRequest { code: &'static str, detail: String },
+    /// No valid access token (401 with `WWW-Authenticate`).
+    #[error("unauthorized: {0}")]
+    Unauthorized(TokenRejection),
+    /// Authenticated but not allowed (403).
+    #[error("{detail}")]
+    Forbidden { code: &'static str, detail: String },
+    /// Absent, or in another tenant (404): never reveals which.
+    #[error("not found")]
+    NotFound,
+    /// A unique name is taken, or the state forbids the change (409).
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    /// Rate limited (429 with `Retry-After`).
+    #[error("too many requests")]
+    TooManyRequests {
+        code: &'static str,
+        retry_after: Duration,
+    },
+    /// Anything unexpected: logged, never shown (500).
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }])
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        ApiError::Forbidden {
+            code: "forbidden",
+            detail: detail.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::BadRequest { code, .. }
+            | ApiError::Forbidden { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::TooManyRequests { code, .. } => code,
+            ApiError::Unauthorized(TokenRejection::Missing) => "missing_token",
+            ApiError::Unauthorized(_) => "invalid_token",
+            ApiError::NotFound => "not_found",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::Validation(_) => "one or more fields are invalid".to_owned(),
+            ApiError::Unauthorized(reason) => reason.to_string(),
+            ApiError::NotFound => "no such resource".to_owned(),
+            ApiError::TooManyRequests { retry_after, .. } => {
+                format!("try again in {} seconds", retry_after.as_secs().max(1))
+            }
+            ApiError::Internal(_) => "an internal error occurred".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<InvalidValue> for ApiError {
+    fn from(err: InvalidValue) -> Self {
+        ApiError::invalid(err.field, err.message)
+    }
+}
+
+impl From<crate::accounts::AccountError> for ApiError {
+    fn from(err: crate::accounts::AccountError) -> Self {
+        use crate::accounts::AccountError;
+        match err {
+            AccountError::Invalid(invalid) => invalid.into(),
+            AccountError::NotFound => ApiError::NotFound,
+            AccountError::Forbidden(detail) => ApiError::forbidden(detail),
+            AccountError::Conflict(detail) => ApiError::Conflict {
+                code: "conflict",
+                detail: detail.to_owned(),
+            },
+            AccountError::NameTaken => StoreError::Conflict.into(),
+            AccountError::Internal(err) => ApiError::Internal(err),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict => ApiError::Conflict {
+                code: "already_exists",
+                detail: "a resource with this name already exists".to_owned(),
+            },
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+/// Attached to 500 responses so the logging layer can record the cause the client never sees.
+#[derive(Clone, Debug)]
+pub struct InternalCause(pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let problem = Problem {
+            kind: format!("urn:sonicgw:problem:{}", self.code()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.detail(),
+            code: self.code().to_owned(),
+            errors: match &self {
+                ApiError::Validation(errors) => errors.clone(),
+                _ => Vec::new(),
+            },
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match &self {
+            ApiError::Unauthorized(TokenRejection::Missing) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"sonicgw\""),
+                );
+            }
+            ApiError::Unauthorized(reason) => {
+                let value = format!(
+                    "Bearer realm=\"sonicgw\", error=\"invalid_token\", error_description=\"{reason}\""
+                );
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+            }
+            ApiError::Internal(cause) => {
+                response
+                    .extensions_mut()
+                    .insert(InternalCause(format!("{cause:#}")));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,59 @@
+//! Request-body extractors whose failures are problem documents.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// A JSON body; a malformed one is a 400 `invalid_json`, a wrong field a 422 naming it.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(JsonRejection::JsonDataError(err)) => {
+                // serde's message names the field and what was wrong with it.
+                let message = err.body_text();
+                let field = message.split('`').nth(1).unwrap_or("body").to_owned();
+                Err(ApiError::invalid(&field, message))
+            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest {
+                code: "unsupported_media_type",
+                detail: "send the body as application/json".to_owned(),
+            }),
+            Err(other) => Err(ApiError::BadRequest {
+                code: "invalid_json",
+                detail: other.body_text(),
+            }),
+        }
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body as name/value pairs; `None` for another content type.
+pub async fn form_pairs(request: Request) -> Result<Option<Vec<(String, String)>>, ApiError> {
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Ok(None);
+    }
+    let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
+        .await
+        .map_err(|_| ApiError::BadRequest {
+            code: "body_too_large",
+            detail: "the form body is too large".to_owned(),
+        })?;
+    serde_urlencoded::from_bytes(&body)
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest {
+            code: "invalid_form",
+            detail: "the form body is not valid URL encoding".to_owned(),
+        })
+}

@@ -1,0 +1,125 @@
+//! Layers every request passes through: request ids, HTTPS policy, metrics and the access log.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::{ApiError, InternalCause};
+use super::state::AppState;
+
+/// The request's id: the caller's `X-Request-Id` when well-formed, else a new one.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn well_formed_request_id(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Assigns the request id, records metrics and logs the request. Outermost layer.
+pub async fn observe(mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| well_formed_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+
+    let mut response = next.run(request).await;
+
+    let elapsed = started.elapsed();
+    let status = response.status();
+    crate::metrics::http_request(&route, method.as_str(), status.as_u16(), elapsed);
+    if let Some(cause) = response.extensions().get::<InternalCause>() {
+        tracing::error!(%request_id, %method, %route, status = status.as_u16(), cause = %cause.0, "request failed");
+    } else {
+        tracing::info!(%request_id, %method, %route, status = status.as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// With `require_https`, refuses plain-HTTP requests unless they come from loopback or from a trusted
+/// proxy that says the client used HTTPS. Adds HSTS when serving TLS.
+pub async fn https_policy(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let tls = state.config.tls_enabled();
+    if state.config.require_https && !tls {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let forwarded_proto = request
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase());
+        let allowed = match peer {
+            Some(ip) if state.config.trusted_proxies.contains(&ip) => {
+                forwarded_proto.as_deref() == Some("https")
+            }
+            Some(ip) => ip.is_loopback(),
+            None => false,
+        };
+        if !allowed {
+            return ApiError::Forbidden {
+                code: "https_required",
+                detail: "this service only accepts HTTPS".to_owned(),
+            }
+            .into_response();
+        }
+    }
+    let mut response = next.run(request).await;
+    if tls {
+        response.headers_mut().insert(
+            "strict-transport-security",
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    response
+}
+
+/// The answer for unknown paths, as a problem document.
+pub async fn not_found() -> impl IntoResponse {
+    ApiError::NotFound
+}
+
+/// The answer for a known path with the wrong method.
+pub fn method_not_allowed() -> Response {
+    let mut response = ApiError::BadRequest {
+        code: "method_not_allowed",
+        detail: "this method is not allowed on this path".to_owned(),
+    }
+    .into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_id_must_be_short_and_plain() {
+        assert!(super::well_formed_request_id("abc-123_x.y:z"));
+        assert!(!super::well_formed_request_id(""));
+        assert!(!super::well_formed_request_id("a b"));
+        assert!(!super::well_formed_request_id(&"a".repeat(129)));
+    }
+}

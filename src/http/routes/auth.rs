@@ -1,0 +1,296 @@
+//! The OAuth 2.0 endpoints: token (password and refresh_token grants), revoke (RFC 7009) and logout.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::auth::sessions::{GrantError, TokenPair};
+use crate::http::caller::{Caller, ClientInfo};
+use crate::http::error::ApiError;
+use crate::http::extract::form_pairs;
+use crate::http::state::AppState;
+
+/// A successful token response (RFC 6749 5.1).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    pub refresh_token: String,
+    pub scope: String,
+}
+
+/// An error response of the token endpoint (RFC 6749 5.2).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OAuthError {
+    pub error: &'static str,
+    pub error_description: String,
+}
+
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn oauth_error(
+    status: StatusCode,
+    error: &'static str,
+    description: impl Into<String>,
+) -> Response {
+    no_store(
+        (
+            status,
+            Json(OAuthError {
+                error,
+                error_description: description.into(),
+            }),
+        )
+            .into_response(),
+    )
+}
+
+fn throttled(retry_after: Duration) -> Response {
+    let seconds = retry_after.as_secs().max(1);
+    let mut response = oauth_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        format!("too many failed sign-ins; try again in {seconds} seconds"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+fn grant_response(result: Result<TokenPair, GrantError>) -> Response {
+    match result {
+        Ok(pair) => no_store(
+            Json(TokenResponse {
+                access_token: pair.access_token,
+                token_type: "Bearer",
+                expires_in: pair.expires_in,
+                refresh_token: pair.refresh_token,
+                scope: pair.scope,
+            })
+            .into_response(),
+        ),
+        Err(GrantError::InvalidGrant) => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the credentials or refresh token are invalid",
+        ),
+        Err(GrantError::InvalidRequest(description)) => {
+            oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+        }
+        Err(GrantError::Throttled(retry_after)) => throttled(retry_after),
+        Err(GrantError::Internal(err)) => ApiError::Internal(err).into_response(),
+    }
+}
+
+/// The form's parameters; each may appear once (RFC 6749 3.2).
+fn parameters(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, Response> {
+    let mut map = HashMap::new();
+    for (name, value) in pairs {
+        if map.insert(name.clone(), value).is_some() {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("parameter {name} was sent more than once"),
+            ));
+        }
+    }
+    Ok(map)
+}
+
+async fn read_form(request: Request) -> Result<HashMap<String, String>, Response> {
+    match form_pairs(request).await {
+        Ok(Some(pairs)) => parameters(pairs),
+        Ok(None) => Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send the parameters as application/x-www-form-urlencoded",
+        )),
+        Err(err) => Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            err.to_string(),
+        )),
+    }
+}
+
+fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
+    params
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("missing parameter {name}"),
+            )
+        })
+}
+
+/// Issues tokens: `grant_type=password` (username, password, optional tenant) or
+/// `grant_type=refresh_token` (refresh_token).
+#[utoipa::path(
+    post, path = "/v1/auth/token", tag = "auth",
+    request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type=password&username=...&password=...[&tenant=...] or grant_type=refresh_token&refresh_token=..."),
+    responses(
+        (status = 200, description = "Tokens issued", body = TokenResponse),
+        (status = 400, description = "invalid_grant, invalid_request or unsupported_grant_type", body = OAuthError),
+        (status = 429, description = "Too many failed sign-ins", body = OAuthError),
+    )
+)]
+pub async fn token(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    request: Request,
+) -> Response {
+    let params = match read_form(request).await {
+        Ok(params) => params,
+        Err(response) => return response,
+    };
+    let context = client.audit_context();
+    let result = match params.get("grant_type").map(String::as_str) {
+        Some("password") => {
+            let (username, password) =
+                match (required(&params, "username"), required(&params, "password")) {
+                    (Ok(u), Ok(p)) => (u, p),
+                    (Err(response), _) | (_, Err(response)) => return response,
+                };
+            let tenant = params
+                .get("tenant")
+                .map(String::as_str)
+                .filter(|t| !t.is_empty());
+            state
+                .sessions
+                .password_grant(&context, username, password, tenant)
+                .await
+        }
+        Some("refresh_token") => match required(&params, "refresh_token") {
+            Ok(token) => state.sessions.refresh_grant(&context, token).await,
+            Err(response) => return response,
+        },
+        Some(other) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported; use password or refresh_token"),
+            )
+        }
+        None => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "missing parameter grant_type",
+            )
+        }
+    };
+    grant_response(result)
+}
+
+/// The password grant at the URL that FastAPI-style OAuth2 password clients post to
+/// (`grant_type` may be omitted).
+#[utoipa::path(
+    post, path = "/login", tag = "auth",
+    request_body(content_type = "application/x-www-form-urlencoded", description = "username=...&password=...[&tenant=...]"),
+    responses(
+        (status = 200, description = "Tokens issued", body = TokenResponse),
+        (status = 400, description = "invalid_grant or invalid_request", body = OAuthError),
+        (status = 429, description = "Too many failed sign-ins", body = OAuthError),
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    request: Request,
+) -> Response {
+    let params = match read_form(request).await {
+        Ok(params) => params,
+        Err(response) => return response,
+    };
+    if params.get("grant_type").is_some_and(|g| g != "password") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "this endpoint only takes the password grant",
+        );
+    }
+    let (username, password) = match (required(&params, "username"), required(&params, "password"))
+    {
+        (Ok(u), Ok(p)) => (u, p),
+        (Err(response), _) | (_, Err(response)) => return response,
+    };
+    let tenant = params
+        .get("tenant")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty());
+    grant_response(
+        state
+            .sessions
+            .password_grant(&client.audit_context(), username, password, tenant)
+            .await,
+    )
+}
+
+/// Revokes a refresh token (with every token of its sign-in) or an access token (RFC 7009).
+/// Answers 200 for unknown tokens too. Possession of the token is the authority to revoke it.
+#[utoipa::path(
+    post, path = "/v1/auth/revoke", tag = "auth",
+    request_body(content_type = "application/x-www-form-urlencoded", description = "token=...[&token_type_hint=refresh_token|access_token]"),
+    responses(
+        (status = 200, description = "Revoked, or unknown"),
+        (status = 400, description = "Missing token", body = OAuthError),
+    )
+)]
+pub async fn revoke(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    request: Request,
+) -> Response {
+    let params = match read_form(request).await {
+        Ok(params) => params,
+        Err(response) => return response,
+    };
+    let token = match required(&params, "token") {
+        Ok(token) => token,
+        Err(response) => return response,
+    };
+    let hint = params.get("token_type_hint").map(String::as_str);
+    match state
+        .sessions
+        .revoke_token(&client.audit_context(), token, hint)
+        .await
+    {
+        Ok(()) => no_store(StatusCode::OK.into_response()),
+        Err(err) => ApiError::Internal(err).into_response(),
+    }
+}
+
+/// Signs out: revokes the presented access token and every token of its sign-in.
+#[utoipa::path(
+    post, path = "/v1/auth/logout", tag = "auth",
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 401, description = "No valid access token", body = crate::http::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
+    state
+        .sessions
+        .logout(&caller.audit_context(), &caller.claims)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,8 @@
+//! Route handlers, one module per resource.
+
+pub mod audit;
+pub mod auth;
+pub mod me;
+pub mod ops;
+pub mod tenants;
+pub mod users;

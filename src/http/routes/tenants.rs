@@ -1,0 +1,139 @@
+//! `/v1/tenants`: platform admins manage tenants; a tenant admin may read their own tenant.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{PlanName, TenantId};
+use crate::http::caller::{Admin, PlatformAdmin};
+use crate::http::error::ApiError;
+use crate::http::extract::ApiJson;
+use crate::http::state::AppState;
+use crate::storage::TenantRecord;
+use crate::time::rfc3339;
+
+/// A tenant as the API shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TenantView {
+    pub id: TenantId,
+    pub name: String,
+    pub plan: PlanName,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<TenantRecord> for TenantView {
+    fn from(t: TenantRecord) -> Self {
+        Self {
+            id: t.id,
+            name: t.name.as_str().to_owned(),
+            plan: t.plan,
+            created_at: rfc3339(t.created_at),
+            updated_at: rfc3339(t.updated_at),
+        }
+    }
+}
+
+/// A list of tenants.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TenantList {
+    pub items: Vec<TenantView>,
+}
+
+/// A tenant to create.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+    /// Defaults to `free`.
+    pub plan: Option<String>,
+}
+
+/// Changes to a tenant.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    pub name: Option<String>,
+    pub plan: Option<String>,
+}
+
+fn parse_tenant_id(raw: &str) -> Result<TenantId, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound)
+}
+
+#[utoipa::path(get, path = "/v1/tenants", tag = "platform",
+    responses((status = 200, body = TenantList), (status = 403, body = crate::http::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _: PlatformAdmin,
+) -> Result<Json<TenantList>, ApiError> {
+    let tenants = state.store.list_tenants().await?;
+    Ok(Json(TenantList {
+        items: tenants.into_iter().map(TenantView::from).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/tenants", tag = "platform", request_body = CreateTenant,
+    responses((status = 201, body = TenantView), (status = 409, body = crate::http::error::Problem),
+        (status = 422, body = crate::http::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    PlatformAdmin(caller): PlatformAdmin,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tenant = state
+        .accounts
+        .create_tenant(&caller.audit_context(), &body.name, body.plan.as_deref())
+        .await?;
+    let location = format!("/v1/tenants/{}", tenant.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(TenantView::from(tenant)),
+    ))
+}
+
+/// A platform admin reads any tenant; a tenant admin only their own (others answer 404).
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "platform",
+    params(("id" = String, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = crate::http::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let tenant = state
+        .store
+        .tenant(caller.scope(), parse_tenant_id(&id)?)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(tenant.into()))
+}
+
+#[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "platform", request_body = UpdateTenant,
+    params(("id" = String, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = crate::http::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    PlatformAdmin(caller): PlatformAdmin,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateTenant>,
+) -> Result<Json<TenantView>, ApiError> {
+    let tenant = state
+        .accounts
+        .update_tenant(
+            &caller.audit_context(),
+            parse_tenant_id(&id)?,
+            body.name.as_deref(),
+            body.plan.as_deref(),
+        )
+        .await?;
+    state.directory.clear();
+    Ok(Json(tenant.into()))
+}

@@ -1,0 +1,45 @@
+//! What every handler can reach.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::accounts::Accounts;
+use crate::audit::Auditor;
+use crate::auth::password::Passwords;
+use crate::auth::sessions::Sessions;
+use crate::auth::tokens::Tokens;
+use crate::config::Config;
+use crate::domain::{PasswordPolicy, Plans};
+use crate::storage::Store;
+
+/// Shared application state, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Services>);
+
+/// The services behind the HTTP layer.
+pub struct Services {
+    pub config: Config,
+    pub issuer: String,
+    pub store: Arc<dyn Store>,
+    pub tokens: Arc<Tokens>,
+    pub sessions: Arc<Sessions>,
+    pub passwords: Passwords,
+    pub auditor: Auditor,
+    pub plans: Plans,
+    pub password_policy: PasswordPolicy,
+    pub directory: super::directory::Directory,
+    pub accounts: Accounts,
+}
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}

@@ -1,0 +1,43 @@
+//! Prometheus metrics, served on their own listener (default 127.0.0.1:9464).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn recorder() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("http_request_duration_seconds".to_owned()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0,
+                    ],
+                )
+                .expect("valid buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; ours then stays unused.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Counts a request and records its latency.
+pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    metrics::counter!("http_requests_total", "route" => route.to_owned(), "method" => method.to_owned(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "route" => route.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Counts a refused credential by reason (`expired`, `bad_signature`, `wrong_password`, ...).
+pub fn auth_failure(reason: &str) {
+    metrics::counter!("auth_failures_total", "reason" => reason.to_owned()).increment(1);
+}

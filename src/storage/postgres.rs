@@ -1,0 +1,37 @@
+//! PostgreSQL, for many API and worker processes sharing one database.
+
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::PgPool;
+
+/// `Store` on a PostgreSQL database.
+pub struct PgStore {
+    pool: PgPool,
+    /// Orders this process's appends before they contend for the database-wide advisory lock.
+    audit_lock: tokio::sync::Mutex<()>,
+}
+
+impl PgStore {
+    const AUDIT_BEGIN: &'static [&'static str] = &[
+        "BEGIN",
+        // A transaction-scoped advisory lock serialises appends across processes (key: "SONICAUD").
+        "SELECT pg_advisory_xact_lock(6003102904876094788)",
+    ];
+
+    pub async fn connect(url: &str) -> Result<Self, crate::storage::StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect(url)
+            .await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(Self {
+            pool,
+            audit_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+super::sql::impl_sql_store!(PgStore, PgRow);
