@@ -64,9 +64,9 @@ impl Core {
         })
     }
 
-    /// On an empty database: tenant `default` and platform admin `admin`. The password comes from
-    /// `SONICGW_ADMIN_PASSWORD` or is generated and printed once, to the console only.
-    pub async fn bootstrap(&self) -> anyhow::Result<()> {
+    /// On an empty database: tenant `default` and platform admin `admin`. The password is
+    /// `admin_password` (from `SONICGW_ADMIN_PASSWORD`) or generated and printed once, to the console only.
+    pub async fn bootstrap(&self, admin_password: Option<String>) -> anyhow::Result<()> {
         if self.store.count_tenants().await? > 0 {
             return Ok(());
         }
@@ -76,9 +76,9 @@ impl Core {
             .create_tenant(&context, "default", Some("pro"))
             .await
             .map_err(|e| anyhow::anyhow!("creating the default tenant: {e}"))?;
-        let (password, generated) = match std::env::var("SONICGW_ADMIN_PASSWORD") {
-            Ok(password) if !password.is_empty() => (password, false),
-            _ => (generate_password(), true),
+        let (password, generated) = match admin_password.filter(|p| !p.is_empty()) {
+            Some(password) => (password, false),
+            None => (generate_password(), true),
         };
         self.accounts
             .create_user(
@@ -154,10 +154,23 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The first admin's password from the environment, if set.
+pub fn admin_password_from_env() -> Option<String> {
+    std::env::var("SONICGW_ADMIN_PASSWORD").ok()
+}
+
 /// Starts the API (and metrics) listeners with everything they need.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    start_with_admin_password(config, admin_password_from_env()).await
+}
+
+/// `start`, with the first admin's password given rather than read from the environment.
+pub async fn start_with_admin_password(
+    config: Config,
+    admin_password: Option<String>,
+) -> anyhow::Result<RunningServer> {
     let core = Core::open(&config).await?;
-    core.bootstrap().await?;
+    core.bootstrap(admin_password).await?;
 
     let std_listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;

@@ -232,7 +232,8 @@ async fn change_user(core: &Core, who: &UserRef, changes: UserChanges) -> anyhow
 
 async fn admin(command: AdminCommand, config: &Config) -> anyhow::Result<()> {
     let core = Core::open(config).await?;
-    core.bootstrap().await?;
+    core.bootstrap(crate::app::admin_password_from_env())
+        .await?;
     let context = AuditContext::cli();
     match command {
         AdminCommand::CreateTenant { name, plan } => {

@@ -1,6 +1,6 @@
 //! Request-body extractors whose failures are problem documents.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
@@ -14,22 +14,43 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(JsonRejection::JsonDataError(err)) => {
-                // serde's message names the field and what was wrong with it.
-                let message = err.body_text();
-                let field = message.split('`').nth(1).unwrap_or("body").to_owned();
-                Err(ApiError::invalid(&field, message))
-            }
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::BadRequest {
                 code: "unsupported_media_type",
                 detail: "send the body as application/json".to_owned(),
-            }),
-            Err(other) => Err(ApiError::BadRequest {
-                code: "invalid_json",
-                detail: other.body_text(),
-            }),
+            });
+        }
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|_| ApiError::BadRequest {
+                code: "body_too_large",
+                detail: "the request body is too large".to_owned(),
+            })?;
+        let deserializer = &mut serde_json::Deserializer::from_slice(&body);
+        match serde_path_to_error::deserialize(deserializer) {
+            Ok(value) => Ok(ApiJson(value)),
+            Err(err) => {
+                let message = err.inner().to_string();
+                if err.inner().is_syntax() || err.inner().is_eof() {
+                    return Err(ApiError::BadRequest {
+                        code: "invalid_json",
+                        detail: format!("the body is not valid JSON: {message}"),
+                    });
+                }
+                // Unknown and missing fields are reported at the parent path; the name is in backticks.
+                let path = err.path().to_string();
+                let field = if path.is_empty() || path == "." {
+                    message.split('`').nth(1).unwrap_or("body").to_owned()
+                } else {
+                    path
+                };
+                Err(ApiError::invalid(&field, message))
+            }
         }
     }
 }

@@ -41,21 +41,50 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
+/// An RFC 6749 5.2 error, ready to send.
+struct OAuthFailure {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+impl IntoResponse for OAuthFailure {
+    fn into_response(self) -> Response {
+        no_store(
+            (
+                self.status,
+                Json(OAuthError {
+                    error: self.error,
+                    error_description: self.description,
+                }),
+            )
+                .into_response(),
+        )
+    }
+}
+
+fn oauth_failure(
+    status: StatusCode,
+    error: &'static str,
+    description: impl Into<String>,
+) -> OAuthFailure {
+    OAuthFailure {
+        status,
+        error,
+        description: description.into(),
+    }
+}
+
+fn invalid_request(description: impl Into<String>) -> OAuthFailure {
+    oauth_failure(StatusCode::BAD_REQUEST, "invalid_request", description)
+}
+
 fn oauth_error(
     status: StatusCode,
     error: &'static str,
     description: impl Into<String>,
 ) -> Response {
-    no_store(
-        (
-            status,
-            Json(OAuthError {
-                error,
-                error_description: description.into(),
-            }),
-        )
-            .into_response(),
-    )
+    oauth_failure(status, error, description).into_response()
 }
 
 fn throttled(retry_after: Duration) -> Response {
@@ -97,48 +126,34 @@ fn grant_response(result: Result<TokenPair, GrantError>) -> Response {
 }
 
 /// The form's parameters; each may appear once (RFC 6749 3.2).
-fn parameters(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, Response> {
+fn parameters(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, OAuthFailure> {
     let mut map = HashMap::new();
     for (name, value) in pairs {
         if map.insert(name.clone(), value).is_some() {
-            return Err(oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("parameter {name} was sent more than once"),
-            ));
+            return Err(invalid_request(format!(
+                "parameter {name} was sent more than once"
+            )));
         }
     }
     Ok(map)
 }
 
-async fn read_form(request: Request) -> Result<HashMap<String, String>, Response> {
+async fn read_form(request: Request) -> Result<HashMap<String, String>, OAuthFailure> {
     match form_pairs(request).await {
         Ok(Some(pairs)) => parameters(pairs),
-        Ok(None) => Err(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+        Ok(None) => Err(invalid_request(
             "send the parameters as application/x-www-form-urlencoded",
         )),
-        Err(err) => Err(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            err.to_string(),
-        )),
+        Err(err) => Err(invalid_request(err.to_string())),
     }
 }
 
-fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
+fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, OAuthFailure> {
     params
         .get(name)
         .map(String::as_str)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("missing parameter {name}"),
-            )
-        })
+        .ok_or_else(|| invalid_request(format!("missing parameter {name}")))
 }
 
 /// Issues tokens: `grant_type=password` (username, password, optional tenant) or
@@ -157,18 +172,22 @@ pub async fn token(
     client: ClientInfo,
     request: Request,
 ) -> Response {
-    let params = match read_form(request).await {
-        Ok(params) => params,
-        Err(response) => return response,
-    };
+    token_grant(&state, &client, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn token_grant(
+    state: &AppState,
+    client: &ClientInfo,
+    request: Request,
+) -> Result<Response, OAuthFailure> {
+    let params = read_form(request).await?;
     let context = client.audit_context();
     let result = match params.get("grant_type").map(String::as_str) {
         Some("password") => {
-            let (username, password) =
-                match (required(&params, "username"), required(&params, "password")) {
-                    (Ok(u), Ok(p)) => (u, p),
-                    (Err(response), _) | (_, Err(response)) => return response,
-                };
+            let username = required(&params, "username")?;
+            let password = required(&params, "password")?;
             let tenant = params
                 .get("tenant")
                 .map(String::as_str)
@@ -178,26 +197,20 @@ pub async fn token(
                 .password_grant(&context, username, password, tenant)
                 .await
         }
-        Some("refresh_token") => match required(&params, "refresh_token") {
-            Ok(token) => state.sessions.refresh_grant(&context, token).await,
-            Err(response) => return response,
-        },
+        Some("refresh_token") => {
+            let token = required(&params, "refresh_token")?;
+            state.sessions.refresh_grant(&context, token).await
+        }
         Some(other) => {
-            return oauth_error(
+            return Err(oauth_failure(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 format!("grant_type {other:?} is not supported; use password or refresh_token"),
-            )
+            ))
         }
-        None => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "missing parameter grant_type",
-            )
-        }
+        None => return Err(invalid_request("missing parameter grant_type")),
     };
-    grant_response(result)
+    Ok(grant_response(result))
 }
 
 /// The password grant at the URL that FastAPI-style OAuth2 password clients post to
@@ -216,32 +229,36 @@ pub async fn login(
     client: ClientInfo,
     request: Request,
 ) -> Response {
-    let params = match read_form(request).await {
-        Ok(params) => params,
-        Err(response) => return response,
-    };
+    login_grant(&state, &client, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn login_grant(
+    state: &AppState,
+    client: &ClientInfo,
+    request: Request,
+) -> Result<Response, OAuthFailure> {
+    let params = read_form(request).await?;
     if params.get("grant_type").is_some_and(|g| g != "password") {
-        return oauth_error(
+        return Err(oauth_failure(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "this endpoint only takes the password grant",
-        );
+        ));
     }
-    let (username, password) = match (required(&params, "username"), required(&params, "password"))
-    {
-        (Ok(u), Ok(p)) => (u, p),
-        (Err(response), _) | (_, Err(response)) => return response,
-    };
+    let username = required(&params, "username")?;
+    let password = required(&params, "password")?;
     let tenant = params
         .get("tenant")
         .map(String::as_str)
         .filter(|t| !t.is_empty());
-    grant_response(
+    Ok(grant_response(
         state
             .sessions
             .password_grant(&client.audit_context(), username, password, tenant)
             .await,
-    )
+    ))
 }
 
 /// Revokes a refresh token (with every token of its sign-in) or an access token (RFC 7009).
@@ -259,18 +276,17 @@ pub async fn revoke(
     client: ClientInfo,
     request: Request,
 ) -> Response {
-    let params = match read_form(request).await {
-        Ok(params) => params,
-        Err(response) => return response,
+    let token_and_hint = read_form(request).await.and_then(|params| {
+        let token = required(&params, "token")?.to_owned();
+        Ok((token, params.get("token_type_hint").cloned()))
+    });
+    let (token, hint) = match token_and_hint {
+        Ok(found) => found,
+        Err(failure) => return failure.into_response(),
     };
-    let token = match required(&params, "token") {
-        Ok(token) => token,
-        Err(response) => return response,
-    };
-    let hint = params.get("token_type_hint").map(String::as_str);
     match state
         .sessions
-        .revoke_token(&client.audit_context(), token, hint)
+        .revoke_token(&client.audit_context(), &token, hint.as_deref())
         .await
     {
         Ok(()) => no_store(StatusCode::OK.into_response()),

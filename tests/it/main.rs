@@ -1,0 +1,13 @@
+//! Integration tests: each starts the real server on port 0 (SQLite in a temp dir, or a fresh
+//! PostgreSQL database) and speaks HTTP to it.
+
+mod helpers;
+
+mod admin;
+mod audit;
+mod ops;
+mod redis_replicas;
+mod sessions;
+mod storage;
+mod throttle;
+mod tokens;

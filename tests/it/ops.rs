@@ -1,0 +1,306 @@
+//! Health, discovery, docs, request ids, metrics, problem responses and HTTPS.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = TestServer::start().await;
+    let health: Value = server
+        .client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = server
+        .client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["database"], true);
+    assert_eq!(ready["keys"], true);
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_when_well_formed_and_generated_otherwise() {
+    let server = TestServer::start().await;
+    let echoed = server
+        .client
+        .get(server.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "abc-123");
+    let replaced = server
+        .client
+        .get(server.url("/healthz"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    let id = replaced.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(id, "bad id with spaces");
+    assert!(uuid::Uuid::parse_str(id).is_ok());
+    let unauthorized = server
+        .client
+        .get(server.url("/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        unauthorized.headers().contains_key("x-request-id"),
+        "also on errors"
+    );
+}
+
+#[tokio::test]
+async fn jwks_publishes_public_keys_only() {
+    let server = TestServer::start().await;
+    let jwks: Value = server
+        .client
+        .get(server.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = &jwks["keys"][0];
+    let (kid, _, _) = server.signing_key();
+    assert_eq!(key["kid"], kid.as_str());
+    assert_eq!(key["use"], "sig");
+    assert_eq!(key["alg"], "RS256");
+    assert_eq!(key["kty"], "RSA");
+    for private in ["d", "p", "q", "dp", "dq", "qi"] {
+        assert!(key.get(private).is_none(), "private member {private}");
+    }
+}
+
+#[tokio::test]
+async fn authorization_server_metadata_follows_rfc8414() {
+    let server = TestServer::start().await;
+    let meta: Value = server
+        .client
+        .get(server.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let issuer = server.issuer();
+    assert_eq!(meta["issuer"], issuer.as_str());
+    assert_eq!(meta["token_endpoint"], format!("{issuer}/v1/auth/token"));
+    assert_eq!(meta["jwks_uri"], format!("{issuer}/.well-known/jwks.json"));
+    assert_eq!(
+        meta["revocation_endpoint"],
+        format!("{issuer}/v1/auth/revoke")
+    );
+    assert_eq!(
+        meta["grant_types_supported"],
+        serde_json::json!(["password", "refresh_token"])
+    );
+    let token = server.admin().await.access;
+    assert_eq!(decode_part(&token, 1)["iss"], issuer.as_str());
+}
+
+#[tokio::test]
+async fn openapi_document_and_vendored_docs_are_served() {
+    let server = TestServer::start().await;
+    let doc: Value = server
+        .client
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/v1/auth/token",
+        "/v1/me",
+        "/v1/users/{id}",
+        "/v1/audit",
+        "/.well-known/jwks.json",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "missing {path}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let html = server
+        .client
+        .get(server.url("/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("/docs/swagger-ui-bundle.js"));
+    assert!(
+        !html.contains("https://"),
+        "docs load nothing from elsewhere"
+    );
+    for asset in [
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-ui.css",
+        "/docs/init.js",
+    ] {
+        let response = server.client.get(server.url(asset)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        assert!(response.bytes().await.unwrap().len() > 50, "{asset}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_listener_counts_requests_and_auth_failures() {
+    let server = TestServer::start().await;
+    server
+        .client
+        .get(server.url("/v1/me"))
+        .bearer_auth("a.b.c")
+        .send()
+        .await
+        .unwrap();
+    server
+        .client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", server.metrics_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("auth_failures_total{reason=\"malformed\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"}")
+    );
+    assert!(metrics.contains("http_request_duration_seconds_bucket{route=\"/v1/me\""));
+    // Metrics are not on the API listener.
+    let api = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), StatusCode::NOT_FOUND);
+    let problem: Value = api.json().await.unwrap();
+    assert_eq!(problem["code"], "not_found");
+}
+
+#[tokio::test]
+async fn require_https_refuses_plain_http_behind_a_proxy_unless_forwarded_as_https() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.require_https = true;
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let plain = server
+        .client
+        .get(server.url("/healthz"))
+        .header("x-forwarded-proto", "http")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::FORBIDDEN);
+    let body: Value = plain.json().await.unwrap();
+    assert_eq!(body["code"], "https_required");
+    let missing = server
+        .client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::FORBIDDEN);
+    let forwarded = server
+        .client
+        .get(server.url("/healthz"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn require_https_lets_direct_loopback_clients_through() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.require_https = true).await;
+    let response = server
+        .client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn serves_tls_with_hsts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.tls_cert = cert_path.display().to_string();
+        c.tls_key = key_path.display().to_string();
+        c.require_https = true;
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", server.addr)
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", server.addr.port());
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=31536000; includeSubDomains"
+    );
+    let meta: Value = client
+        .get(format!(
+            "https://localhost:{}/.well-known/oauth-authorization-server",
+            server.addr.port()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(meta["issuer"].as_str().unwrap().starts_with("https://"));
+}
+
+#[tokio::test]
+async fn internal_details_never_reach_the_client() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    // Break the database under the running server: requests that need it fail with a bare 500.
+    let db = RawDb::open(&server.database_url()).await;
+    db.execute("DROP TABLE users").await;
+    let response = server.get("/v1/users", &admin.access).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "internal");
+    assert_eq!(body["detail"], "an internal error occurred");
+    assert!(!body.to_string().to_lowercase().contains("users"), "{body}");
+}

@@ -1,0 +1,263 @@
+//! One storage suite, run against both backends.
+
+use sonicgw::domain::{PlanName, Role, TenantId, TenantName, UserId, Username};
+use sonicgw::storage::{
+    connect, NewAuditRecord, RefreshTokenRecord, RevokedToken, Store, StoreError, TenantRecord,
+    TenantScope, TenantUpdate, TokenId, UserRecord,
+};
+
+use crate::helpers::PgDatabase;
+
+fn tenant(name: &str) -> TenantRecord {
+    TenantRecord {
+        id: TenantId::generate(),
+        name: TenantName::parse(name).unwrap(),
+        plan: PlanName::from_stored("free".into()),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn user(tenant: TenantId, name: &str) -> UserRecord {
+    UserRecord {
+        id: UserId::generate(),
+        tenant_id: tenant,
+        username: Username::parse(name).unwrap(),
+        password_hash: "$argon2id$placeholder".into(),
+        role: Role::User,
+        plan: None,
+        disabled: false,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+async fn tenants_and_users_are_scoped(store: &dyn Store) {
+    let a = tenant("a");
+    let b = tenant("b");
+    store.insert_tenant(&a).await.unwrap();
+    store.insert_tenant(&b).await.unwrap();
+    assert!(matches!(
+        store.insert_tenant(&tenant("a")).await,
+        Err(StoreError::Conflict)
+    ));
+    let alice = user(a.id, "alice");
+    let bob = user(b.id, "bob");
+    store.insert_user(&alice).await.unwrap();
+    store.insert_user(&bob).await.unwrap();
+    assert!(matches!(
+        store.insert_user(&user(a.id, "alice")).await,
+        Err(StoreError::Conflict)
+    ));
+    store.insert_user(&user(b.id, "alice")).await.unwrap();
+
+    let in_a = TenantScope::Tenant(a.id);
+    assert_eq!(
+        store.user(in_a, alice.id).await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(store.user(in_a, bob.id).await.unwrap(), None);
+    assert_eq!(store.list_users(in_a).await.unwrap().len(), 1);
+    assert_eq!(store.list_users(TenantScope::All).await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .users_by_username(&Username::parse("alice").unwrap())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(store.tenant(in_a, b.id).await.unwrap(), None);
+
+    let mut changed = bob.clone();
+    changed.disabled = true;
+    changed.role = Role::Admin;
+    assert!(
+        !store.update_user(in_a, &changed).await.unwrap(),
+        "out of scope"
+    );
+    assert!(store
+        .update_user(TenantScope::Tenant(b.id), &changed)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.user(TenantScope::All, bob.id).await.unwrap().unwrap(),
+        changed
+    );
+    assert!(!store.delete_user(in_a, bob.id).await.unwrap());
+    assert!(store.delete_user(TenantScope::All, bob.id).await.unwrap());
+
+    let update = TenantUpdate {
+        name: None,
+        plan: Some(PlanName::from_stored("pro".into())),
+    };
+    let updated = store
+        .update_tenant(a.id, &update, 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.plan.as_str(), "pro");
+    assert_eq!(updated.name.as_str(), "a");
+    assert_eq!(store.count_tenants().await.unwrap(), 2);
+}
+
+async fn refresh_tokens_are_used_once(store: &dyn Store) {
+    let t = tenant("t");
+    store.insert_tenant(&t).await.unwrap();
+    let u = user(t.id, "u");
+    store.insert_user(&u).await.unwrap();
+    let record = RefreshTokenRecord {
+        token_hash: "h1".into(),
+        family_id: "f1".into(),
+        user_id: u.id,
+        tenant_id: t.id,
+        issued_at: 10,
+        expires_at: i64::MAX / 2,
+        used_at: None,
+        revoked_at: None,
+    };
+    store.insert_refresh_token(&record).await.unwrap();
+    store
+        .insert_refresh_token(&RefreshTokenRecord {
+            token_hash: "h2".into(),
+            ..record.clone()
+        })
+        .await
+        .unwrap();
+    assert!(store.mark_refresh_token_used("h1", 20).await.unwrap());
+    assert!(!store.mark_refresh_token_used("h1", 21).await.unwrap());
+    assert_eq!(
+        store.refresh_token("h1").await.unwrap().unwrap().used_at,
+        Some(20)
+    );
+    assert_eq!(store.revoke_refresh_family("f1", 30).await.unwrap(), 2);
+    assert!(
+        !store.mark_refresh_token_used("h2", 31).await.unwrap(),
+        "revoked"
+    );
+
+    let now = 1_000;
+    let live = TokenId {
+        jti: "j1".into(),
+        expires_at: 5_000,
+    };
+    let dead = TokenId {
+        jti: "j2".into(),
+        expires_at: 500,
+    };
+    store.insert_access_token(&live, u.id, "f1").await.unwrap();
+    store.insert_access_token(&dead, u.id, "f1").await.unwrap();
+    assert_eq!(
+        store.family_access_tokens("f1", now).await.unwrap(),
+        vec![live.clone()]
+    );
+    assert_eq!(
+        store.user_access_tokens(u.id, now).await.unwrap(),
+        vec![live.clone()]
+    );
+    assert_eq!(
+        store.access_token_family("j1").await.unwrap().as_deref(),
+        Some("f1")
+    );
+
+    let revoked = RevokedToken {
+        jti: "j1".into(),
+        expires_at: 5_000,
+        revoked_at: 900,
+    };
+    store.insert_revoked_token(&revoked).await.unwrap();
+    store.insert_revoked_token(&revoked).await.unwrap();
+    assert_eq!(
+        store.revoked_tokens_since(800, now).await.unwrap(),
+        vec![revoked.clone()]
+    );
+    assert!(store
+        .revoked_tokens_since(901, now)
+        .await
+        .unwrap()
+        .is_empty());
+    store.purge_expired(6_000).await.unwrap();
+    assert!(store.revoked_tokens_since(0, 0).await.unwrap().is_empty());
+}
+
+async fn audit_appends_chain_under_concurrency(store: std::sync::Arc<dyn Store>) {
+    let appends = (0..40).map(|i| {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .append_audit(&NewAuditRecord {
+                    at: i,
+                    action: format!("test.{i}"),
+                    outcome: "success".into(),
+                    ..NewAuditRecord::default()
+                })
+                .await
+                .unwrap()
+        })
+    });
+    for handle in appends {
+        handle.await.unwrap();
+    }
+    let report = sonicgw::audit::verify_chain(store.as_ref()).await.unwrap();
+    assert!(report.valid, "{report:?}");
+    assert_eq!(report.records, 40);
+}
+
+async fn run_suite(url: &str) {
+    tenants_and_users_are_scoped(connect(url).await.unwrap().as_ref()).await;
+}
+
+#[tokio::test]
+async fn storage_scopes_tenants_and_users_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    run_suite(&format!("sqlite://{}/s.db", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn storage_scopes_tenants_and_users_postgres() {
+    let db = PgDatabase::create().await;
+    run_suite(&db.url).await;
+}
+
+#[tokio::test]
+async fn storage_uses_refresh_tokens_once_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = connect(&format!("sqlite://{}/s.db", dir.path().display()))
+        .await
+        .unwrap();
+    refresh_tokens_are_used_once(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn storage_uses_refresh_tokens_once_postgres() {
+    let db = PgDatabase::create().await;
+    refresh_tokens_are_used_once(connect(&db.url).await.unwrap().as_ref()).await;
+}
+
+#[tokio::test]
+async fn storage_chains_concurrent_audit_appends_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    audit_appends_chain_under_concurrency(
+        connect(&format!("sqlite://{}/s.db", dir.path().display()))
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn storage_chains_concurrent_audit_appends_postgres() {
+    let db = PgDatabase::create().await;
+    audit_appends_chain_under_concurrency(connect(&db.url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_on_reconnect() {
+    let db = PgDatabase::create().await;
+    connect(&db.url).await.unwrap();
+    connect(&db.url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/s.db", dir.path().display());
+    connect(&url).await.unwrap();
+    connect(&url).await.unwrap();
+}
