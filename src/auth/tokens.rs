@@ -221,7 +221,7 @@ impl Tokens {
     }
 
     /// Verifies a bearer token completely: size, header, key, signature, claims and revocation.
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+    pub fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenRejection::Oversized);
         }
@@ -241,7 +241,7 @@ impl Tokens {
         if self.revocations.is_revoked(&claims.jti) {
             return Err(TokenRejection::Revoked);
         }
-        Ok((*claims).clone())
+        Ok(claims)
     }
 
     /// Verifies signature and claims, ignoring revocation; `Err` for any token we did not sign.

@@ -3,10 +3,11 @@
 //! `PlatformAdmin` add the role check; `scope()` gives the tenant scope every query needs.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
 
 use super::error::ApiError;
 use super::middleware::RequestId;
@@ -19,19 +20,24 @@ use crate::storage::TenantScope;
 /// Where a request came from: for audit records and login throttling.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
-    pub request_id: Option<String>,
+    pub request_id: Option<Arc<str>>,
     pub ip: Option<IpAddr>,
-    pub user_agent: Option<String>,
+    /// Kept as the header value (cheap to clone); turned into text only when audited.
+    pub user_agent: Option<HeaderValue>,
 }
 
 impl ClientInfo {
     pub fn audit_context(&self) -> AuditContext {
         AuditContext {
-            request_id: self.request_id.clone(),
+            request_id: self.request_id.as_deref().map(str::to_owned),
             actor_user_id: None,
             actor_tenant_id: None,
             client_ip: self.ip.map(|ip| ip.to_string()),
-            user_agent: self.user_agent.clone(),
+            user_agent: self
+                .user_agent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(256).collect()),
         }
     }
 }
@@ -70,13 +76,12 @@ impl FromRequestParts<AppState> for ClientInfo {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
         Ok(ClientInfo {
-            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            request_id: parts
+                .extensions
+                .get::<RequestId>()
+                .map(|r| Arc::clone(&r.0)),
             ip: client_ip(peer, &parts.headers, &state.config.trusted_proxies),
-            user_agent: parts
-                .headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(256).collect()),
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
         })
     }
 }
@@ -88,7 +93,7 @@ pub struct Caller {
     pub tenant_id: TenantId,
     pub role: Role,
     pub plan: PlanName,
-    pub claims: AccessClaims,
+    pub claims: Arc<AccessClaims>,
     pub client: ClientInfo,
 }
 
@@ -144,9 +149,6 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if let Some(caller) = parts.extensions.get::<Caller>() {
-            return Ok(caller.clone());
-        }
         let verified = bearer_token(&parts.headers).and_then(|token| state.tokens.verify(token));
         let claims = match verified {
             Ok(claims) => claims,
@@ -165,7 +167,6 @@ impl FromRequestParts<AppState> for Caller {
             claims,
             client,
         };
-        parts.extensions.insert(caller.clone());
         Ok(caller)
     }
 }

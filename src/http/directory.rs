@@ -2,11 +2,14 @@
 //! authenticated route costs no database round trip. Nothing security-relevant is cached here:
 //! role and plan come from the verified token, and revocation is checked on every request.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
 
 use quick_cache::sync::Cache;
 
-use crate::domain::{TenantId, UserId};
+use crate::domain::{PlanName, Role, TenantId, UserId};
 use crate::storage::{Store, StoreResult, TenantScope};
 
 /// Names change rarely; a rename shows up within this long on other replicas.
@@ -19,16 +22,48 @@ pub struct Names {
     pub tenant_name: String,
 }
 
-/// Display names by user id.
+/// A rendered `GET /v1/me` body, valid for tokens with this role and plan.
+pub struct RenderedProfile {
+    at: Instant,
+    role: Role,
+    plan: PlanName,
+    pub body: Bytes,
+}
+
+/// Display names by user id, and rendered profiles.
 pub struct Directory {
     cache: Cache<UserId, (Instant, Names)>,
+    rendered: Cache<UserId, Arc<RenderedProfile>>,
 }
 
 impl Directory {
     pub fn new(capacity: usize) -> Self {
         Self {
             cache: Cache::new(capacity.max(16)),
+            rendered: Cache::new(capacity.max(16)),
         }
+    }
+
+    /// The rendered profile of a user, if fresh and made for the same role and plan.
+    pub fn rendered(
+        &self,
+        user: UserId,
+        role: Role,
+        plan: &PlanName,
+    ) -> Option<Arc<RenderedProfile>> {
+        self.rendered
+            .get(&user)
+            .filter(|r| r.at.elapsed() < TTL && r.role == role && &r.plan == plan)
+    }
+
+    pub fn store_rendered(&self, user: UserId, role: Role, plan: PlanName, body: Bytes) {
+        let profile = RenderedProfile {
+            at: Instant::now(),
+            role,
+            plan,
+            body,
+        };
+        self.rendered.insert(user, Arc::new(profile));
     }
 
     /// The names of a user in a tenant; `None` when the user no longer exists there.
@@ -61,10 +96,12 @@ impl Directory {
     /// Forgets a user's names after a change made through this process.
     pub fn forget(&self, user: UserId) {
         self.cache.remove(&user);
+        self.rendered.remove(&user);
     }
 
     /// Forgets everything (after a tenant rename).
     pub fn clear(&self) {
         self.cache.clear();
+        self.rendered.clear();
     }
 }

@@ -1,6 +1,7 @@
 //! Layers every request passes through: request ids, HTTPS policy, metrics and the access log.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -13,7 +14,7 @@ use super::state::AppState;
 
 /// The request's id: the caller's `X-Request-Id` when well-formed, else a new one.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub Arc<str>);
 
 fn well_formed_request_id(value: &str) -> bool {
     (1..=128).contains(&value.len())
@@ -31,9 +32,10 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .filter(|v| well_formed_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request_id: Arc<str> = Arc::from(request_id);
     request
         .extensions_mut()
-        .insert(RequestId(request_id.clone()));
+        .insert(RequestId(Arc::clone(&request_id)));
     let route = request
         .extensions()
         .get::<MatchedPath>()
