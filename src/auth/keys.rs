@@ -345,9 +345,20 @@ mod tests {
     #[test]
     fn superseded_key_is_dropped_after_its_retention() {
         let dir = tempfile::tempdir().unwrap();
-        KeyRing::load_or_create(dir.path(), SigningAlg::EdDSA, None, 0).unwrap();
-        rotate(dir.path(), SigningAlg::EdDSA).unwrap();
-        let ring = KeyRing::load_or_create(dir.path(), SigningAlg::EdDSA, None, 0).unwrap();
+        let first = KeyRing::load_or_create(dir.path(), SigningAlg::EdDSA, None, 60).unwrap();
+        let second = rotate(dir.path(), SigningAlg::EdDSA).unwrap();
+        // Age both keys: the first was superseded 2 minutes ago, beyond its 60 s retention.
+        let now = crate::time::now_ms();
+        for (kid, age_ms) in [(&first.signing.kid, 300_000), (&second, 120_000)] {
+            let path = dir.path().join(format!("{kid}.json"));
+            let mut file: KeyFile =
+                serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+            file.created_at = now - age_ms;
+            fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
+        }
+        let ring = KeyRing::load_or_create(dir.path(), SigningAlg::EdDSA, None, 60).unwrap();
+        assert_eq!(ring.signing.kid, second);
+        assert!(ring.verifying_key(&first.signing.kid).is_none());
         assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 1);
     }
 
