@@ -346,3 +346,100 @@ async fn same_username_in_two_tenants_needs_the_tenant_parameter() {
     assert_eq!(me["plan"], "pro");
     assert_eq!(me["limits"]["max_resolution"], 1024);
 }
+
+#[tokio::test]
+async fn operator_cli_manages_users_and_its_revocations_reach_the_running_server() {
+    let server = TestServer::start().await;
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sonicgw"))
+            .args(args)
+            .env("SONICGW_DATA_DIR", server.dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    cli(
+        &["admin", "create-tenant", "initech", "--plan", "pro"],
+        None,
+    );
+    let created = cli(
+        &[
+            "admin",
+            "create-user",
+            "--tenant",
+            "initech",
+            "peter",
+            "--role",
+            "admin",
+        ],
+        None,
+    );
+    let password = created
+        .lines()
+        .find_map(|l| l.strip_prefix("password (shown only now): "))
+        .expect("generated password printed")
+        .to_owned();
+    let peter = server.login_in("peter", &password, Some("initech")).await;
+    let me: Value = server
+        .get("/v1/me", &peter.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "admin");
+    assert_eq!(me["plan"], "pro");
+
+    cli(
+        &["admin", "disable-user", "--tenant", "initech", "peter"],
+        None,
+    );
+    // The server learns of the CLI's revocation by polling the database every second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let status = server.get("/v1/me", &peter.access).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CLI revocation not seen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cli(
+        &["admin", "enable-user", "--tenant", "initech", "peter"],
+        None,
+    );
+    cli(
+        &[
+            "admin",
+            "reset-password",
+            "--tenant",
+            "initech",
+            "peter",
+            "--password-stdin",
+        ],
+        Some("the operator's new password\n"),
+    );
+    server
+        .login_in("peter", "the operator's new password", Some("initech"))
+        .await;
+}

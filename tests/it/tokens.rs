@@ -421,3 +421,37 @@ async fn eddsa_and_es256_tokens_verify_and_publish_matching_jwks() {
         assert_eq!(jwks["keys"][0]["use"], "sig");
     }
 }
+
+#[tokio::test]
+async fn hs256_is_used_only_with_a_long_configured_secret_and_never_published() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.signing_alg = "HS256".to_owned();
+        c.hs256_secret = "an explicitly configured secret of 32+ bytes".to_owned();
+    })
+    .await;
+    let session = server.admin().await;
+    assert_eq!(decode_part(&session.access, 0)["alg"], "HS256");
+    assert_eq!(
+        server.get("/v1/me", &session.access).await.status(),
+        StatusCode::OK
+    );
+    let jwks: Value = server
+        .client
+        .get(server.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), None);
+    config.signing_alg = "HS256".to_owned();
+    config.hs256_secret = "too short".to_owned();
+    assert!(
+        sonicgw::app::start(config).await.is_err(),
+        "a short secret must refuse to start"
+    );
+}
