@@ -1,11 +1,13 @@
 //! Validated domain types: everything past the HTTP edge takes these, never raw strings.
 
 pub mod ids;
+pub mod job;
 pub mod plan;
 pub mod role;
 pub mod user;
 
 pub use ids::{TenantId, UserId};
+pub use job::{JobId, JobStatus, Stage};
 pub use plan::{Plan, PlanName, Plans};
 pub use role::Role;
 pub use user::{Password, PasswordPolicy, TenantName, Username};

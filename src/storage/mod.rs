@@ -1,6 +1,8 @@
 //! Persistence: one `Store` trait, a SQLite backend (the embedded default) and a PostgreSQL backend,
 //! chosen by the scheme of `database_url`. Each backend has its own migrations, applied on connect.
 
+pub mod jobs;
+mod jobs_sql;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -168,7 +170,7 @@ pub struct TenantUpdate {
 
 /// Storage of everything the gateway persists.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: jobs::JobStore + Send + Sync + 'static {
     /// Answers when the database is reachable.
     async fn ping(&self) -> StoreResult<()>;
 

@@ -17,6 +17,12 @@ impl PgStore {
         "SELECT pg_advisory_xact_lock(6003102904876094788)",
     ];
 
+    const JOB_TX_BEGIN: &'static [&'static str] = &["BEGIN"];
+    /// Locks the user's row so two simultaneous requests at the quota limit cannot both pass.
+    const USER_LOCK: Option<&'static str> = Some("SELECT id FROM users WHERE id = $1 FOR UPDATE");
+    /// Concurrent workers skip rows another worker is claiming instead of waiting on them.
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
     pub async fn connect(url: &str) -> Result<Self, crate::storage::StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -35,3 +41,4 @@ impl PgStore {
 }
 
 super::sql::impl_sql_store!(PgStore, PgRow);
+super::jobs_sql::impl_job_store!(PgStore, PgRow);

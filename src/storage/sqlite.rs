@@ -16,6 +16,11 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// `BEGIN IMMEDIATE` takes the write lock up front, so the read of the chain head cannot go stale.
     const AUDIT_BEGIN: &'static [&'static str] = &["BEGIN IMMEDIATE"];
+    /// The write lock also serialises quota checks.
+    const JOB_TX_BEGIN: &'static [&'static str] = &["BEGIN IMMEDIATE"];
+    const USER_LOCK: Option<&'static str> = None;
+    /// A single UPDATE ... WHERE id = (SELECT ...) is atomic under SQLite's one writer.
+    const SKIP_LOCKED: &'static str = "";
 
     pub async fn connect(url: &str) -> Result<Self, crate::storage::StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -41,3 +46,4 @@ impl SqliteStore {
 }
 
 super::sql::impl_sql_store!(SqliteStore, SqliteRow);
+super::jobs_sql::impl_job_store!(SqliteStore, SqliteRow);

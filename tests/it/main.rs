@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod audit;
 mod ops;
+mod queue;
 mod redis_replicas;
 mod sessions;
 mod storage;

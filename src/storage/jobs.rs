@@ -1,0 +1,175 @@
+//! The job queue's storage: durable rows claimed with a lease, served in weighted-fair order.
+
+use async_trait::async_trait;
+
+use super::{StoreResult, TenantScope};
+use crate::domain::{JobId, JobStatus, Stage, TenantId, UserId};
+
+/// A video job as stored. `params`, `input` and `output_plan` are JSON documents owned by the video module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub status: JobStatus,
+    pub stage: Stage,
+    pub progress: f64,
+    pub engine: String,
+    pub params: String,
+    pub input: String,
+    pub output_plan: String,
+    pub callback_url: Option<String>,
+    pub vtag: f64,
+    pub attempts: i64,
+    pub worker_id: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub counts_toward_quota: bool,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub result_key: Option<String>,
+    pub result_bytes: Option<i64>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// Which jobs a caller may see: their tenant's (admins) or only their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobScope {
+    pub tenant: TenantScope,
+    pub user: Option<UserId>,
+}
+
+/// The plan limits checked atomically when a job is created.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaLimits {
+    pub videos_per_day: i64,
+    pub max_concurrent_jobs: i64,
+    pub priority_weight: f64,
+    /// Start of the current quota day (Unix ms, UTC midnight).
+    pub day_start: i64,
+}
+
+/// Why a job could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaRefusal {
+    Daily,
+    Concurrent,
+}
+
+/// How a job ended, as reported by its worker.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    Succeeded {
+        result_key: String,
+        result_bytes: i64,
+    },
+    /// `refund` gives the quota back (server-side failures).
+    Failed {
+        code: String,
+        message: String,
+        refund: bool,
+    },
+}
+
+/// An `Idempotency-Key` lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyState {
+    /// The key is now reserved for this request.
+    Reserved,
+    /// The same request is still being created.
+    InProgress,
+    /// The key was used for a different request.
+    Mismatch,
+    /// The same request created this job.
+    Existing(JobId),
+}
+
+/// A job whose lease expired.
+#[derive(Debug, Clone)]
+pub struct ExpiredLease {
+    pub job: JobRecord,
+    /// False when it ran out of attempts and failed with `worker_lost`.
+    pub requeued: bool,
+}
+
+/// Job storage.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Inserts a queued job unless the user's quota is exhausted; computes its fair-queue tag.
+    async fn create_job(
+        &self,
+        job: &JobRecord,
+        limits: &QuotaLimits,
+    ) -> StoreResult<Result<JobRecord, QuotaRefusal>>;
+    async fn job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>>;
+    /// Newest first; `before` is the cursor `(created_at, id)` of the last job of the previous page.
+    async fn list_jobs(
+        &self,
+        scope: JobScope,
+        status: Option<JobStatus>,
+        before: Option<(i64, JobId)>,
+        limit: i64,
+    ) -> StoreResult<Vec<JobRecord>>;
+    /// How many queued jobs will be dispatched before this one.
+    async fn queue_position(&self, job: &JobRecord) -> StoreResult<i64>;
+    /// Claims the next job in fair order for a worker, with a lease until `lease_until`.
+    async fn claim_job(
+        &self,
+        worker_id: &str,
+        engines: &[String],
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<Option<JobRecord>>;
+    /// Extends the lease; `false` when the job is no longer this worker's running job (cancelled, deleted, lost).
+    async fn heartbeat(
+        &self,
+        id: JobId,
+        worker_id: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<bool>;
+    async fn set_progress(
+        &self,
+        id: JobId,
+        worker_id: &str,
+        stage: Stage,
+        progress: f64,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// Records the end of a running job; `None` when it is no longer this worker's.
+    async fn finish_job(
+        &self,
+        id: JobId,
+        worker_id: &str,
+        outcome: &JobOutcome,
+        now: i64,
+    ) -> StoreResult<Option<JobRecord>>;
+    /// Cancels a queued or running job (a queued one gives its quota back).
+    async fn cancel_job(
+        &self,
+        scope: JobScope,
+        id: JobId,
+        now: i64,
+    ) -> StoreResult<Option<JobRecord>>;
+    /// Removes the job's row; returns it so its files can be removed.
+    async fn delete_job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>>;
+    /// Returns jobs whose lease expired to the queue, or fails them after `max_attempts`.
+    async fn expire_leases(&self, now: i64, max_attempts: i64) -> StoreResult<Vec<ExpiredLease>>;
+
+    async fn reserve_idempotency_key(
+        &self,
+        user: UserId,
+        key: &str,
+        request_hash: &str,
+        now: i64,
+    ) -> StoreResult<IdempotencyState>;
+    async fn complete_idempotency_key(
+        &self,
+        user: UserId,
+        key: &str,
+        job: JobId,
+    ) -> StoreResult<()>;
+    async fn release_idempotency_key(&self, user: UserId, key: &str) -> StoreResult<()>;
+}

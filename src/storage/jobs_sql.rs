@@ -1,0 +1,460 @@
+//! The job-queue SQL both backends share (see `sql.rs` for why one body serves both). Each backend
+//! supplies `Self::JOB_TX_BEGIN` (how a quota check + insert is made atomic), `Self::USER_LOCK`
+//! (an extra row lock where the database needs one) and `Self::SKIP_LOCKED` (the claim's row-lock clause).
+
+macro_rules! impl_job_store {
+    ($store:ty, $row:ty) => {
+        mod job_store_impl {
+            use async_trait::async_trait;
+            use sqlx::Row as _;
+
+            use super::*;
+            use crate::domain::{JobId, JobStatus, Stage};
+            use crate::storage::jobs::{
+                ExpiredLease, IdempotencyState, JobOutcome, JobRecord, JobScope, JobStore, QuotaLimits,
+                QuotaRefusal,
+            };
+            use crate::storage::sql::parse_stored;
+            use crate::storage::{StoreError, StoreResult};
+
+            const JOB_COLUMNS: &str = "id, tenant_id, user_id, status, stage, progress, engine, params, input, \
+                 output_plan, callback_url, vtag, attempts, worker_id, lease_expires_at, counts_toward_quota, \
+                 error_code, error_message, result_key, result_bytes, created_at, started_at, finished_at, updated_at";
+
+            /// Idempotency keys are honoured for a day.
+            const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+            fn job_from_row(row: &$row) -> StoreResult<JobRecord> {
+                Ok(JobRecord {
+                    id: parse_stored("jobs.id", &row.try_get::<String, _>("id")?)?,
+                    tenant_id: parse_stored("jobs.tenant_id", &row.try_get::<String, _>("tenant_id")?)?,
+                    user_id: parse_stored("jobs.user_id", &row.try_get::<String, _>("user_id")?)?,
+                    status: parse_stored("jobs.status", &row.try_get::<String, _>("status")?)?,
+                    stage: parse_stored("jobs.stage", &row.try_get::<String, _>("stage")?)?,
+                    progress: row.try_get("progress")?,
+                    engine: row.try_get("engine")?,
+                    params: row.try_get("params")?,
+                    input: row.try_get("input")?,
+                    output_plan: row.try_get("output_plan")?,
+                    callback_url: row.try_get("callback_url")?,
+                    vtag: row.try_get("vtag")?,
+                    attempts: row.try_get("attempts")?,
+                    worker_id: row.try_get("worker_id")?,
+                    lease_expires_at: row.try_get("lease_expires_at")?,
+                    counts_toward_quota: row.try_get("counts_toward_quota")?,
+                    error_code: row.try_get("error_code")?,
+                    error_message: row.try_get("error_message")?,
+                    result_key: row.try_get("result_key")?,
+                    result_bytes: row.try_get("result_bytes")?,
+                    created_at: row.try_get("created_at")?,
+                    started_at: row.try_get("started_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+
+            fn jobs_from_rows(rows: &[$row]) -> StoreResult<Vec<JobRecord>> {
+                rows.iter().map(job_from_row).collect()
+            }
+
+            fn scope_binds(scope: JobScope) -> (Option<String>, Option<String>) {
+                (
+                    match scope.tenant {
+                        crate::storage::TenantScope::All => None,
+                        crate::storage::TenantScope::Tenant(t) => Some(t.to_string()),
+                    },
+                    scope.user.map(|u| u.to_string()),
+                )
+            }
+
+            #[async_trait]
+            impl JobStore for $store {
+                async fn create_job(
+                    &self,
+                    job: &JobRecord,
+                    limits: &QuotaLimits,
+                ) -> StoreResult<Result<JobRecord, QuotaRefusal>> {
+                    let mut conn = self.pool.acquire().await?;
+                    for statement in Self::JOB_TX_BEGIN {
+                        sqlx::query(statement).execute(&mut *conn).await?;
+                    }
+                    let result = async {
+                        if let Some(lock) = Self::USER_LOCK {
+                            sqlx::query(lock).bind(job.user_id.to_string()).execute(&mut *conn).await?;
+                        }
+                        let usage = sqlx::query(
+                            "SELECT \
+                               COALESCE(SUM(CASE WHEN created_at >= $2 AND counts_toward_quota THEN 1 ELSE 0 END), 0) AS today, \
+                               COALESCE(SUM(CASE WHEN status IN ('queued', 'running') THEN 1 ELSE 0 END), 0) AS active \
+                             FROM jobs WHERE user_id = $1",
+                        )
+                        .bind(job.user_id.to_string())
+                        .bind(limits.day_start)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                        let today: i64 = usage.try_get("today")?;
+                        let active: i64 = usage.try_get("active")?;
+                        if today >= limits.videos_per_day {
+                            return Ok(Err(QuotaRefusal::Daily));
+                        }
+                        if active >= limits.max_concurrent_jobs {
+                            return Ok(Err(QuotaRefusal::Concurrent));
+                        }
+                        // Weighted fair queuing: a job's finish tag is where its tenant's previous job ends, or
+                        // the queue's current virtual time if the tenant was idle, plus 1/weight.
+                        let clock: f64 = sqlx::query("SELECT vtime FROM queue_clock WHERE id = 1")
+                            .fetch_one(&mut *conn)
+                            .await?
+                            .try_get("vtime")?;
+                        let last: Option<f64> = sqlx::query(
+                            "SELECT MAX(vtag) AS last FROM jobs WHERE tenant_id = $1 AND status IN ('queued', 'running')",
+                        )
+                        .bind(job.tenant_id.to_string())
+                        .fetch_one(&mut *conn)
+                        .await?
+                        .try_get("last")?;
+                        let mut job = job.clone();
+                        job.vtag = clock.max(last.unwrap_or(f64::MIN)) + 1.0 / limits.priority_weight.max(1.0);
+                        let sql = format!(
+                            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
+                        );
+                        sqlx::query(&sql)
+                            .bind(job.id.to_string())
+                            .bind(job.tenant_id.to_string())
+                            .bind(job.user_id.to_string())
+                            .bind(job.status.as_str())
+                            .bind(job.stage.as_str())
+                            .bind(job.progress)
+                            .bind(&job.engine)
+                            .bind(&job.params)
+                            .bind(&job.input)
+                            .bind(&job.output_plan)
+                            .bind(&job.callback_url)
+                            .bind(job.vtag)
+                            .bind(job.attempts)
+                            .bind(&job.worker_id)
+                            .bind(job.lease_expires_at)
+                            .bind(job.counts_toward_quota)
+                            .bind(&job.error_code)
+                            .bind(&job.error_message)
+                            .bind(&job.result_key)
+                            .bind(job.result_bytes)
+                            .bind(job.created_at)
+                            .bind(job.started_at)
+                            .bind(job.finished_at)
+                            .bind(job.updated_at)
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok::<_, StoreError>(Ok(job))
+                    }
+                    .await;
+                    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                    sqlx::query(end).execute(&mut *conn).await?;
+                    result
+                }
+
+                async fn job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>> {
+                    let (tenant, user) = scope_binds(scope);
+                    let sql = format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2) \
+                         AND ($3 IS NULL OR user_id = $3)"
+                    );
+                    sqlx::query(&sql)
+                        .bind(id.to_string())
+                        .bind(tenant)
+                        .bind(user)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .as_ref()
+                        .map(job_from_row)
+                        .transpose()
+                }
+
+                async fn list_jobs(
+                    &self,
+                    scope: JobScope,
+                    status: Option<JobStatus>,
+                    before: Option<(i64, JobId)>,
+                    limit: i64,
+                ) -> StoreResult<Vec<JobRecord>> {
+                    let (tenant, user) = scope_binds(scope);
+                    let sql = format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR user_id = $2) \
+                         AND ($3 IS NULL OR status = $3) \
+                         AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND id < $5)) \
+                         ORDER BY created_at DESC, id DESC LIMIT $6"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(tenant)
+                        .bind(user)
+                        .bind(status.map(|s| s.as_str()))
+                        .bind(before.map(|b| b.0))
+                        .bind(before.map(|b| b.1.to_string()).unwrap_or_default())
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    jobs_from_rows(&rows)
+                }
+
+                async fn queue_position(&self, job: &JobRecord) -> StoreResult<i64> {
+                    let row = sqlx::query(
+                        "SELECT COUNT(*) AS ahead FROM jobs WHERE status = 'queued' \
+                         AND (vtag < $1 OR (vtag = $1 AND created_at < $2) OR (vtag = $1 AND created_at = $2 AND id < $3))",
+                    )
+                    .bind(job.vtag)
+                    .bind(job.created_at)
+                    .bind(job.id.to_string())
+                    .fetch_one(&self.pool)
+                    .await?;
+                    Ok(row.try_get("ahead")?)
+                }
+
+                async fn claim_job(
+                    &self,
+                    worker_id: &str,
+                    engines: &[String],
+                    now: i64,
+                    lease_until: i64,
+                ) -> StoreResult<Option<JobRecord>> {
+                    if engines.is_empty() {
+                        return Ok(None);
+                    }
+                    let engine_list = (0..engines.len())
+                        .map(|i| format!("${}", i + 4))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let sql = format!(
+                        "UPDATE jobs SET status = 'running', stage = 'preprocessing', worker_id = $1, \
+                         lease_expires_at = $3, attempts = attempts + 1, started_at = COALESCE(started_at, $2), \
+                         updated_at = $2 \
+                         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND engine IN ({engine_list}) \
+                         ORDER BY vtag, created_at, id LIMIT 1{skip}) AND status = 'queued' \
+                         RETURNING {JOB_COLUMNS}",
+                        skip = Self::SKIP_LOCKED
+                    );
+                    let mut query = sqlx::query(&sql).bind(worker_id).bind(now).bind(lease_until);
+                    for engine in engines {
+                        query = query.bind(engine);
+                    }
+                    let Some(row) = query.fetch_optional(&self.pool).await? else {
+                        return Ok(None);
+                    };
+                    let job = job_from_row(&row)?;
+                    sqlx::query("UPDATE queue_clock SET vtime = $1 WHERE id = 1 AND vtime < $1")
+                        .bind(job.vtag)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(Some(job))
+                }
+
+                async fn heartbeat(&self, id: JobId, worker_id: &str, now: i64, lease_until: i64) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE jobs SET lease_expires_at = $3, updated_at = $4 \
+                         WHERE id = $1 AND worker_id = $2 AND status = 'running'",
+                    )
+                    .bind(id.to_string())
+                    .bind(worker_id)
+                    .bind(lease_until)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn set_progress(
+                    &self,
+                    id: JobId,
+                    worker_id: &str,
+                    stage: Stage,
+                    progress: f64,
+                    now: i64,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE jobs SET stage = $3, progress = $4, updated_at = $5 \
+                         WHERE id = $1 AND worker_id = $2 AND status = 'running'",
+                    )
+                    .bind(id.to_string())
+                    .bind(worker_id)
+                    .bind(stage.as_str())
+                    .bind(progress)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn finish_job(
+                    &self,
+                    id: JobId,
+                    worker_id: &str,
+                    outcome: &JobOutcome,
+                    now: i64,
+                ) -> StoreResult<Option<JobRecord>> {
+                    let (status, code, message, key, bytes, refund) = match outcome {
+                        JobOutcome::Succeeded { result_key, result_bytes } => {
+                            (JobStatus::Succeeded, None, None, Some(result_key.clone()), Some(*result_bytes), false)
+                        }
+                        JobOutcome::Failed { code, message, refund } => {
+                            (JobStatus::Failed, Some(code.clone()), Some(message.clone()), None, None, *refund)
+                        }
+                    };
+                    let sql = format!(
+                        "UPDATE jobs SET status = $3, progress = CASE WHEN $3 = 'succeeded' THEN 1.0 ELSE progress END, \
+                         error_code = $4, error_message = $5, result_key = $6, result_bytes = $7, \
+                         counts_toward_quota = CASE WHEN $8 THEN FALSE ELSE counts_toward_quota END, \
+                         finished_at = $9, updated_at = $9, lease_expires_at = NULL \
+                         WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}"
+                    );
+                    sqlx::query(&sql)
+                        .bind(id.to_string())
+                        .bind(worker_id)
+                        .bind(status.as_str())
+                        .bind(code)
+                        .bind(message)
+                        .bind(key)
+                        .bind(bytes)
+                        .bind(refund)
+                        .bind(now)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .as_ref()
+                        .map(job_from_row)
+                        .transpose()
+                }
+
+                async fn cancel_job(&self, scope: JobScope, id: JobId, now: i64) -> StoreResult<Option<JobRecord>> {
+                    let (tenant, user) = scope_binds(scope);
+                    let sql = format!(
+                        "UPDATE jobs SET status = 'cancelled', \
+                         counts_toward_quota = CASE WHEN status = 'queued' THEN FALSE ELSE counts_toward_quota END, \
+                         finished_at = $4, updated_at = $4, lease_expires_at = NULL \
+                         WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2) AND ($3 IS NULL OR user_id = $3) \
+                         AND status IN ('queued', 'running') RETURNING {JOB_COLUMNS}"
+                    );
+                    sqlx::query(&sql)
+                        .bind(id.to_string())
+                        .bind(tenant)
+                        .bind(user)
+                        .bind(now)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .as_ref()
+                        .map(job_from_row)
+                        .transpose()
+                }
+
+                async fn delete_job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>> {
+                    let (tenant, user) = scope_binds(scope);
+                    let sql = format!(
+                        "DELETE FROM jobs WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2) AND ($3 IS NULL OR user_id = $3) \
+                         RETURNING {JOB_COLUMNS}"
+                    );
+                    sqlx::query(&sql)
+                        .bind(id.to_string())
+                        .bind(tenant)
+                        .bind(user)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .as_ref()
+                        .map(job_from_row)
+                        .transpose()
+                }
+
+                async fn expire_leases(&self, now: i64, max_attempts: i64) -> StoreResult<Vec<ExpiredLease>> {
+                    let requeue = format!(
+                        "UPDATE jobs SET status = 'queued', stage = 'queued', progress = 0, worker_id = NULL, \
+                         lease_expires_at = NULL, updated_at = $1 \
+                         WHERE status = 'running' AND lease_expires_at < $1 AND attempts < $2 RETURNING {JOB_COLUMNS}"
+                    );
+                    let requeued = sqlx::query(&requeue).bind(now).bind(max_attempts).fetch_all(&self.pool).await?;
+                    let fail = format!(
+                        "UPDATE jobs SET status = 'failed', error_code = 'worker_lost', \
+                         error_message = 'the worker running this job stopped responding too many times; submit it again', \
+                         counts_toward_quota = FALSE, worker_id = NULL, lease_expires_at = NULL, finished_at = $1, updated_at = $1 \
+                         WHERE status = 'running' AND lease_expires_at < $1 AND attempts >= $2 RETURNING {JOB_COLUMNS}"
+                    );
+                    let failed = sqlx::query(&fail).bind(now).bind(max_attempts).fetch_all(&self.pool).await?;
+                    let mut expired = Vec::new();
+                    for job in jobs_from_rows(&requeued)? {
+                        expired.push(ExpiredLease { job, requeued: true });
+                    }
+                    for job in jobs_from_rows(&failed)? {
+                        expired.push(ExpiredLease { job, requeued: false });
+                    }
+                    Ok(expired)
+                }
+
+                async fn reserve_idempotency_key(
+                    &self,
+                    user: crate::domain::UserId,
+                    key: &str,
+                    request_hash: &str,
+                    now: i64,
+                ) -> StoreResult<IdempotencyState> {
+                    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND created_at < $3")
+                        .bind(user.to_string())
+                        .bind(key)
+                        .bind(now - IDEMPOTENCY_TTL_MS)
+                        .execute(&self.pool)
+                        .await?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id, created_at) \
+                         VALUES ($1, $2, $3, NULL, $4) ON CONFLICT (user_id, key) DO NOTHING",
+                    )
+                    .bind(user.to_string())
+                    .bind(key)
+                    .bind(request_hash)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    if inserted.rows_affected() == 1 {
+                        return Ok(IdempotencyState::Reserved);
+                    }
+                    let row = sqlx::query("SELECT request_hash, job_id FROM idempotency_keys WHERE user_id = $1 AND key = $2")
+                        .bind(user.to_string())
+                        .bind(key)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    let Some(row) = row else {
+                        // Released between our insert and read: the caller may retry.
+                        return Ok(IdempotencyState::InProgress);
+                    };
+                    let stored_hash: String = row.try_get("request_hash")?;
+                    let job: Option<String> = row.try_get("job_id")?;
+                    Ok(match (stored_hash == request_hash, job) {
+                        (false, _) => IdempotencyState::Mismatch,
+                        (true, None) => IdempotencyState::InProgress,
+                        (true, Some(job)) => IdempotencyState::Existing(parse_stored("idempotency_keys.job_id", &job)?),
+                    })
+                }
+
+                async fn complete_idempotency_key(
+                    &self,
+                    user: crate::domain::UserId,
+                    key: &str,
+                    job: JobId,
+                ) -> StoreResult<()> {
+                    sqlx::query("UPDATE idempotency_keys SET job_id = $3 WHERE user_id = $1 AND key = $2")
+                        .bind(user.to_string())
+                        .bind(key)
+                        .bind(job.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn release_idempotency_key(&self, user: crate::domain::UserId, key: &str) -> StoreResult<()> {
+                    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND job_id IS NULL")
+                        .bind(user.to_string())
+                        .bind(key)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+            }
+        }
+    };
+}
+
+pub(super) use impl_job_store;
