@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/setup.sh
 scripts/services.sh
 
 cargo fmt --all -- --check

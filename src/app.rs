@@ -211,6 +211,11 @@ pub async fn start_with_admin_password(
         core.accounts.auditor.clone(),
         config.refresh_token_ttl_s,
     ));
+    let videos = Arc::new(video_service(&config, &core).await?);
+    if config.workers > 0 {
+        crate::videos::worker::spawn_workers(Arc::clone(&videos), config.workers);
+    }
+
     let state = AppState::new(Services {
         issuer,
         store: Arc::clone(&core.store),
@@ -222,6 +227,7 @@ pub async fn start_with_admin_password(
         password_policy: core.accounts.policy,
         directory: Directory::new(config.token_cache_size),
         accounts: core.accounts.clone(),
+        videos: Arc::clone(&videos),
         config: config.clone(),
     });
 
@@ -257,6 +263,92 @@ pub async fn start_with_admin_password(
         state,
         shutdown,
         task,
+    })
+}
+
+/// The HMAC key of signed links: configured, or generated once and kept beside the signing keys.
+fn url_signing_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !config.url_signing_secret.is_empty() {
+        anyhow::ensure!(
+            config.url_signing_secret.len() >= 32,
+            "url_signing_secret must be at least 32 bytes"
+        );
+        return Ok(config.url_signing_secret.as_bytes().to_vec());
+    }
+    let dir = config.keys_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("url-signing.secret");
+    if let Ok(existing) = std::fs::read(&path) {
+        return Ok(existing);
+    }
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let encoded = hex::encode(secret).into_bytes();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(&encoded)?;
+    Ok(encoded)
+}
+
+/// Builds the engines, blob store and settings of video generation.
+async fn video_service(
+    config: &Config,
+    core: &Core,
+) -> anyhow::Result<crate::videos::VideoService> {
+    use crate::engines::{builtin::BuiltinEngine, simulated::SimulatedEngine, Engines};
+    use crate::media::image::ImageLimits;
+    let image_limits = ImageLimits {
+        max_bytes: config.max_image_bytes,
+        max_side: config.max_image_side,
+    };
+    let mut engines = Engines::default();
+    crate::media::ffmpeg::check_available()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the builtin engine and MP4 encoding need ffmpeg")?;
+    engines.add(Arc::new(BuiltinEngine {
+        image_limits,
+        timeout: Duration::from_secs(config.engine_timeout_s),
+    }));
+    if config.simulated_engine_ms > 0 {
+        tracing::warn!("the simulated engine is enabled: for tests and benchmarks only");
+        engines.add(Arc::new(SimulatedEngine {
+            duration: Duration::from_millis(config.simulated_engine_ms),
+        }));
+    }
+    anyhow::ensure!(
+        engines.get(&config.default_engine).is_some(),
+        "default_engine {:?} is not one of the configured engines ({})",
+        config.default_engine,
+        engines.names().join(", ")
+    );
+    Ok(crate::videos::VideoService {
+        store: Arc::clone(&core.store),
+        blobs: Arc::new(crate::blobs::LocalBlobs::new(
+            config.data_dir.join("blobs"),
+        )?),
+        engines,
+        plans: core.plans.clone(),
+        auditor: core.accounts.auditor.clone(),
+        signer: crate::http::signed_url::UrlSigner::new(url_signing_secret(config)?),
+        faces: crate::media::face::FaceDetector::new().map_err(|e| anyhow::anyhow!("{e}"))?,
+        events: crate::videos::JobEvents::new(),
+        settings: crate::videos::VideoSettings {
+            default_engine: config.default_engine.clone(),
+            image_limits,
+            max_audio_bytes: config.max_audio_bytes,
+            workers: config.workers,
+            lease: Duration::from_secs(config.job_lease_s),
+            max_attempts: config.job_max_attempts,
+            link_ttl_s: config.link_ttl_s,
+            work_dir: config.data_dir.join("work"),
+        },
     })
 }
 

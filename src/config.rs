@@ -49,6 +49,27 @@ pub struct Config {
     /// Addresses whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed.
     pub trusted_proxies: Vec<IpAddr>,
     pub plans: BTreeMap<String, Plan>,
+    /// In-process video workers of `serve` (0: this process only serves the API).
+    pub workers: usize,
+    /// Engine used when a job names none.
+    pub default_engine: String,
+    pub max_image_bytes: u64,
+    pub max_image_side: u32,
+    pub max_audio_bytes: u64,
+    /// A running job's lease; a worker that misses it is presumed dead and its job requeued.
+    pub job_lease_s: u64,
+    /// Runs of a job before it fails with `worker_lost`.
+    pub job_max_attempts: i64,
+    /// Lifetime of signed download links.
+    pub link_ttl_s: i64,
+    /// HMAC key of signed links; empty: generated once under `keys_dir`.
+    pub url_signing_secret: String,
+    /// Longest an engine may take for one job.
+    pub engine_timeout_s: u64,
+    /// Enables the simulated engine (tests and benchmarks only) with this duration per job.
+    pub simulated_engine_ms: u64,
+    /// Allow webhook targets on loopback and private networks.
+    pub webhook_allow_private: bool,
 }
 
 impl Default for Config {
@@ -81,6 +102,18 @@ impl Default for Config {
             require_https: false,
             trusted_proxies: Vec::new(),
             plans: BTreeMap::new(),
+            workers: 1,
+            default_engine: "builtin".to_owned(),
+            max_image_bytes: 20 * 1024 * 1024,
+            max_image_side: 4096,
+            max_audio_bytes: 50 * 1024 * 1024,
+            job_lease_s: 30,
+            job_max_attempts: 3,
+            link_ttl_s: 3600,
+            url_signing_secret: String::new(),
+            engine_timeout_s: 1800,
+            simulated_engine_ms: 0,
+            webhook_allow_private: false,
         }
     }
 }
@@ -113,6 +146,18 @@ const ENV_KEYS: &[&str] = &[
     "tls_key",
     "require_https",
     "trusted_proxies",
+    "workers",
+    "default_engine",
+    "max_image_bytes",
+    "max_image_side",
+    "max_audio_bytes",
+    "job_lease_s",
+    "job_max_attempts",
+    "link_ttl_s",
+    "url_signing_secret",
+    "engine_timeout_s",
+    "simulated_engine_ms",
+    "webhook_allow_private",
 ];
 
 impl Config {
@@ -160,6 +205,12 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");
+        }
+        if self.job_lease_s < 3 || self.job_max_attempts < 1 {
+            bail!("job_lease_s must be at least 3 and job_max_attempts at least 1");
+        }
+        if self.link_ttl_s < 1 {
+            bail!("link_ttl_s must be at least 1");
         }
         if self.login_max_failures == 0 || self.login_ip_max_failures == 0 {
             bail!("login_max_failures and login_ip_max_failures must be at least 1");
@@ -225,10 +276,21 @@ fn env_value(key: &str, raw: &str) -> toml::Value {
                 .collect(),
         );
     }
-    let numeric = ["_s", "_size", "_length", "_failures"]
+    let numeric = key == "workers"
+        || [
+            "_s",
+            "_ms",
+            "_size",
+            "_length",
+            "_failures",
+            "_bytes",
+            "_side",
+            "_attempts",
+        ]
         .iter()
         .any(|suffix| key.ends_with(suffix));
-    match (numeric, key == "require_https") {
+    let boolean = matches!(key, "require_https" | "webhook_allow_private");
+    match (numeric, boolean) {
         (true, _) => raw
             .parse::<i64>()
             .map(toml::Value::Integer)

@@ -2,12 +2,14 @@
 
 pub mod ids;
 pub mod job;
+pub mod params;
 pub mod plan;
 pub mod role;
 pub mod user;
 
 pub use ids::{TenantId, UserId};
 pub use job::{JobId, JobStatus, Stage};
+pub use params::{ParamError, RawParams, SonicParams};
 pub use plan::{Plan, PlanName, Plans};
 pub use role::Role;
 pub use user::{Password, PasswordPolicy, TenantName, Username};

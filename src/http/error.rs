@@ -59,6 +59,22 @@ pub enum ApiError {
         code: &'static str,
         retry_after: Duration,
     },
+    /// A refusal with its own status and code, and optionally the fields involved
+    /// (`duration_mismatch`, `no_face_detected`, `plan_limit`, `file_too_large`, ...).
+    #[error("{detail}")]
+    Rejected {
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// Over a quota (429 with `Retry-After`) with an explanation.
+    #[error("{detail}")]
+    Limited {
+        code: &'static str,
+        detail: String,
+        retry_after: Duration,
+    },
     /// Anything unexpected: logged, never shown (500).
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -87,7 +103,10 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } | ApiError::Limited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::Rejected { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -98,7 +117,9 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Forbidden { code, .. }
             | ApiError::Conflict { code, .. }
-            | ApiError::TooManyRequests { code, .. } => code,
+            | ApiError::TooManyRequests { code, .. }
+            | ApiError::Rejected { code, .. }
+            | ApiError::Limited { code, .. } => code,
             ApiError::Unauthorized(TokenRejection::Missing) => "missing_token",
             ApiError::Unauthorized(_) => "invalid_token",
             ApiError::NotFound => "not_found",
@@ -169,7 +190,7 @@ impl IntoResponse for ApiError {
             detail: self.detail(),
             code: self.code().to_owned(),
             errors: match &self {
-                ApiError::Validation(errors) => errors.clone(),
+                ApiError::Validation(errors) | ApiError::Rejected { errors, .. } => errors.clone(),
                 _ => Vec::new(),
             },
         };
@@ -194,7 +215,8 @@ impl IntoResponse for ApiError {
                     headers.insert(header::WWW_AUTHENTICATE, value);
                 }
             }
-            ApiError::TooManyRequests { retry_after, .. } => {
+            ApiError::TooManyRequests { retry_after, .. }
+            | ApiError::Limited { retry_after, .. } => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after.as_secs().max(1)),

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod signed_url;
 pub mod state;
 
 use axum::routing::{get, post};
@@ -20,8 +21,8 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    use routes::{audit, auth, me, ops, tenants, users};
-    Router::new()
+    use routes::{audit, auth, engines, files, me, ops, tenants, users, videos};
+    let api = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/.well-known/jwks.json", get(ops::jwks))
@@ -48,9 +49,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tenants/{id}", get(tenants::get).patch(tenants::update))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/videos", get(videos::list))
+        .route("/v1/videos/{id}", get(videos::get).delete(videos::delete))
+        .route("/v1/videos/{id}/cancel", post(videos::cancel))
+        .route("/v1/videos/{id}/events", get(videos::events))
+        .route("/v1/videos/{id}/content", get(files::content))
+        .route("/v1/files/videos/{file}", get(files::signed))
+        .route("/v1/engines", get(engines::list))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES));
+    // Uploads stream to disk with per-file limits; the request as a whole may hold both files.
+    let upload_limit =
+        (state.config.max_image_bytes + state.config.max_audio_bytes) as usize + MAX_BODY_BYTES;
+    let uploads = Router::new()
+        .route("/v1/videos", post(videos::create))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(upload_limit));
+    api.merge(uploads)
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(|| async { middleware::method_not_allowed() })
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::https_policy,

@@ -29,6 +29,7 @@ pub struct Services {
     pub password_policy: PasswordPolicy,
     pub directory: super::directory::Directory,
     pub accounts: Accounts,
+    pub videos: Arc<crate::videos::VideoService>,
 }
 
 impl AppState {

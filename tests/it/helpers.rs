@@ -317,9 +317,12 @@ impl TestServer {
     pub fn signing_key(&self) -> (String, String, String) {
         let mut newest: Option<Value> = None;
         for entry in std::fs::read_dir(self.keys_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
             let file: Value =
-                serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap())
-                    .unwrap();
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
             if newest
                 .as_ref()
                 .is_none_or(|n| n["created_at"].as_i64() < file["created_at"].as_i64())

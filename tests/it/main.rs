@@ -5,6 +5,8 @@ mod helpers;
 
 mod admin;
 mod audit;
+mod builtin_e2e;
+mod builtin_render;
 mod ops;
 mod queue;
 mod redis_replicas;

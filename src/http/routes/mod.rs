@@ -2,7 +2,10 @@
 
 pub mod audit;
 pub mod auth;
+pub mod engines;
+pub mod files;
 pub mod me;
 pub mod ops;
 pub mod tenants;
 pub mod users;
+pub mod videos;

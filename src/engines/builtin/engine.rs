@@ -1,0 +1,125 @@
+//! The built-in CPU engine behind the `Engine` trait: crops and scales the photo around the detected
+//! face, decodes the audio, and renders a talking head with `render_video`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use image::imageops::FilterType;
+
+use super::{render_video, BuiltinParams};
+use crate::domain::Stage;
+use crate::engines::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn};
+use crate::media::audio::decode_mono;
+use crate::media::image::{probe_image, ImageLimits};
+
+/// Renders on this machine's CPU; needs ffmpeg.
+pub struct BuiltinEngine {
+    pub image_limits: ImageLimits,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl Engine for BuiltinEngine {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "builtin".to_owned(),
+            description:
+                "CPU engine for previews, development and CPU-only installs: animates the mouth \
+                          from the audio's loudness and spectrum, with blinks and head sway."
+                    .to_owned(),
+            honours: [
+                "min_resolution",
+                "expand_ratio",
+                "dynamic_scale",
+                "motion_scale",
+                "seed",
+                "enable_lip_sync_correction",
+                "lip_sync_offset",
+            ]
+            .map(String::from)
+            .to_vec(),
+            min_resolution: 128,
+            max_resolution: 2048,
+        }
+    }
+
+    async fn health(&self) -> Health {
+        match crate::media::ffmpeg::check_available().await {
+            Ok(version) => Health {
+                healthy: true,
+                detail: version,
+            },
+            Err(err) => Health {
+                healthy: false,
+                detail: err.to_string(),
+            },
+        }
+    }
+
+    async fn generate(
+        &self,
+        job: &EngineJob,
+        out: &Path,
+        progress: ProgressFn,
+    ) -> Result<(), EngineError> {
+        progress(Stage::Preprocessing, 0.0);
+        let limits = self.image_limits;
+        let (image_path, audio_path) = (job.image_path.clone(), job.audio_path.clone());
+        let (crop, face, width, height) = (job.crop, job.face, job.output_width, job.output_height);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let photo = probe_image(&image_path, &limits)
+                .map_err(|e| EngineError::server(e.code(), e.to_string()))?;
+            let cropped =
+                image::imageops::crop_imm(&photo.image, crop.x, crop.y, crop.width, crop.height)
+                    .to_image();
+            let scaled = image::imageops::resize(&cropped, width, height, FilterType::Triangle);
+            let (sx, sy) = (
+                f64::from(width) / f64::from(crop.width.max(1)),
+                f64::from(height) / f64::from(crop.height.max(1)),
+            );
+            let face_in_crop = (
+                (f64::from(face.x.saturating_sub(crop.x)) * sx) as u32,
+                (f64::from(face.y.saturating_sub(crop.y)) * sy) as u32,
+                (f64::from(face.width) * sx) as u32,
+                (f64::from(face.height) * sy) as u32,
+            );
+            let samples = decode_mono(&audio_path, 16_000)
+                .map_err(|e| EngineError::server(e.code(), e.to_string()))?;
+            Ok::<_, EngineError>((scaled, face_in_crop, samples))
+        })
+        .await
+        .map_err(|e| EngineError::server("internal", e.to_string()))??;
+        let (scaled, face_in_crop, samples) = prepared;
+        let params = BuiltinParams {
+            dynamic_scale: job.params.dynamic_scale as f32,
+            motion_scale: job.params.motion_scale as f32,
+            seed: job.params.seed,
+            lip_sync_offset_s: if job.params.enable_lip_sync_correction {
+                job.params.lip_sync_offset
+            } else {
+                0.0
+            },
+        };
+        let render = render_video(
+            scaled,
+            face_in_crop,
+            &samples,
+            &job.audio_path,
+            params,
+            out,
+            |p| progress(Stage::Generating, f64::from(p) * 0.95),
+        );
+        match tokio::time::timeout(self.timeout, render).await {
+            Ok(Ok(_stats)) => {
+                progress(Stage::Encoding, 0.98);
+                Ok(())
+            }
+            Ok(Err(err)) => Err(EngineError::server(err.code(), err.to_string())),
+            Err(_) => Err(EngineError::server(
+                "engine_timeout",
+                format!("rendering took longer than {} s", self.timeout.as_secs()),
+            )),
+        }
+    }
+}

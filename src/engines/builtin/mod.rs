@@ -1,0 +1,263 @@
+//! The built-in CPU engine: audio features drive a 2D animation of the face
+//! photo, and the frames are piped straight into an MP4 encoder.
+//!
+//! Rendering runs on a blocking thread and hands frames to the async side
+//! over a small bounded channel, so memory stays at a few frames however long
+//! the audio is, and the slower of renderer/encoder sets the pace.
+
+mod engine;
+pub mod features;
+mod pixels;
+pub mod render;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use tokio::sync::mpsc;
+
+use crate::media::ffmpeg::{EncodeSpec, FfmpegError, Mp4Encoder};
+use features::FPS;
+use render::{AnimParams, Animator};
+
+pub use engine::BuiltinEngine;
+
+/// Frames in flight between renderer and encoder.
+const CHANNEL_FRAMES: usize = 4;
+
+/// User-tunable parameters of the built-in engine.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltinParams {
+    /// Scales mouth movement (0.5–2.0).
+    pub dynamic_scale: f32,
+    /// Scales head sway/nod (0.5–2.0; 0 disables it).
+    pub motion_scale: f32,
+    /// Seed for blink timing and sway phase.
+    pub seed: u32,
+    /// Audio offset in seconds; positive delays the audio.
+    pub lip_sync_offset_s: f64,
+}
+
+/// What a finished render did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderStats {
+    /// Frames written (25 per second of audio).
+    pub frames: usize,
+    /// Output width in pixels.
+    pub width: u32,
+    /// Output height in pixels.
+    pub height: u32,
+    /// Wall-clock time of the whole render, encode included.
+    pub elapsed: Duration,
+}
+
+/// Errors of the built-in engine, with stable [`EngineError::code`]s.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The inputs cannot be rendered (empty audio, odd size, bad face box).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Encoding failed or ffmpeg is missing.
+    #[error(transparent)]
+    Ffmpeg(#[from] FfmpegError),
+    /// The renderer thread failed unexpectedly.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Stable machine-readable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::InvalidInput(_) => "invalid_input",
+            EngineError::Ffmpeg(e) => e.code(),
+            EngineError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Sets the flag when dropped, i.e. when `render_video` returns *or* its
+/// future is dropped mid-way, so the renderer thread stops promptly.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Renders a talking-head MP4 of `face_crop` speaking `samples_16k`.
+///
+/// `face_in_crop` is the face box `(x, y, w, h)` in crop pixels; the crop's
+/// size is the output size and must be even. `audio_path` is the original
+/// audio, muxed as AAC; `samples_16k` is the same audio as mono 16 kHz and
+/// sets the frame count (one frame per 40 ms). `progress` receives 0..=1.
+/// Dropping the returned future kills ffmpeg and stops the renderer.
+pub async fn render_video(
+    face_crop: RgbImage,
+    face_in_crop: (u32, u32, u32, u32),
+    samples_16k: &[f32],
+    audio_path: &Path,
+    params: BuiltinParams,
+    out_path: &Path,
+    mut progress: impl FnMut(f32),
+) -> Result<RenderStats, EngineError> {
+    let started = Instant::now();
+    let (width, height) = face_crop.dimensions();
+    validate(width, height, face_in_crop, samples_16k)?;
+    let poses = features::mouth_poses(samples_16k);
+    let frames = poses.len();
+    progress(0.0);
+
+    let duration_s = frames as f64 / FPS as f64;
+    let mut encoder = Mp4Encoder::start(EncodeSpec {
+        width,
+        height,
+        fps: FPS,
+        audio_path: audio_path.to_path_buf(),
+        audio_offset_s: params.lip_sync_offset_s,
+        out_path: out_path.to_path_buf(),
+        // Rendering + encoding run several times faster than real time; this
+        // only catches a wedged ffmpeg, generously for a loaded machine.
+        timeout: Duration::from_secs(60) + Duration::from_secs_f64(duration_s * 4.0),
+    })
+    .await?;
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _guard = CancelOnDrop(cancel.clone());
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_FRAMES);
+    // Written frames come back here so the renderer reuses their buffers.
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let anim = AnimParams {
+        dynamic_scale: params.dynamic_scale,
+        motion_scale: params.motion_scale,
+        seed: params.seed,
+    };
+    let renderer = tokio::task::spawn_blocking(move || {
+        let mut animator = Animator::new(face_crop, face_in_crop, anim);
+        let len = animator.width() * animator.height() * 3;
+        for (i, pose) in poses.into_iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut buf = recycle_rx.try_recv().unwrap_or_else(|_| vec![0; len]);
+            animator.render(i, pose, &mut buf);
+            // Fails only when the receiver is gone (cancelled or failed).
+            if tx.blocking_send(buf).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut written = 0usize;
+    while let Some(frame) = rx.recv().await {
+        encoder.write_frame(&frame).await?;
+        let _ = recycle_tx.send(frame);
+        written += 1;
+        progress(written as f32 / frames as f32 * 0.99);
+    }
+    renderer
+        .await
+        .map_err(|e| EngineError::Internal(format!("renderer: {e}")))?;
+    if written != frames {
+        return Err(EngineError::Internal(format!(
+            "renderer produced {written} of {frames} frames"
+        )));
+    }
+    encoder.finish().await?;
+    progress(1.0);
+    Ok(RenderStats {
+        frames,
+        width,
+        height,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Crops a square around `face` (x, y, w, h in `photo` pixels) with room for
+/// chin and hair, scales it to `size`x`size`, and returns the crop plus the
+/// face box in crop pixels — the inputs [`render_video`] expects.
+pub fn crop_around_face(
+    photo: &RgbImage,
+    face: (u32, u32, u32, u32),
+    size: u32,
+) -> (RgbImage, (u32, u32, u32, u32)) {
+    let (pw, ph) = (photo.width() as f32, photo.height() as f32);
+    let (fx, fy, fw, fh) = (
+        face.0 as f32,
+        face.1 as f32,
+        face.2.max(1) as f32,
+        face.3.max(1) as f32,
+    );
+    // 2.2x the face leaves the head recognisable and room for the jaw to
+    // move; the centre sits a little low because the chin moves, hair does not.
+    let side = (2.2 * fw.max(fh)).min(pw).min(ph).max(1.0);
+    let x0 = (fx + fw / 2.0 - side / 2.0).clamp(0.0, pw - side);
+    let y0 = (fy + 0.55 * fh - side / 2.0).clamp(0.0, ph - side);
+    let crop =
+        image::imageops::crop_imm(photo, x0 as u32, y0 as u32, side as u32, side as u32).to_image();
+    let scaled =
+        image::imageops::resize(&crop, size, size, image::imageops::FilterType::CatmullRom);
+    let s = size as f32 / side.floor();
+    let map = |v: f32| (v * s).round().max(0.0) as u32;
+    let face = (map(fx - x0.floor()), map(fy - y0.floor()), map(fw), map(fh));
+    let face = (
+        face.0.min(size - 1),
+        face.1.min(size - 1),
+        face.2.min(size - face.0.min(size - 1)),
+        face.3.min(size - face.1.min(size - 1)),
+    );
+    (scaled, face)
+}
+
+fn validate(
+    width: u32,
+    height: u32,
+    face: (u32, u32, u32, u32),
+    samples: &[f32],
+) -> Result<(), EngineError> {
+    if width < 16 || height < 16 || width % 2 == 1 || height % 2 == 1 {
+        return Err(EngineError::InvalidInput(format!(
+            "output size {width}x{height} must be even and at least 16x16"
+        )));
+    }
+    let (x, y, w, h) = face;
+    if w < 8 || h < 8 || x.saturating_add(w) > width || y.saturating_add(h) > height {
+        return Err(EngineError::InvalidInput(format!(
+            "face box {face:?} must be at least 8x8 and inside the {width}x{height} crop"
+        )));
+    }
+    if features::frame_count(samples.len()) == 0 {
+        return Err(EngineError::InvalidInput(
+            "audio is shorter than one frame".into(),
+        ));
+    }
+    if samples.iter().any(|s| !s.is_finite()) {
+        return Err(EngineError::InvalidInput(
+            "audio contains non-finite samples".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_inputs() {
+        let one_s = vec![0.0; 16_000];
+        assert_eq!(
+            validate(511, 512, (0, 0, 64, 64), &one_s)
+                .unwrap_err()
+                .code(),
+            "invalid_input"
+        );
+        assert!(validate(512, 512, (480, 0, 64, 64), &one_s).is_err());
+        assert!(validate(512, 512, (0, 0, 64, 64), &[0.0; 100]).is_err());
+        assert!(validate(512, 512, (0, 0, 64, 64), &[f32::NAN; 1000]).is_err());
+        assert!(validate(512, 512, (0, 0, 64, 64), &one_s).is_ok());
+    }
+}

@@ -1,0 +1,130 @@
+//! Engines turn a validated job's input files into a finished MP4. One trait fits the built-in CPU
+//! engine, the simulated engine and a remote engine (Sonic on a GPU machine through ComfyUI): each takes
+//! the input files and returns a finished video.
+
+pub mod builtin;
+pub mod simulated;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::domain::{JobId, SonicParams, Stage};
+
+pub use crate::media::face::Rect;
+
+/// Everything an engine needs for one job.
+#[derive(Debug, Clone)]
+pub struct EngineJob {
+    pub id: JobId,
+    pub params: SonicParams,
+    pub image_path: PathBuf,
+    pub audio_path: PathBuf,
+    /// The detected face in the original (orientation-corrected) image.
+    pub face: Rect,
+    /// The crop of the original image that becomes the video.
+    pub crop: Rect,
+    pub output_width: u32,
+    pub output_height: u32,
+    pub frames: u32,
+    /// A scratch directory of the job's own.
+    pub workdir: PathBuf,
+}
+
+/// What an engine can do, for `GET /v1/engines` and for refusing parameters it cannot honour.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Capabilities {
+    pub name: String,
+    pub description: String,
+    /// Parameters that change its output. Others, when given, are refused for this engine.
+    pub honours: Vec<String>,
+    pub min_resolution: u32,
+    pub max_resolution: u32,
+}
+
+/// Whether an engine can take work now.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// Progress reports from an engine: the stage and 0..1 within the whole job.
+pub type ProgressFn = Arc<dyn Fn(Stage, f64) + Send + Sync>;
+
+/// Why an engine failed. `server_side` failures give the user's quota back.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct EngineError {
+    pub code: &'static str,
+    pub message: String,
+    pub server_side: bool,
+}
+
+impl EngineError {
+    pub fn server(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            server_side: true,
+        }
+    }
+}
+
+/// A video generator.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    fn capabilities(&self) -> Capabilities;
+    async fn health(&self) -> Health;
+    /// Writes the finished MP4 (H.264 + AAC, 25 fps) to `out`. Dropping the future stops the work.
+    async fn generate(
+        &self,
+        job: &EngineJob,
+        out: &std::path::Path,
+        progress: ProgressFn,
+    ) -> Result<(), EngineError>;
+}
+
+/// The configured engines by name.
+#[derive(Clone, Default)]
+pub struct Engines {
+    engines: BTreeMap<String, Arc<dyn Engine>>,
+}
+
+impl Engines {
+    pub fn add(&mut self, engine: Arc<dyn Engine>) {
+        self.engines.insert(engine.capabilities().name, engine);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Engine>> {
+        self.engines.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.engines.keys().cloned().collect()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Engine>> {
+        self.engines.values()
+    }
+}
+
+/// Parameters whose value differs from Sonic's default although the engine ignores them.
+pub fn unhonoured(
+    capabilities: &Capabilities,
+    params: &SonicParams,
+    given: &[String],
+) -> Vec<String> {
+    let _ = params;
+    given
+        .iter()
+        .filter(|name| {
+            !matches!(name.as_str(), "duration" | "engine" | "callback_url")
+                && !capabilities.honours.iter().any(|h| h == *name)
+        })
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,264 @@
+//! Delivering finished videos: with a bearer token (`/v1/videos/{id}/content`) or a signed, expiring link
+//! (`/v1/files/videos/{id}.mp4`). Both support single byte ranges (RFC 9110 14) and ETags.
+
+use std::io::SeekFrom;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::domain::{JobId, JobStatus};
+use crate::http::caller::{Caller, ClientInfo};
+use crate::http::error::ApiError;
+use crate::http::signed_url::LinkRejection;
+use crate::http::state::AppState;
+use crate::storage::jobs::{JobRecord, JobScope};
+use crate::storage::TenantScope;
+
+/// A parsed `Range` header: `bytes=a-b`, `bytes=a-` or `bytes=-n`. Other forms are ignored (whole file).
+fn parse_range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = value.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let range = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 {
+                return Some(Err(()));
+            }
+            (size.saturating_sub(n), size.checked_sub(1)?)
+        }
+        (start, "") => (start.parse().ok()?, size.checked_sub(1)?),
+        (start, end) => {
+            let (s, e): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
+            if e < s {
+                return None;
+            }
+            (s, e.min(size.checked_sub(1)?))
+        }
+    };
+    if range.0 >= size {
+        return Some(Err(()));
+    }
+    Some(Ok(range))
+}
+
+/// Streams the job's MP4 with `Range`, `ETag`, `If-None-Match` and `Content-Type` handled.
+async fn serve_video(
+    state: &AppState,
+    job: &JobRecord,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(key) = job
+        .result_key
+        .as_deref()
+        .filter(|_| job.status == JobStatus::Succeeded)
+    else {
+        return Err(ApiError::Conflict {
+            code: "video_not_ready",
+            detail: format!(
+                "the job is {}; the video exists once it has succeeded",
+                job.status
+            ),
+        });
+    };
+    let path = state
+        .videos
+        .blobs
+        .local_path(key)
+        .ok_or_else(|| anyhow::anyhow!("blob store has no local path for {key}"))?;
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::NotFound)?;
+    let size = file.metadata().await.map_err(anyhow::Error::from)?.len();
+    // The result of a job never changes, so its id and size make a strong validator.
+    let etag = format!("\"{}-{size}\"", job.id);
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    response_headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).map_err(anyhow::Error::from)?,
+    );
+    response_headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
+    }
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.to_str().ok() == Some(etag.as_str()));
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| if_range_ok)
+        .and_then(|v| parse_range(v, size));
+    match range {
+        None => {
+            response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            let body = Body::from_stream(ReaderStream::new(file));
+            Ok((StatusCode::OK, response_headers, body).into_response())
+        }
+        Some(Err(())) => {
+            response_headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).map_err(anyhow::Error::from)?,
+            );
+            Ok((StatusCode::RANGE_NOT_SATISFIABLE, response_headers).into_response())
+        }
+        Some(Ok((start, end))) => {
+            let length = end - start + 1;
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(anyhow::Error::from)?;
+            response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            response_headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {start}-{end}/{size}"))
+                    .map_err(anyhow::Error::from)?,
+            );
+            let body = Body::from_stream(ReaderStream::new(file.take(length)));
+            Ok((StatusCode::PARTIAL_CONTENT, response_headers, body).into_response())
+        }
+    }
+}
+
+/// The MP4 of a succeeded job, with a bearer token.
+#[utoipa::path(get, path = "/v1/videos/{id}/content", tag = "videos", params(("id" = String, Path)),
+    responses((status = 200, content_type = "video/mp4", description = "the video"),
+        (status = 206, description = "a byte range"), (status = 404, body = crate::http::error::Problem),
+        (status = 409, description = "not finished", body = crate::http::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn content(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
+    let scope = JobScope {
+        tenant: caller.scope(),
+        user: (!caller.role.is_admin()).then_some(caller.user_id),
+    };
+    let job = state
+        .store
+        .job(scope, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let response = serve_video(&state, &job, &headers).await?;
+    if headers.get(header::RANGE).is_none() {
+        state
+            .auditor
+            .record(
+                &caller.audit_context(),
+                AuditEvent::new("video.download", Outcome::Success).target(id),
+            )
+            .await;
+    }
+    Ok(response)
+}
+
+/// The query of a signed link.
+#[derive(Deserialize)]
+pub struct SignedQuery {
+    expires: Option<i64>,
+    sig: Option<String>,
+}
+
+/// The MP4 behind a signed link; no bearer token needed. Altered or expired links get 403.
+#[utoipa::path(get, path = "/v1/files/videos/{file}", tag = "videos", params(("file" = String, Path)),
+    responses((status = 200, content_type = "video/mp4", description = "the video"),
+        (status = 403, description = "invalid_signature or link_expired", body = crate::http::error::Problem)))]
+pub async fn signed(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    Path(file): Path<String>,
+    query: Result<Query<SignedQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let invalid = || ApiError::Forbidden {
+        code: "invalid_signature",
+        detail: "this link is not valid".to_owned(),
+    };
+    let Ok(Query(SignedQuery {
+        expires: Some(expires),
+        sig: Some(sig),
+    })) = query
+    else {
+        return Err(invalid());
+    };
+    let path = format!("/v1/files/videos/{file}");
+    match state
+        .videos
+        .signer
+        .verify(&path, expires, &sig, crate::time::now_s())
+    {
+        Ok(()) => {}
+        Err(LinkRejection::BadSignature) => return Err(invalid()),
+        Err(LinkRejection::Expired) => {
+            return Err(ApiError::Forbidden {
+                code: "link_expired",
+                detail: "this link has expired; fetch the job again for a fresh one".to_owned(),
+            })
+        }
+    }
+    let id: JobId = file
+        .strip_suffix(".mp4")
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(invalid)?;
+    let scope = JobScope {
+        tenant: TenantScope::All,
+        user: None,
+    };
+    let job = state
+        .store
+        .job(scope, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let response = serve_video(&state, &job, &headers).await?;
+    if headers.get(header::RANGE).is_none() {
+        let context = client
+            .audit_context()
+            .with_actor(job.user_id, job.tenant_id);
+        state
+            .auditor
+            .record(
+                &context,
+                AuditEvent::new("video.download", Outcome::Success)
+                    .target(id)
+                    .reason("signed_link"),
+            )
+            .await;
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_follow_rfc9110() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Some(Ok((0, 99))));
+        assert_eq!(parse_range("bytes=900-", 1000), Some(Ok((900, 999))));
+        assert_eq!(parse_range("bytes=-100", 1000), Some(Ok((900, 999))));
+        assert_eq!(parse_range("bytes=990-2000", 1000), Some(Ok((990, 999))));
+        assert_eq!(parse_range("bytes=1000-", 1000), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), None);
+        assert_eq!(parse_range("items=0-1", 1000), None);
+        assert_eq!(parse_range("bytes=5-1", 1000), None);
+    }
+}

@@ -1,0 +1,433 @@
+//! Intake: everything is checked before a job is queued, so engine time is never spent on bad input.
+//! Order: media (real image format and size, real audio duration), parameters against Sonic's ranges,
+//! the engine's capabilities, the plan's limits, a face in the photo, the idempotency key, then the quota
+//! (atomically, with the insert).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::view::{AudioInput, ImageInput, JobInput, OutputPlan};
+use super::{input_key, job_prefix, VideoService};
+use crate::audit::{AuditContext, AuditEvent, Outcome};
+use crate::domain::{
+    JobId, JobStatus, ParamError, PlanName, RawParams, SonicParams, Stage, TenantId, UserId,
+};
+use crate::media::audio::{probe_audio, AudioInfo};
+use crate::media::face::plan_crop;
+use crate::media::image::{probe_image, ProbedImage};
+use crate::media::MediaError;
+use crate::storage::jobs::{IdempotencyState, JobRecord, QuotaLimits, QuotaRefusal};
+use crate::time::now_ms;
+
+/// An uploaded file, already streamed to local disk within its size limit.
+#[derive(Debug)]
+pub struct UploadedFile {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// One `POST /v1/videos` after the HTTP layer has received it.
+#[derive(Debug)]
+pub struct Submission {
+    pub user: UserId,
+    pub tenant: TenantId,
+    pub plan: PlanName,
+    pub image: UploadedFile,
+    pub audio: UploadedFile,
+    pub fields: RawParams,
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a submission was refused. Each maps to one HTTP status and a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The upload itself is unusable (422).
+    #[error("{field}: {message}")]
+    Media {
+        code: &'static str,
+        field: &'static str,
+        message: String,
+    },
+    /// Parameters out of range or inconsistent (422).
+    #[error("invalid parameters")]
+    Params {
+        code: &'static str,
+        errors: Vec<ParamError>,
+    },
+    /// The chosen engine cannot honour a parameter (422).
+    #[error("engine {engine} does not support {parameters:?}")]
+    UnsupportedParameter {
+        engine: String,
+        parameters: Vec<String>,
+    },
+    /// Over a limit of the caller's plan (403).
+    #[error("the {plan} plan allows {limit} = {allowed}; the request asks for {asked}")]
+    PlanLimit {
+        limit: &'static str,
+        plan: String,
+        asked: String,
+        allowed: String,
+    },
+    /// Daily or concurrency quota exhausted (429).
+    #[error("{detail}")]
+    Quota {
+        detail: String,
+        retry_after: Duration,
+    },
+    /// The same key is being used by a request still in progress (409).
+    #[error("a request with this Idempotency-Key is still being processed")]
+    IdempotencyInProgress,
+    /// The key was used for a different request (422).
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyMismatch,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::storage::StoreError> for IntakeError {
+    fn from(err: crate::storage::StoreError) -> Self {
+        IntakeError::Internal(err.into())
+    }
+}
+
+/// What a submission produced.
+pub enum Submitted {
+    Created(JobRecord),
+    /// The same Idempotency-Key and request as before: the original job.
+    Replayed(JobRecord),
+}
+
+fn media_error(field: &'static str, err: MediaError) -> IntakeError {
+    if err.is_client_error() {
+        IntakeError::Media {
+            code: err.code(),
+            field,
+            message: err.to_string(),
+        }
+    } else {
+        IntakeError::Internal(anyhow::anyhow!("{field}: {err}"))
+    }
+}
+
+/// Seconds until the next UTC midnight, when the daily quota resets.
+fn until_midnight(now_ms: i64) -> Duration {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    let next = (now_ms / DAY_MS + 1) * DAY_MS;
+    Duration::from_millis((next - now_ms).max(1000) as u64)
+}
+
+impl VideoService {
+    /// Validates a submission completely and queues it.
+    pub async fn submit(
+        &self,
+        context: &AuditContext,
+        submission: Submission,
+    ) -> Result<Submitted, IntakeError> {
+        let limits = self.settings.image_limits;
+        let image_path = submission.image.path.clone();
+        let audio_path = submission.audio.path.clone();
+        let (image, audio) = tokio::try_join!(
+            async {
+                tokio::task::spawn_blocking(move || probe_image(&image_path, &limits))
+                    .await
+                    .map_err(anyhow::Error::from)?
+                    .map_err(|e| media_error("image", e))
+            },
+            async {
+                tokio::task::spawn_blocking(move || probe_audio(&audio_path))
+                    .await
+                    .map_err(anyhow::Error::from)?
+                    .map_err(|e| media_error("audio", e))
+            },
+        )?;
+
+        let params = SonicParams::parse(
+            &submission.fields,
+            audio.duration_s,
+            &self.settings.default_engine,
+        )
+        .map_err(|errors| {
+            let mismatch = errors
+                .iter()
+                .any(|e| e.message.starts_with("duration_mismatch"));
+            IntakeError::Params {
+                code: if mismatch {
+                    "duration_mismatch"
+                } else {
+                    "validation_failed"
+                },
+                errors,
+            }
+        })?;
+        let Some(engine) = self.engines.get(&params.engine) else {
+            return Err(IntakeError::Params {
+                code: "validation_failed",
+                errors: vec![ParamError {
+                    field: "engine".into(),
+                    message: format!(
+                        "unknown engine; available: {}",
+                        self.engines.names().join(", ")
+                    ),
+                }],
+            });
+        };
+        let capabilities = engine.capabilities();
+        let given: Vec<String> = submission.fields.keys().cloned().collect();
+        let unsupported = crate::engines::unhonoured(&capabilities, &params, &given);
+        if !unsupported.is_empty() {
+            return Err(IntakeError::UnsupportedParameter {
+                engine: capabilities.name,
+                parameters: unsupported,
+            });
+        }
+
+        let plan = self.plans.limits(&submission.plan);
+        if let Some((limit, asked, allowed)) = params.exceeds(&plan) {
+            self.auditor
+                .record(
+                    context,
+                    AuditEvent::new("video.create", Outcome::Denied).reason("plan_limit"),
+                )
+                .await;
+            return Err(IntakeError::PlanLimit {
+                limit,
+                plan: submission.plan.to_string(),
+                asked,
+                allowed,
+            });
+        }
+
+        let (face, faces_detected, crop) = self.find_face(&image, &params).await?;
+
+        let request_hash = {
+            let mut hasher = Sha256::new();
+            hasher.update(serde_json::to_vec(&params).map_err(anyhow::Error::from)?);
+            hasher.update(submission.image.sha256.as_bytes());
+            hasher.update(submission.audio.sha256.as_bytes());
+            hex::encode(hasher.finalize())
+        };
+        if let Some(key) = &submission.idempotency_key {
+            match self
+                .store
+                .reserve_idempotency_key(submission.user, key, &request_hash, now_ms())
+                .await?
+            {
+                IdempotencyState::Reserved => {}
+                IdempotencyState::InProgress => return Err(IntakeError::IdempotencyInProgress),
+                IdempotencyState::Mismatch => return Err(IntakeError::IdempotencyMismatch),
+                IdempotencyState::Existing(id) => {
+                    let scope = crate::storage::jobs::JobScope {
+                        tenant: crate::storage::TenantScope::Tenant(submission.tenant),
+                        user: Some(submission.user),
+                    };
+                    if let Some(job) = self.store.job(scope, id).await? {
+                        return Ok(Submitted::Replayed(job));
+                    }
+                    // The original job was deleted: treat the key as fresh.
+                }
+            }
+        }
+        let result = self
+            .queue(
+                context,
+                &submission,
+                &params,
+                &image,
+                &audio,
+                face,
+                faces_detected,
+                crop,
+                &plan,
+            )
+            .await;
+        if let Some(key) = &submission.idempotency_key {
+            match &result {
+                Ok(job) => {
+                    self.store
+                        .complete_idempotency_key(submission.user, key, job.id)
+                        .await?
+                }
+                Err(_) => {
+                    self.store
+                        .release_idempotency_key(submission.user, key)
+                        .await?
+                }
+            }
+        }
+        result.map(Submitted::Created)
+    }
+
+    async fn find_face(
+        &self,
+        image: &ProbedImage,
+        params: &SonicParams,
+    ) -> Result<
+        (
+            crate::media::face::Rect,
+            usize,
+            crate::media::face::CropPlan,
+        ),
+        IntakeError,
+    > {
+        let detector = self.faces.clone();
+        let pixels = image.image.clone();
+        let faces = tokio::task::spawn_blocking(move || detector.detect(&pixels))
+            .await
+            .map_err(anyhow::Error::from)?;
+        let Some(largest) = faces.first() else {
+            return Err(IntakeError::Media {
+                code: "no_face_detected",
+                field: "image",
+                message: "no face was found in the photo: use a well-lit, frontal portrait"
+                    .to_owned(),
+            });
+        };
+        let crop = plan_crop(
+            largest,
+            image.width,
+            image.height,
+            params.expand_ratio as f32,
+            params.min_resolution,
+        );
+        let face = crate::media::face::Rect {
+            x: largest.x,
+            y: largest.y,
+            width: largest.width,
+            height: largest.height,
+        };
+        Ok((face, faces.len(), crop))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn queue(
+        &self,
+        context: &AuditContext,
+        submission: &Submission,
+        params: &SonicParams,
+        image: &ProbedImage,
+        audio: &AudioInfo,
+        face: crate::media::face::Rect,
+        faces_detected: usize,
+        crop: crate::media::face::CropPlan,
+        plan: &crate::domain::Plan,
+    ) -> Result<JobRecord, IntakeError> {
+        let id = JobId::generate();
+        let now = now_ms();
+        let input = JobInput {
+            image: ImageInput {
+                format: image.format.as_str().to_owned(),
+                width: image.width,
+                height: image.height,
+                face,
+                faces_detected,
+                crop: crop.crop,
+            },
+            audio: AudioInput {
+                format: audio.format.as_str().to_owned(),
+                duration: audio.duration_s,
+                sample_rate: audio.sample_rate,
+                channels: audio.channels,
+            },
+        };
+        let output = OutputPlan {
+            width: crop.output_width,
+            height: crop.output_height,
+            fps: 25,
+            frames: (audio.duration_s * 25.0).floor() as u32,
+        };
+        // Files first: a worker must never claim a job whose inputs are missing.
+        let image_key = input_key(submission.tenant, id, "image", image.format.as_str());
+        let audio_key = input_key(submission.tenant, id, "audio", audio.format.as_str());
+        self.blobs
+            .put_file(&image_key, &submission.image.path)
+            .await?;
+        self.blobs
+            .put_file(&audio_key, &submission.audio.path)
+            .await?;
+        let record = JobRecord {
+            id,
+            tenant_id: submission.tenant,
+            user_id: submission.user,
+            status: JobStatus::Queued,
+            stage: Stage::Queued,
+            progress: 0.0,
+            engine: params.engine.clone(),
+            params: serde_json::to_string(params).map_err(anyhow::Error::from)?,
+            input: serde_json::to_string(&input).map_err(anyhow::Error::from)?,
+            output_plan: serde_json::to_string(&output).map_err(anyhow::Error::from)?,
+            callback_url: params.callback_url.clone(),
+            vtag: 0.0,
+            attempts: 0,
+            worker_id: None,
+            lease_expires_at: None,
+            counts_toward_quota: true,
+            error_code: None,
+            error_message: None,
+            result_key: None,
+            result_bytes: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+        };
+        let quota = QuotaLimits {
+            videos_per_day: i64::from(plan.videos_per_day),
+            max_concurrent_jobs: i64::from(plan.max_concurrent_jobs),
+            priority_weight: f64::from(plan.priority_weight),
+            day_start: now - now.rem_euclid(24 * 3600 * 1000),
+        };
+        let created = match self.store.create_job(&record, &quota).await {
+            Ok(Ok(job)) => job,
+            Ok(Err(refusal)) => {
+                self.blobs
+                    .delete_prefix(&job_prefix(submission.tenant, id))
+                    .await?;
+                let (detail, retry_after, reason) = match refusal {
+                    QuotaRefusal::Daily => (
+                        format!(
+                            "the {} plan allows {} videos per day",
+                            submission.plan, plan.videos_per_day
+                        ),
+                        until_midnight(now),
+                        "quota_daily",
+                    ),
+                    QuotaRefusal::Concurrent => (
+                        format!(
+                            "the {} plan allows {} job(s) at a time; wait for one to finish",
+                            submission.plan, plan.max_concurrent_jobs
+                        ),
+                        Duration::from_secs(30),
+                        "quota_concurrent",
+                    ),
+                };
+                self.auditor
+                    .record(
+                        context,
+                        AuditEvent::new("video.create", Outcome::Denied).reason(reason),
+                    )
+                    .await;
+                return Err(IntakeError::Quota {
+                    detail,
+                    retry_after,
+                });
+            }
+            Err(err) => {
+                self.blobs
+                    .delete_prefix(&job_prefix(submission.tenant, id))
+                    .await?;
+                return Err(err.into());
+            }
+        };
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new("video.create", Outcome::Success).target(created.id),
+            )
+            .await;
+        self.events.queued();
+        self.events.changed(created.id);
+        Ok(created)
+    }
+}

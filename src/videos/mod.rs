@@ -1,0 +1,92 @@
+//! Video generation: intake (validate uploads, check plan and quota, queue), workers (claim, run an
+//! engine, store the MP4), and the views and events the API serves.
+
+pub mod events;
+pub mod intake;
+pub mod view;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::Auditor;
+use crate::blobs::BlobStore;
+use crate::domain::{JobId, Plans, TenantId};
+use crate::engines::Engines;
+use crate::http::signed_url::UrlSigner;
+use crate::media::face::FaceDetector;
+use crate::media::image::ImageLimits;
+use crate::storage::jobs::JobRecord;
+use crate::storage::Store;
+
+pub use events::JobEvents;
+
+/// Limits and settings of video generation.
+#[derive(Debug, Clone)]
+pub struct VideoSettings {
+    pub default_engine: String,
+    pub image_limits: ImageLimits,
+    pub max_audio_bytes: u64,
+    pub workers: usize,
+    pub lease: Duration,
+    pub max_attempts: i64,
+    pub link_ttl_s: i64,
+    /// Scratch space for uploads in flight and jobs being rendered.
+    pub work_dir: PathBuf,
+}
+
+/// Everything video intake and workers share.
+pub struct VideoService {
+    pub store: Arc<dyn Store>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub engines: Engines,
+    pub plans: Plans,
+    pub auditor: Auditor,
+    pub signer: UrlSigner,
+    pub faces: FaceDetector,
+    pub events: JobEvents,
+    pub settings: VideoSettings,
+}
+
+/// Where a job's files live in the blob store.
+pub fn job_prefix(tenant: TenantId, job: JobId) -> String {
+    format!("jobs/{tenant}/{job}")
+}
+
+pub fn input_key(tenant: TenantId, job: JobId, name: &str, ext: &str) -> String {
+    format!("{}/{name}.{ext}", job_prefix(tenant, job))
+}
+
+pub fn result_key(tenant: TenantId, job: JobId) -> String {
+    format!("{}/video.mp4", job_prefix(tenant, job))
+}
+
+/// The path of a job's signed download link.
+pub fn download_path(job: JobId) -> String {
+    format!("/v1/files/videos/{job}.mp4")
+}
+
+impl VideoService {
+    /// The API view of a job, with its queue position and a fresh signed link when finished.
+    pub async fn view(&self, job: &JobRecord) -> anyhow::Result<view::JobView> {
+        let position = if job.status == crate::domain::JobStatus::Queued {
+            Some(self.store.queue_position(job).await?)
+        } else {
+            None
+        };
+        let result = match (&job.result_key, job.status) {
+            (Some(_), crate::domain::JobStatus::Succeeded) => {
+                let expires = crate::time::now_s() + self.settings.link_ttl_s;
+                Some(view::JobResult {
+                    url: self.signer.sign(&download_path(job.id), expires),
+                    expires_at: crate::time::rfc3339(expires * 1000),
+                    content_type: "video/mp4",
+                    bytes: job.result_bytes.unwrap_or(0),
+                })
+            }
+            _ => None,
+        };
+        view::JobView::from_record(job, position, result)
+    }
+}

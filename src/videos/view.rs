@@ -1,0 +1,120 @@
+//! The job as the API shows it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{JobId, JobStatus, SonicParams, Stage};
+use crate::media::face::Rect;
+use crate::storage::jobs::JobRecord;
+use crate::time::rfc3339;
+
+/// What intake measured about the uploads, stored with the job.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobInput {
+    pub image: ImageInput,
+    pub audio: AudioInput,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageInput {
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    #[schema(value_type = Object)]
+    pub face: Rect,
+    /// How many faces were found; the largest is used.
+    pub faces_detected: usize,
+    /// The region of the photo that becomes the video (the face box grown by expand_ratio).
+    #[schema(value_type = Object)]
+    pub crop: Rect,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AudioInput {
+    pub format: String,
+    pub duration: f64,
+    pub sample_rate: u32,
+    pub channels: u16,
+}
+
+/// The planned output.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OutputPlan {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub frames: u32,
+}
+
+/// A failure the user can act on.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Where to get the finished video.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobResult {
+    /// A signed link that works without a bearer token until `expires_at`.
+    pub url: String,
+    pub expires_at: String,
+    pub content_type: &'static str,
+    pub bytes: i64,
+}
+
+/// A video job.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    pub id: JobId,
+    pub status: JobStatus,
+    pub stage: Stage,
+    pub progress: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i64>,
+    pub engine: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub params: SonicParams,
+    pub input: JobInput,
+    pub output: OutputPlan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+}
+
+/// Stored JSON that no longer parses is a server bug, reported as such.
+fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> anyhow::Result<T> {
+    serde_json::from_str(json).map_err(|e| anyhow::anyhow!("stored job {what} is invalid: {e}"))
+}
+
+impl JobView {
+    pub fn from_record(
+        job: &JobRecord,
+        queue_position: Option<i64>,
+        result: Option<JobResult>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            id: job.id,
+            status: job.status,
+            stage: job.stage,
+            progress: job.progress,
+            queue_position: (job.status == JobStatus::Queued)
+                .then_some(queue_position)
+                .flatten(),
+            engine: job.engine.clone(),
+            created_at: rfc3339(job.created_at),
+            started_at: job.started_at.map(rfc3339),
+            finished_at: job.finished_at.map(rfc3339),
+            params: parse("params", &job.params)?,
+            input: parse("input", &job.input)?,
+            output: parse("output", &job.output_plan)?,
+            error: job.error_code.as_ref().map(|code| JobError {
+                code: code.clone(),
+                message: job.error_message.clone().unwrap_or_default(),
+            }),
+            result,
+        })
+    }
+}
