@@ -211,9 +211,14 @@ pub async fn start_with_admin_password(
         core.accounts.auditor.clone(),
         config.refresh_token_ttl_s,
     ));
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
     let videos = Arc::new(video_service(&config, &core).await?);
     if config.workers > 0 {
-        crate::videos::worker::spawn_workers(Arc::clone(&videos), config.workers);
+        crate::videos::worker::spawn_workers(
+            Arc::clone(&videos),
+            config.workers,
+            shutdown.subscribe(),
+        );
     }
 
     let state = AppState::new(Services {
@@ -239,7 +244,6 @@ pub async fn start_with_admin_password(
 
     tokio::spawn(housekeeping(Arc::clone(&tokens), Arc::clone(&sessions)));
 
-    let (shutdown, mut shutdown_rx) = watch::channel(false);
     let app = crate::http::router(state.clone());
     let task = if config.tls_enabled() {
         serve_tls(&config, std_listener, app, shutdown_rx).await?

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use super::view::{JobInput, OutputPlan};
 use super::{input_key, result_key, VideoService};
 use crate::audit::{AuditContext, AuditEvent, Outcome};
@@ -16,14 +18,28 @@ use crate::time::now_ms;
 /// How often the progress of a running job is written to the database at most.
 const PROGRESS_INTERVAL_MS: u64 = 500;
 
-/// Starts `count` workers and the lease reaper. They run until the runtime stops.
-pub fn spawn_workers(service: Arc<VideoService>, count: usize) {
+/// Starts `count` workers and the lease reaper. They stop when `shutdown` turns true; a job being run
+/// then stays `running` until its lease expires and another worker takes it over.
+pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::Receiver<bool>) {
     let instance = uuid::Uuid::new_v4().simple().to_string();
     for index in 0..count {
         let worker_id = format!("{}-{index}", &instance[..12]);
-        tokio::spawn(Arc::clone(&service).work(worker_id));
+        let mut stop = shutdown.clone();
+        let worker = Arc::clone(&service).work(worker_id);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = worker => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+        });
     }
-    tokio::spawn(service.reap_expired_leases());
+    let mut stop = shutdown;
+    tokio::spawn(async move {
+        tokio::select! {
+            () = service.reap_expired_leases() => {}
+            _ = stop.wait_for(|stop| *stop) => {}
+        }
+    });
 }
 
 impl VideoService {

@@ -146,7 +146,12 @@ impl TestServer {
     }
 
     /// Stops the server and starts a new one on the same data directory and database.
-    pub async fn restart(mut self) -> Self {
+    pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// `restart`, changing the configuration of the new run.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> Self {
         self.server
             .take()
             .unwrap()
@@ -154,6 +159,7 @@ impl TestServer {
             .await
             .expect("clean stop");
         let mut config = self.config.clone();
+        tweak(&mut config);
         config.listen = "127.0.0.1:0".parse().unwrap();
         // Keep the issuer of the first run, so its tokens stay valid.
         config.issuer = format!("http://{}", self.addr);

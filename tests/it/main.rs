@@ -14,3 +14,4 @@ mod sessions;
 mod storage;
 mod throttle;
 mod tokens;
+mod videos;
