@@ -351,6 +351,7 @@ async fn video_service(
             lease: Duration::from_secs(config.job_lease_s),
             max_attempts: config.job_max_attempts,
             link_ttl_s: config.link_ttl_s,
+            webhook_allow_private: config.webhook_allow_private,
             work_dir: config.data_dir.join("work"),
         },
     })

@@ -21,7 +21,7 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    use routes::{audit, auth, engines, files, me, ops, tenants, users, videos};
+    use routes::{audit, auth, engines, files, me, ops, tenants, users, videos, webhooks};
     let api = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -56,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/videos/{id}/content", get(files::content))
         .route("/v1/files/videos/{file}", get(files::signed))
         .route("/v1/engines", get(engines::list))
+        .route(
+            "/v1/webhook-secret",
+            get(webhooks::get).post(webhooks::rotate),
+        )
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES));
     // Uploads stream to disk with per-file limits; the request as a whole may hold both files.
     let upload_limit =

@@ -17,6 +17,9 @@ use super::routes;
         routes::users::list, routes::users::create, routes::users::get, routes::users::update, routes::users::delete,
         routes::tenants::list, routes::tenants::create, routes::tenants::get, routes::tenants::update,
         routes::audit::list, routes::audit::verify,
+        routes::videos::create, routes::videos::get, routes::videos::list, routes::videos::cancel,
+        routes::videos::delete, routes::videos::events, routes::files::content, routes::files::signed,
+        routes::engines::list, routes::webhooks::get, routes::webhooks::rotate,
     ),
     components(schemas(crate::http::error::Problem, crate::http::error::FieldError)),
     modifiers(&BearerAuth),
@@ -25,6 +28,7 @@ use super::routes;
         (name = "account", description = "The signed-in user"),
         (name = "admin", description = "Tenant administration"),
         (name = "platform", description = "Platform administration"),
+        (name = "videos", description = "Video generation"),
         (name = "ops", description = "Health"),
     )
 )]

@@ -230,6 +230,17 @@ pub trait Store: jobs::JobStore + Send + Sync + 'static {
         scope: TenantScope,
         query: &AuditQuery,
     ) -> StoreResult<Vec<AuditRecord>>;
+    /// The tenant's webhook signing secret, if one was made.
+    async fn webhook_secret(&self, tenant: TenantId) -> StoreResult<Option<String>>;
+    /// Stores a secret unless one exists (`replace = false`) or always (`replace = true`); returns the one in force.
+    async fn put_webhook_secret(
+        &self,
+        tenant: TenantId,
+        secret: &str,
+        replace: bool,
+        now: i64,
+    ) -> StoreResult<String>;
+
     /// Records in chain order, after `after_seq`, for verification.
     async fn audit_chain_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditRecord>>;
 }

@@ -183,6 +183,19 @@ impl VideoService {
             });
         }
 
+        if let Some(url) = &params.callback_url {
+            if let Err(message) =
+                super::webhook::resolve_target(url, self.settings.webhook_allow_private).await
+            {
+                return Err(IntakeError::Params {
+                    code: "validation_failed",
+                    errors: vec![ParamError {
+                        field: "callback_url".into(),
+                        message,
+                    }],
+                });
+            }
+        }
         let plan = self.plans.limits(&submission.plan);
         if let Some((limit, asked, allowed)) = params.exceeds(&plan) {
             self.auditor

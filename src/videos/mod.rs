@@ -4,6 +4,7 @@
 pub mod events;
 pub mod intake;
 pub mod view;
+pub mod webhook;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub struct VideoSettings {
     pub lease: Duration,
     pub max_attempts: i64,
     pub link_ttl_s: i64,
+    pub webhook_allow_private: bool,
     /// Scratch space for uploads in flight and jobs being rendered.
     pub work_dir: PathBuf,
 }

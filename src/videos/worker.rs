@@ -270,5 +270,32 @@ impl VideoService {
             event = event.reason(code);
         }
         self.auditor.record(&context, event).await;
+        if let Some(url) = job.callback_url.clone() {
+            let body = match self
+                .view(job)
+                .await
+                .and_then(|v| Ok(serde_json::to_string(&v)?))
+            {
+                Ok(body) => body,
+                Err(err) => {
+                    tracing::error!(job = %job.id, error = %err, "rendering the webhook body failed");
+                    return;
+                }
+            };
+            let store = Arc::clone(&self.store);
+            let (tenant, message_id) = (job.tenant_id, format!("msg_{}_{}", job.id, job.status));
+            let allow_private = self.settings.webhook_allow_private;
+            tokio::spawn(async move {
+                super::webhook::deliver(
+                    store.as_ref(),
+                    tenant,
+                    &url,
+                    &message_id,
+                    body,
+                    allow_private,
+                )
+                .await;
+            });
+        }
     }
 }

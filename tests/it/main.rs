@@ -15,3 +15,4 @@ mod storage;
 mod throttle;
 mod tokens;
 mod videos;
+mod webhooks;

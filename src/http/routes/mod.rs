@@ -9,3 +9,4 @@ pub mod ops;
 pub mod tenants;
 pub mod users;
 pub mod videos;
+pub mod webhooks;

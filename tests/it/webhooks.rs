@@ -1,0 +1,171 @@
+//! Webhooks: the final job is POSTed to `callback_url`, signed the Standard Webhooks way; the signature
+//! is checked here by an independent implementation (Python's standard library).
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::helpers::*;
+use crate::videos::{form, submit, submit_ok};
+
+/// A receiver on port 0 that records each delivery.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, String)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let tx = Arc::new(Mutex::new(tx));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let tx = Arc::clone(&tx);
+            async move {
+                let _ = tx.lock().unwrap().send((headers, body));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, rx)
+}
+
+const VERIFY_PY: &str = r#"
+import base64, hashlib, hmac, sys
+secret, msg_id, ts, signature = sys.argv[1:5]
+body = sys.stdin.buffer.read()
+key = base64.b64decode(secret.removeprefix("whsec_"))
+expected = base64.b64encode(hmac.new(key, msg_id.encode() + b"." + ts.encode() + b"." + body, hashlib.sha256).digest()).decode()
+ok = any(part.split(",", 1)[1] == expected for part in signature.split(" ") if part.startswith("v1,"))
+sys.exit(0 if ok else 1)
+"#;
+
+fn python_verifies(secret: &str, headers: &HeaderMap, body: &str) -> bool {
+    use std::io::Write;
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            VERIFY_PY,
+            secret,
+            &header("webhook-id"),
+            &header("webhook-timestamp"),
+            &header("webhook-signature"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    child.wait().unwrap().success()
+}
+
+#[tokio::test]
+async fn finished_job_is_delivered_signed_with_the_tenant_secret() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.webhook_allow_private = true;
+        c.simulated_engine_ms = 20;
+        c.default_engine = "simulated".to_owned();
+    })
+    .await;
+    let admin = server.admin().await;
+    let (url, mut deliveries) = receiver().await;
+    let secret: Value = server
+        .get("/v1/webhook-secret", &admin.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = secret["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+
+    let job = submit_ok(
+        &server,
+        &admin.access,
+        form("speech_en.wav", &[("callback_url", &url)]),
+    )
+    .await;
+    let (headers, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(60), deliveries.recv())
+            .await
+            .expect("a delivery")
+            .unwrap();
+    let delivered: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(delivered["id"], job["id"]);
+    assert_eq!(delivered["status"], "succeeded");
+    assert!(
+        python_verifies(&secret, &headers, &body),
+        "independent verification"
+    );
+    assert!(
+        !python_verifies(&secret, &headers, &body.replace("succeeded", "failed")),
+        "a changed body fails"
+    );
+
+    // After rotation, the old secret no longer verifies new deliveries.
+    let rotated: Value = server
+        .client
+        .post(server.url("/v1/webhook-secret"))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rotated = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, secret);
+    submit_ok(
+        &server,
+        &admin.access,
+        form("speech_en.wav", &[("callback_url", &url)]),
+    )
+    .await;
+    let (headers, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(60), deliveries.recv())
+            .await
+            .expect("a second delivery")
+            .unwrap();
+    assert!(python_verifies(&rotated, &headers, &body));
+    assert!(!python_verifies(&secret, &headers, &body));
+}
+
+#[tokio::test]
+async fn loopback_callback_is_refused_unless_configured() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let response = submit(
+        &server,
+        &admin.access,
+        form(
+            "speech_en.wav",
+            &[("callback_url", "http://127.0.0.1:9/hook")],
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "callback_url");
+}
+
+#[tokio::test]
+async fn webhook_secret_is_for_admins() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    server
+        .create_user(&admin.access, "plain", "user", None)
+        .await;
+    let user = server.login("plain", USER_PASSWORD).await;
+    assert_eq!(
+        server
+            .get("/v1/webhook-secret", &user.access)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+}
