@@ -41,6 +41,12 @@ enum Command {
     /// Inspect the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The whole path in one command: a fresh server, the bundled sample face and speech, an MP4.
+    Demo {
+        /// Where to write the video.
+        #[arg(long, default_value = "sonicgw-demo.mp4")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -168,6 +174,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 println!("sonicgw metrics on http://{metrics}/metrics");
             }
             server.run_until_signal().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { out } => {
+            let path = crate::demo::run(config, out).await?;
+            let absolute = std::fs::canonicalize(&path).unwrap_or(path);
+            println!("video written to {}", absolute.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin(command) => admin(command, &config).await.map(|()| ExitCode::SUCCESS),

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod engines;
 pub mod http;
