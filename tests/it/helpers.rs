@@ -127,6 +127,13 @@ impl TestServer {
         Self::launch(config, dir, pg).await
     }
 
+    /// A server on an existing data directory (SQLite), e.g. one a killed process left behind.
+    pub async fn start_on(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config(dir.path(), None);
+        tweak(&mut config);
+        Self::launch(config, dir, None).await
+    }
+
     async fn launch(config: Config, dir: tempfile::TempDir, pg: Option<PgDatabase>) -> Self {
         let server = sonicgw::app::start_with_admin_password(
             config.clone(),

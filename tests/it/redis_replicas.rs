@@ -10,14 +10,14 @@ use reqwest::StatusCode;
 use crate::helpers::*;
 
 /// A `sonicgw serve` child process, killed on drop.
-struct Replica {
+pub struct Replica {
     child: Child,
-    base: String,
+    pub base: String,
     stderr_path: std::path::PathBuf,
 }
 
 impl Replica {
-    fn start(env: &[(&str, String)], stderr_path: std::path::PathBuf) -> Self {
+    pub fn start(env: &[(&str, String)], stderr_path: std::path::PathBuf) -> Self {
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sonicgw"));
         command
@@ -50,6 +50,14 @@ impl Replica {
             base,
             stderr_path,
         }
+    }
+}
+
+impl Replica {
+    /// SIGKILL: no clean shutdown, like a crashed machine.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

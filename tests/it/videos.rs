@@ -880,3 +880,94 @@ async fn engines_are_listed_with_capabilities_and_health() {
         .unwrap()
         .contains(&json!("inference_steps")));
 }
+
+#[tokio::test]
+async fn job_of_a_killed_worker_process_is_requeued_when_its_lease_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SONICGW_DATA_DIR", dir.path().display().to_string()),
+        ("SONICGW_SIMULATED_ENGINE_MS", "600000".to_owned()),
+        ("SONICGW_DEFAULT_ENGINE", "simulated".to_owned()),
+        ("SONICGW_JOB_LEASE_S", "3".to_owned()),
+        ("SONICGW_LOG", "warn".to_owned()),
+    ];
+    let mut doomed = crate::redis_replicas::Replica::start(&env, dir.path().join("doomed.log"));
+    let client = reqwest::Client::new();
+    let login: Value = client
+        .post(format!("{}/v1/auth/token", doomed.base))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", ADMIN_PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let created: Value = client
+        .post(format!("{}/v1/videos", doomed.base))
+        .bearer_auth(&token)
+        .multipart(form("speech_en.wav", &[]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let job: Value = client
+            .get(format!("{}/v1/videos/{id}", doomed.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    doomed.kill();
+
+    let server = TestServer::start_on(dir, |c| {
+        c.simulated_engine_ms = 100;
+        c.default_engine = "simulated".to_owned();
+        c.job_lease_s = 3;
+    })
+    .await;
+    let admin = server.admin().await;
+    let events = follow(&server, &admin.access, &id).await;
+    assert_eq!(events.last().unwrap()["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn demo_command_writes_a_playable_mp4() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.mp4");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sonicgw"))
+        .args(["demo", "--out"])
+        .arg(&out)
+        .env("SONICGW_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("video written to"), "{stdout}");
+    let probe = ffprobe(&out).await;
+    let streams = probe["streams"].as_array().unwrap();
+    assert!(streams.iter().any(|s| s["codec_name"] == "h264"));
+    assert!(streams.iter().any(|s| s["codec_name"] == "aac"));
+}
