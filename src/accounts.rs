@@ -179,6 +179,11 @@ impl Accounts {
                 "you cannot grant a role above your own",
             ));
         }
+        if new.plan.is_some() && actor.role() != Role::PlatformAdmin {
+            return Err(AccountError::Forbidden(
+                "only a platform admin can give a user a plan of their own",
+            ));
+        }
         let plan = new
             .plan
             .as_deref()
@@ -266,6 +271,12 @@ impl Accounts {
             changed.push("role");
         }
         if let Some(plan) = &changes.plan {
+            if actor.role() != Role::PlatformAdmin {
+                // A user's plan overrides the tenant's: a tenant admin could otherwise upgrade the tenant.
+                return Err(AccountError::Forbidden(
+                    "only a platform admin can give a user a plan of their own",
+                ));
+            }
             let plan = plan
                 .as_deref()
                 .map(|p| PlanName::parse(p, &self.plans))

@@ -285,6 +285,11 @@ fn url_signing_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("url-signing.secret");
     if let Ok(existing) = std::fs::read(&path) {
+        anyhow::ensure!(
+            existing.len() >= 32,
+            "{} is too short to be a signing secret; delete it to have a new one generated",
+            path.display()
+        );
         return Ok(existing);
     }
     let mut secret = [0u8; 32];

@@ -16,6 +16,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// A local path to read the object from, when the store is local (used for range reads).
     fn local_path(&self, key: &str) -> Option<PathBuf>;
     async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
+    /// Removes one object; absent is fine.
+    async fn delete(&self, key: &str) -> anyhow::Result<()>;
     /// Removes every object under `prefix`.
     async fn delete_prefix(&self, prefix: &str) -> anyhow::Result<()>;
 }
@@ -75,6 +77,14 @@ impl BlobStore for LocalBlobs {
         match tokio::fs::metadata(self.path(key)?).await {
             Ok(meta) => Ok(Some(meta.len())),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(err.into()),
         }
     }

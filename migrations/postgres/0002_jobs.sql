@@ -24,7 +24,9 @@ CREATE TABLE jobs (
     created_at          BIGINT NOT NULL,
     started_at          BIGINT,
     finished_at         BIGINT,
-    updated_at          BIGINT NOT NULL
+    updated_at          BIGINT NOT NULL,
+    -- Deleted jobs keep their row (without files) so they still count toward the daily quota.
+    deleted_at          BIGINT
 );
 CREATE INDEX jobs_queue ON jobs(status, vtag, created_at);
 CREATE INDEX jobs_user ON jobs(user_id, created_at);

@@ -24,7 +24,9 @@ CREATE TABLE jobs (
     created_at          INTEGER NOT NULL,
     started_at          INTEGER,
     finished_at         INTEGER,
-    updated_at          INTEGER NOT NULL
+    updated_at          INTEGER NOT NULL,
+    -- Deleted jobs keep their row (without files) so they still count toward the daily quota.
+    deleted_at          INTEGER
 );
 CREATE INDEX jobs_queue ON jobs(status, vtag, created_at);
 CREATE INDEX jobs_user ON jobs(user_id, created_at);

@@ -15,6 +15,9 @@ use futures::StreamExt;
 use crate::storage::{RevokedToken, Store};
 use crate::time::{now_ms, now_s};
 
+/// The largest clock leeway verification may apply (`token_leeway_s` is at most 60).
+const MAX_LEEWAY_S: i64 = 60;
+
 /// How far back each database poll looks, to tolerate clock skew between processes.
 const POLL_OVERLAP_MS: i64 = 5_000;
 
@@ -87,6 +90,8 @@ impl Revocations {
 
     /// Revokes one access token until it expires (`expires_at`, Unix seconds).
     pub async fn revoke(&self, jti: &str, expires_at: i64) -> anyhow::Result<()> {
+        // Verification accepts a token until `exp` plus the clock leeway; the revocation must outlive that.
+        let expires_at = expires_at + MAX_LEEWAY_S;
         self.denied.insert(jti.to_owned(), expires_at);
         self.store
             .insert_revoked_token(&RevokedToken {

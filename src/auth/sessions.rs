@@ -96,18 +96,14 @@ impl Sessions {
         tenant: Option<&str>,
     ) -> Result<TokenPair, GrantError> {
         let address = context.client_ip.clone().unwrap_or_default();
-        let account = format!(
-            "{}/{}",
-            tenant.unwrap_or("*"),
-            username.trim().to_ascii_lowercase()
-        );
+        // Keyed on the username alone: spelling the tenant differently, or leaving it out, must not buy
+        // more attempts at the same account.
+        let account = username.trim().to_ascii_lowercase();
         if let Err(retry_after) = self.throttle.check(&account, &address) {
             self.auditor
                 .record(
                     context,
-                    AuditEvent::new("auth.login", Outcome::Denied)
-                        .target(&account)
-                        .reason("throttled"),
+                    AuditEvent::new("auth.login", Outcome::Denied).reason("throttled"),
                 )
                 .await;
             return Err(GrantError::Throttled(retry_after));
@@ -130,14 +126,13 @@ impl Sessions {
         if let Some(reason) = failure {
             self.throttle.record_failure(&account, &address);
             crate::metrics::auth_failure(reason);
-            self.auditor
-                .record(
-                    &event_context,
-                    AuditEvent::new("auth.login", Outcome::Failure)
-                        .target(&account)
-                        .reason(reason),
-                )
-                .await;
+            // The target is the user id when known, never the submitted text: it may be a password typed
+            // into the wrong box.
+            let mut event = AuditEvent::new("auth.login", Outcome::Failure).reason(reason);
+            if let Some(user) = &user {
+                event = event.target(user.id);
+            }
+            self.auditor.record(&event_context, event).await;
             return Err(GrantError::InvalidGrant);
         }
         let user = user.expect("a successful login has a user");
@@ -221,6 +216,12 @@ impl Sessions {
             return Err(refused("user_unavailable").await);
         };
         let pair = self.issue_pair(&user, &record.family_id).await?;
+        // A concurrent reuse may have revoked the family while the new pair was being issued; its sweep
+        // can miss tokens inserted after it, so check again and take the new pair down with the family.
+        if self.store.family_revoked(&record.family_id).await? {
+            self.revoke_family(&record.family_id).await?;
+            return Err(refused("family_revoked").await);
+        }
         self.auditor
             .record(
                 &context,

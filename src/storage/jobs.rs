@@ -130,6 +130,7 @@ pub trait JobStore: Send + Sync {
         now: i64,
         lease_until: i64,
     ) -> StoreResult<bool>;
+    /// Records progress; reports that arrive out of order (lower than what is stored) are ignored.
     async fn set_progress(
         &self,
         id: JobId,
@@ -153,8 +154,14 @@ pub trait JobStore: Send + Sync {
         id: JobId,
         now: i64,
     ) -> StoreResult<Option<JobRecord>>;
-    /// Removes the job's row; returns it so its files can be removed.
-    async fn delete_job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>>;
+    /// Deletes a job (a running one is cancelled); returns it so its files can be removed. The hidden row
+    /// keeps counting toward the daily quota.
+    async fn delete_job(
+        &self,
+        scope: JobScope,
+        id: JobId,
+        now: i64,
+    ) -> StoreResult<Option<JobRecord>>;
     /// Returns jobs whose lease expired to the queue, or fails them after `max_attempts`.
     async fn expire_leases(&self, now: i64, max_attempts: i64) -> StoreResult<Vec<ExpiredLease>>;
 

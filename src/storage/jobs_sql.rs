@@ -1,5 +1,5 @@
 //! The job-queue SQL both backends share (see `sql.rs` for why one body serves both). Each backend
-//! supplies `Self::JOB_TX_BEGIN` (how a quota check + insert is made atomic), `Self::USER_LOCK`
+//! supplies `write_transaction()` (how a quota check + insert is made atomic), `Self::USER_LOCK`
 //! (an extra row lock where the database needs one) and `Self::SKIP_LOCKED` (the claim's row-lock clause).
 
 macro_rules! impl_job_store {
@@ -21,6 +21,8 @@ macro_rules! impl_job_store {
                  output_plan, callback_url, vtag, attempts, worker_id, lease_expires_at, counts_toward_quota, \
                  error_code, error_message, result_key, result_bytes, created_at, started_at, finished_at, updated_at";
 
+            /// A reservation without a job after this long belongs to a request that died.
+            const ABANDONED_RESERVATION_MS: i64 = 5 * 60 * 1000;
             /// Idempotency keys are honoured for a day.
             const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
@@ -74,10 +76,8 @@ macro_rules! impl_job_store {
                     job: &JobRecord,
                     limits: &QuotaLimits,
                 ) -> StoreResult<Result<JobRecord, QuotaRefusal>> {
-                    let mut conn = self.pool.acquire().await?;
-                    for statement in Self::JOB_TX_BEGIN {
-                        sqlx::query(statement).execute(&mut *conn).await?;
-                    }
+                    // Rolled back if dropped before commit.
+                    let mut conn = self.write_transaction().await?;
                     let result = async {
                         if let Some(lock) = Self::USER_LOCK {
                             sqlx::query(lock).bind(job.user_id.to_string()).execute(&mut *conn).await?;
@@ -148,17 +148,18 @@ macro_rules! impl_job_store {
                             .await?;
                         Ok::<_, StoreError>(Ok(job))
                     }
-                    .await;
-                    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                    sqlx::query(end).execute(&mut *conn).await?;
-                    result
+                    .await?;
+                    if result.is_ok() {
+                        conn.commit().await?;
+                    }
+                    Ok(result)
                 }
 
                 async fn job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>> {
                     let (tenant, user) = scope_binds(scope);
                     let sql = format!(
                         "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2) \
-                         AND ($3 IS NULL OR user_id = $3)"
+                         AND ($3 IS NULL OR user_id = $3) AND deleted_at IS NULL"
                     );
                     sqlx::query(&sql)
                         .bind(id.to_string())
@@ -181,7 +182,7 @@ macro_rules! impl_job_store {
                     let (tenant, user) = scope_binds(scope);
                     let sql = format!(
                         "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR user_id = $2) \
-                         AND ($3 IS NULL OR status = $3) \
+                         AND ($3 IS NULL OR status = $3) AND deleted_at IS NULL \
                          AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND id < $5)) \
                          ORDER BY created_at DESC, id DESC LIMIT $6"
                     );
@@ -272,7 +273,7 @@ macro_rules! impl_job_store {
                 ) -> StoreResult<bool> {
                     let done = sqlx::query(
                         "UPDATE jobs SET stage = $3, progress = $4, updated_at = $5 \
-                         WHERE id = $1 AND worker_id = $2 AND status = 'running'",
+                         WHERE id = $1 AND worker_id = $2 AND status = 'running' AND progress <= $4",
                     )
                     .bind(id.to_string())
                     .bind(worker_id)
@@ -331,7 +332,7 @@ macro_rules! impl_job_store {
                          counts_toward_quota = CASE WHEN status = 'queued' THEN FALSE ELSE counts_toward_quota END, \
                          finished_at = $4, updated_at = $4, lease_expires_at = NULL \
                          WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2) AND ($3 IS NULL OR user_id = $3) \
-                         AND status IN ('queued', 'running') RETURNING {JOB_COLUMNS}"
+                         AND status IN ('queued', 'running') AND deleted_at IS NULL RETURNING {JOB_COLUMNS}"
                     );
                     sqlx::query(&sql)
                         .bind(id.to_string())
@@ -345,16 +346,23 @@ macro_rules! impl_job_store {
                         .transpose()
                 }
 
-                async fn delete_job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>> {
+                async fn delete_job(&self, scope: JobScope, id: JobId, now: i64) -> StoreResult<Option<JobRecord>> {
                     let (tenant, user) = scope_binds(scope);
+                    // The row stays, hidden, so a deleted job still counts toward the daily quota; a job
+                    // that had not started gives it back, as a cancelled one does.
                     let sql = format!(
-                        "DELETE FROM jobs WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2) AND ($3 IS NULL OR user_id = $3) \
-                         RETURNING {JOB_COLUMNS}"
+                        "UPDATE jobs SET deleted_at = $4, updated_at = $4, lease_expires_at = NULL, \
+                         counts_toward_quota = CASE WHEN status = 'queued' THEN FALSE ELSE counts_toward_quota END, \
+                         finished_at = COALESCE(finished_at, $4), \
+                         status = CASE WHEN status IN ('queued', 'running') THEN 'cancelled' ELSE status END \
+                         WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2) AND ($3 IS NULL OR user_id = $3) \
+                         AND deleted_at IS NULL RETURNING {JOB_COLUMNS}"
                     );
                     sqlx::query(&sql)
                         .bind(id.to_string())
                         .bind(tenant)
                         .bind(user)
+                        .bind(now)
                         .fetch_optional(&self.pool)
                         .await?
                         .as_ref()
@@ -393,12 +401,17 @@ macro_rules! impl_job_store {
                     request_hash: &str,
                     now: i64,
                 ) -> StoreResult<IdempotencyState> {
-                    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND created_at < $3")
-                        .bind(user.to_string())
-                        .bind(key)
-                        .bind(now - IDEMPOTENCY_TTL_MS)
-                        .execute(&self.pool)
-                        .await?;
+                    // Expired keys, and reservations whose request died before it created a job.
+                    sqlx::query(
+                        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
+                         AND (created_at < $3 OR (job_id IS NULL AND created_at < $4))",
+                    )
+                    .bind(user.to_string())
+                    .bind(key)
+                    .bind(now - IDEMPOTENCY_TTL_MS)
+                    .bind(now - ABANDONED_RESERVATION_MS)
+                    .execute(&self.pool)
+                    .await?;
                     let inserted = sqlx::query(
                         "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id, created_at) \
                          VALUES ($1, $2, $3, NULL, $4) ON CONFLICT (user_id, key) DO NOTHING",

@@ -203,6 +203,8 @@ pub trait Store: jobs::JobStore + Send + Sync + 'static {
     async fn mark_refresh_token_used(&self, token_hash: &str, now: i64) -> StoreResult<bool>;
     async fn revoke_refresh_family(&self, family_id: &str, now: i64) -> StoreResult<u64>;
     async fn revoke_user_refresh_tokens(&self, user: UserId, now: i64) -> StoreResult<u64>;
+    /// True when any refresh token of the family was revoked.
+    async fn family_revoked(&self, family_id: &str) -> StoreResult<bool>;
 
     async fn insert_access_token(
         &self,

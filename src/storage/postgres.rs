@@ -11,13 +11,10 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    const AUDIT_BEGIN: &'static [&'static str] = &[
-        "BEGIN",
-        // A transaction-scoped advisory lock serialises appends across processes (key: "SONICAUD").
-        "SELECT pg_advisory_xact_lock(6003102904876094788)",
-    ];
+    /// A transaction-scoped advisory lock serialises appends across processes (key: "SONICAUD").
+    const AUDIT_LOCK: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(6003102904876094788)");
 
-    const JOB_TX_BEGIN: &'static [&'static str] = &["BEGIN"];
     /// Locks the user's row so two simultaneous requests at the quota limit cannot both pass.
     const USER_LOCK: Option<&'static str> = Some("SELECT id FROM users WHERE id = $1 FOR UPDATE");
     /// Concurrent workers skip rows another worker is claiming instead of waiting on them.
@@ -33,6 +30,12 @@ impl PgStore {
             pool,
             audit_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -350,6 +350,16 @@ macro_rules! impl_sql_store {
                 Ok(done.rows_affected())
             }
 
+            async fn family_revoked(&self, family_id: &str) -> StoreResult<bool> {
+                let row = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM refresh_tokens WHERE family_id = $1 AND revoked_at IS NOT NULL",
+                )
+                .bind(family_id)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(row.try_get::<i64, _>("n")? > 0)
+            }
+
             async fn insert_access_token(
                 &self,
                 token: &TokenId,
@@ -442,11 +452,12 @@ macro_rules! impl_sql_store {
 
             async fn append_audit(&self, event: &NewAuditRecord) -> StoreResult<AuditRecord> {
                 let _local = self.audit_lock.lock().await;
-                let mut conn = self.pool.acquire().await?;
-                for statement in Self::AUDIT_BEGIN {
-                    sqlx::query(statement).execute(&mut *conn).await?;
+                // Rolled back if dropped before commit, so an abandoned append never holds the lock.
+                let mut conn = self.write_transaction().await?;
+                if let Some(lock) = Self::AUDIT_LOCK {
+                    sqlx::query(lock).execute(&mut *conn).await?;
                 }
-                let result = async {
+                let record = {
                     let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
                         .fetch_optional(&mut *conn)
                         .await?;
@@ -477,17 +488,15 @@ macro_rules! impl_sql_store {
                         .bind(&hash)
                         .execute(&mut *conn)
                         .await?;
-                    Ok::<_, StoreError>(AuditRecord {
+                    AuditRecord {
                         seq,
                         event: event.clone(),
                         prev_hash,
                         hash,
-                    })
-                }
-                .await;
-                let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                sqlx::query(end).execute(&mut *conn).await?;
-                result
+                    }
+                };
+                conn.commit().await?;
+                Ok(record)
             }
 
             async fn query_audit(&self, scope: TenantScope, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {

@@ -14,10 +14,8 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// `BEGIN IMMEDIATE` takes the write lock up front, so the read of the chain head cannot go stale.
-    const AUDIT_BEGIN: &'static [&'static str] = &["BEGIN IMMEDIATE"];
-    /// The write lock also serialises quota checks.
-    const JOB_TX_BEGIN: &'static [&'static str] = &["BEGIN IMMEDIATE"];
+    /// SQLite's single writer lock already serialises audit appends.
+    const AUDIT_LOCK: Option<&'static str> = None;
     const USER_LOCK: Option<&'static str> = None;
     /// A single UPDATE ... WHERE id = (SELECT ...) is atomic under SQLite's one writer.
     const SKIP_LOCKED: &'static str = "";
@@ -37,6 +35,14 @@ impl SqliteStore {
             pool,
             audit_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so reads inside the transaction (the chain head, quota
+    /// counts) cannot go stale before its writes.
+    async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     /// The pool, for tests that inspect or tamper with rows directly.

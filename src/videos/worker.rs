@@ -130,7 +130,11 @@ impl VideoService {
         {
             Ok(Some(finished)) => self.finished(&finished).await,
             Ok(None) => {
-                tracing::info!(job = %job.id, "job ended elsewhere before it finished here")
+                // Cancelled or deleted while the engine was finishing: its video is not wanted.
+                tracing::info!(job = %job.id, "job ended elsewhere before it finished here");
+                if let Err(err) = self.blobs.delete(&result_key(job.tenant_id, job.id)).await {
+                    tracing::warn!(job = %job.id, error = %err, "removing an unwanted result failed");
+                }
             }
             Err(err) => {
                 tracing::error!(job = %job.id, error = %err, "recording the end of a job failed")

@@ -178,6 +178,31 @@ async fn daily_quota_counts_and_refunds(db: Db) {
         .await
         .unwrap()
         .unwrap();
+    // Deleting a job that already started does not give its quota back.
+    let claimed = store
+        .claim_job("w", &engines(), 5, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    let deleted = store
+        .delete_job(scope, claimed.id, 6)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        deleted.status,
+        JobStatus::Cancelled,
+        "a running job is cancelled by deletion"
+    );
+    assert!(
+        store.job(scope, claimed.id).await.unwrap().is_none(),
+        "deleted jobs are hidden"
+    );
+    let refused = store
+        .create_job(&job(tenant, user, 7), &limits(2, 10))
+        .await
+        .unwrap();
+    assert_eq!(refused.unwrap_err(), QuotaRefusal::Daily);
     // Jobs from before the quota day do not count.
     let tomorrow = QuotaLimits {
         day_start: 100,
@@ -436,7 +461,7 @@ async fn scoping_and_idempotency(db: Db) {
         .unwrap()
         .is_none());
     assert!(store
-        .delete_job(other_tenant, created.id)
+        .delete_job(other_tenant, created.id, 1)
         .await
         .unwrap()
         .is_none());

@@ -151,7 +151,8 @@ async fn token_revoked_on_one_replica_is_refused_by_the_other_within_a_second() 
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert!(ttl > 0 && ttl <= 1800, "ttl {ttl}");
+    // Until the token expires, plus the largest clock leeway a verifier may apply.
+    assert!(ttl > 0 && ttl <= 1800 + 60, "ttl {ttl}");
 
     // A third replica started afterwards loads the revocation from Redis.
     let c = Replica::start(&env, dir.path().join("c.log"));

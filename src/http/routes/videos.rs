@@ -230,6 +230,13 @@ pub async fn create(
                     Some(save_field(&mut field, "audio", temp.path().join("audio"), limit).await?);
             }
             "image" | "audio" => return Err(ApiError::invalid(&name, "was sent more than once")),
+            _ if !crate::domain::params::PARAM_FIELDS.contains(&name.as_str()) => {
+                // Refused as it arrives, so a request cannot make the server buffer arbitrary fields.
+                return Err(ApiError::invalid(
+                    &name,
+                    "is not a parameter of this endpoint",
+                ));
+            }
             _ => {
                 let mut value = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
@@ -402,7 +409,7 @@ pub async fn delete(
     let id = parse_job_id(&id)?;
     let job = state
         .store
-        .delete_job(scope(&caller), id)
+        .delete_job(scope(&caller), id, crate::time::now_ms())
         .await?
         .ok_or(ApiError::NotFound)?;
     state
