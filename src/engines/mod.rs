@@ -112,13 +112,8 @@ impl Engines {
     }
 }
 
-/// Parameters whose value differs from Sonic's default although the engine ignores them.
-pub fn unhonoured(
-    capabilities: &Capabilities,
-    params: &SonicParams,
-    given: &[String],
-) -> Vec<String> {
-    let _ = params;
+/// The parameters a request gave explicitly that the engine would ignore.
+pub fn unhonoured(capabilities: &Capabilities, given: &[String]) -> Vec<String> {
     given
         .iter()
         .filter(|name| {

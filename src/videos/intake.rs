@@ -175,7 +175,7 @@ impl VideoService {
         };
         let capabilities = engine.capabilities();
         let given: Vec<String> = submission.fields.keys().cloned().collect();
-        let unsupported = crate::engines::unhonoured(&capabilities, &params, &given);
+        let unsupported = crate::engines::unhonoured(&capabilities, &given);
         if !unsupported.is_empty() {
             return Err(IntakeError::UnsupportedParameter {
                 engine: capabilities.name,

@@ -99,6 +99,31 @@ pub async fn follow(server: &TestServer, token: &str, id: &str) -> Vec<Value> {
     events
 }
 
+/// Follows the job's events until one says it is running.
+async fn wait_until_running(server: &TestServer, token: &str, id: &str) {
+    let response = server
+        .client
+        .get(server.url(&format!("/v1/videos/{id}/events")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    let running = async {
+        while let Some(chunk) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains("\"status\":\"running\"") {
+                return;
+            }
+        }
+        panic!("the event stream ended before job {id} ran");
+    };
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .unwrap_or_else(|_| panic!("job {id} did not start within 30 s"));
+}
+
 async fn problem(response: reqwest::Response, status: StatusCode) -> Value {
     let actual = response.status();
     let body: Value = response.json().await.unwrap();
@@ -749,25 +774,7 @@ async fn cancelling_a_running_job_stops_it_and_frees_the_worker() {
     let job = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
     let id = job["id"].as_str().unwrap().to_owned();
     // Wait for the running event, then cancel.
-    let response = server
-        .client
-        .get(server.url(&format!("/v1/videos/{id}/events")))
-        .bearer_auth(&admin.access)
-        .send()
-        .await
-        .unwrap();
-    let mut stream = response.bytes_stream();
-    let mut seen = String::new();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(chunk) = stream.next().await {
-            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            if seen.contains("\"status\":\"running\"") {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("job started");
+    wait_until_running(&server, &admin.access, &id).await;
     let cancelled: Value = server
         .client
         .post(server.url(&format!("/v1/videos/{id}/cancel")))
@@ -782,25 +789,7 @@ async fn cancelling_a_running_job_stops_it_and_frees_the_worker() {
     // The worker notices at its next heartbeat and takes the next job; the second job runs.
     let second = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
     let second_id = second["id"].as_str().unwrap();
-    let response = server
-        .client
-        .get(server.url(&format!("/v1/videos/{second_id}/events")))
-        .bearer_auth(&admin.access)
-        .send()
-        .await
-        .unwrap();
-    let mut stream = response.bytes_stream();
-    let mut seen = String::new();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(chunk) = stream.next().await {
-            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            if seen.contains("\"status\":\"running\"") {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the freed worker started the next job");
+    wait_until_running(&server, &admin.access, second_id).await;
     let first: Value = server
         .get(&format!("/v1/videos/{id}"), &admin.access)
         .await
@@ -823,20 +812,7 @@ async fn restart_loses_no_queued_or_running_job() {
     let running_id = running["id"].as_str().unwrap().to_owned();
     let queued = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
     let queued_id = queued["id"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let job: Value = server
-            .get(&format!("/v1/videos/{running_id}"), &admin.access)
-            .await
-            .json()
-            .await
-            .unwrap();
-        if job["status"] == "running" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "job never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_running(&server, &admin.access, &running_id).await;
     let server = server.restart_with(|c| c.simulated_engine_ms = 100).await;
     let admin = server.admin().await;
     // The running job's lease expires (its worker is gone), it is requeued and both finish.

@@ -185,18 +185,7 @@ async fn token_grant(
     let params = read_form(request).await?;
     let context = client.audit_context();
     let result = match params.get("grant_type").map(String::as_str) {
-        Some("password") => {
-            let username = required(&params, "username")?;
-            let password = required(&params, "password")?;
-            let tenant = params
-                .get("tenant")
-                .map(String::as_str)
-                .filter(|t| !t.is_empty());
-            state
-                .sessions
-                .password_grant(&context, username, password, tenant)
-                .await
-        }
+        Some("password") => password_grant(state, client, &params).await?,
         Some("refresh_token") => {
             let token = required(&params, "refresh_token")?;
             state.sessions.refresh_grant(&context, token).await
@@ -247,18 +236,27 @@ async fn login_grant(
             "this endpoint only takes the password grant",
         ));
     }
-    let username = required(&params, "username")?;
-    let password = required(&params, "password")?;
+    Ok(grant_response(
+        password_grant(state, client, &params).await?,
+    ))
+}
+
+/// The password grant's parameters (`username`, `password`, optional `tenant`), then the grant.
+async fn password_grant(
+    state: &AppState,
+    client: &ClientInfo,
+    params: &HashMap<String, String>,
+) -> Result<Result<TokenPair, GrantError>, OAuthFailure> {
+    let username = required(params, "username")?;
+    let password = required(params, "password")?;
     let tenant = params
         .get("tenant")
         .map(String::as_str)
         .filter(|t| !t.is_empty());
-    Ok(grant_response(
-        state
-            .sessions
-            .password_grant(&client.audit_context(), username, password, tenant)
-            .await,
-    ))
+    Ok(state
+        .sessions
+        .password_grant(&client.audit_context(), username, password, tenant)
+        .await)
 }
 
 /// Revokes a refresh token (with every token of its sign-in) or an access token (RFC 7009).
