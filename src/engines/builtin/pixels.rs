@@ -92,6 +92,34 @@ pub(super) fn shift_into(src: &[u8], dst: &mut [u8], w: usize, h: usize, dx: i32
     }
 }
 
+/// Copies `src` into `dst` magnified by `zoom` about the centre and moved by `offset`, nearest neighbour.
+/// With the zoom chosen for the largest offset, every sample comes from inside the image.
+pub(super) fn zoom_shift_into(
+    src: &[u8],
+    dst: &mut [u8],
+    w: usize,
+    h: usize,
+    offset: (i32, i32),
+    zoom: f32,
+    columns: &mut Vec<usize>,
+) {
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    let source = |out: usize, centre: f32, shift: i32, size: usize| {
+        let at = centre + (out as f32 + 0.5 - centre - shift as f32) / zoom;
+        (at.floor().max(0.0) as usize).min(size - 1)
+    };
+    columns.clear();
+    columns.extend((0..w).map(|x| source(x, cx, offset.0, w) * 3));
+    let stride = w * 3;
+    for (y, row) in dst.chunks_exact_mut(stride).enumerate().take(h) {
+        let sy = source(y, cy, offset.1, h);
+        let from = &src[sy * stride..(sy + 1) * stride];
+        for (pixel, &sx) in row.chunks_exact_mut(3).zip(columns.iter()) {
+            pixel.copy_from_slice(&from[sx..sx + 3]);
+        }
+    }
+}
+
 pub(super) fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = x;
@@ -126,5 +154,32 @@ mod tests {
         assert_eq!(dst, px(&[2, 3, 3, 5, 6, 6]));
         shift_into(&src, &mut dst, 3, 2, 0, 0);
         assert_eq!(dst, src);
+    }
+
+    #[test]
+    fn zoomed_shift_never_samples_the_border_within_its_margin() {
+        // 100x100 with a one-pixel frame of 255 around 0s; a margin of 6 px each side.
+        let (w, h) = (100usize, 100usize);
+        let mut src = vec![0u8; w * h * 3];
+        for y in 0..h {
+            for x in 0..w {
+                if x == 0 || y == 0 || x == w - 1 || y == h - 1 {
+                    src[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&[255; 3]);
+                }
+            }
+        }
+        let zoom = 1.0 / (1.0 - 2.0 * 0.06);
+        let mut dst = vec![0u8; src.len()];
+        let mut columns = Vec::new();
+        for offset in [(5, 5), (-5, -5), (5, -5), (0, 0)] {
+            zoom_shift_into(&src, &mut dst, w, h, offset, zoom, &mut columns);
+            assert!(
+                dst.iter().all(|&b| b == 0),
+                "border sampled at offset {offset:?}"
+            );
+        }
+        // Without zoom the same shift would show the border.
+        zoom_shift_into(&src, &mut dst, w, h, (5, 5), 1.0, &mut columns);
+        assert!(dst.contains(&255));
     }
 }

@@ -8,7 +8,7 @@
 use image::RgbImage;
 
 use super::features::{MouthPose, FPS};
-use super::pixels::{blend, next, shift_into, smooth, splitmix, Sampler};
+use super::pixels::{blend, next, shift_into, smooth, splitmix, zoom_shift_into, Sampler};
 
 /// Animation parameters (see the engine's API docs for user-facing ranges).
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +52,11 @@ pub struct Animator {
     blink_starts: Vec<usize>,
     rng: u64,
     sway_phase: [f32; 2],
+    /// Constant zoom that keeps the largest sway inside the photo (1.0 without sway), so the moving
+    /// frame never shows a smeared border.
+    zoom: f32,
+    /// Source column (byte offset) of each output column, reused between frames.
+    columns: Vec<usize>,
 }
 
 impl Animator {
@@ -108,7 +113,26 @@ impl Animator {
             blink_starts: Vec::new(),
             rng,
             sway_phase,
+            zoom: 1.0,
+            columns: Vec::new(),
         }
+        .with_sway_margin()
+    }
+
+    /// Sets the zoom from the largest offset `sway_offset` can produce (see its amplitudes).
+    fn with_sway_margin(mut self) -> Self {
+        let m = self.params.motion_scale;
+        let size = self.w.min(self.h) as f32;
+        let max_dx = 0.012 * size * m;
+        let max_dy = 0.6 * 0.012 * size * m + 0.006 * self.h as f32 * m;
+        // One extra pixel for rounding; the visible region shrinks by the margin on each side.
+        let margin_x = (max_dx.ceil() + 1.0) / self.w.max(1) as f32;
+        let margin_y = (max_dy.ceil() + 1.0) / self.h.max(1) as f32;
+        let margin = margin_x.max(margin_y);
+        if m > 0.0 && margin < 0.25 {
+            self.zoom = 1.0 / (1.0 - 2.0 * margin);
+        }
+        self
     }
 
     /// Output frame width in pixels.
@@ -203,7 +227,19 @@ impl Animator {
             }
         }
         let (dx, dy) = self.sway_offset(frame_index, pose.open.clamp(0.0, 1.0));
-        shift_into(&self.work, out, self.w, self.h, dx, dy);
+        if self.zoom > 1.0 {
+            zoom_shift_into(
+                &self.work,
+                out,
+                self.w,
+                self.h,
+                (dx, dy),
+                self.zoom,
+                &mut self.columns,
+            );
+        } else {
+            shift_into(&self.work, out, self.w, self.h, dx, dy);
+        }
     }
 
     fn max_drop(&self) -> f32 {
