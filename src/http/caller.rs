@@ -107,6 +107,14 @@ impl Caller {
         }
     }
 
+    /// The jobs this caller may see: their tenant's for admins (all for a platform admin), else their own.
+    pub fn job_scope(&self) -> crate::storage::jobs::JobScope {
+        crate::storage::jobs::JobScope {
+            tenant: self.scope(),
+            user: (!self.role.is_admin()).then_some(self.user_id),
+        }
+    }
+
     /// This caller as the actor of an account change.
     pub fn actor(&self) -> crate::accounts::Actor {
         crate::accounts::Actor::User {

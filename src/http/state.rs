@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use crate::accounts::Accounts;
 use crate::audit::Auditor;
-use crate::auth::password::Passwords;
 use crate::auth::sessions::Sessions;
 use crate::auth::tokens::Tokens;
 use crate::config::Config;
-use crate::domain::{PasswordPolicy, Plans};
+use crate::domain::Plans;
 use crate::storage::Store;
 
 /// Shared application state, cheap to clone.
@@ -23,10 +22,8 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     pub tokens: Arc<Tokens>,
     pub sessions: Arc<Sessions>,
-    pub passwords: Passwords,
     pub auditor: Auditor,
     pub plans: Plans,
-    pub password_policy: PasswordPolicy,
     pub directory: super::directory::Directory,
     pub accounts: Accounts,
     pub videos: Arc<crate::videos::VideoService>,

@@ -29,7 +29,6 @@ pub struct VideoSettings {
     pub default_engine: String,
     pub image_limits: ImageLimits,
     pub max_audio_bytes: u64,
-    pub workers: usize,
     pub lease: Duration,
     pub max_attempts: i64,
     pub link_ttl_s: i64,

@@ -245,6 +245,18 @@ impl TestServer {
             .unwrap()
     }
 
+    /// An unauthenticated GET whose answer is JSON.
+    pub async fn get_public(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Response {
         self.client
             .get(self.url(path))

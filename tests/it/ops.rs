@@ -8,15 +8,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn health_and_readiness() {
     let server = TestServer::start().await;
-    let health: Value = server
-        .client
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = server.get_public("/healthz").await;
     assert_eq!(health["status"], "ok");
     let ready = server
         .client
@@ -66,15 +58,7 @@ async fn request_id_is_echoed_when_well_formed_and_generated_otherwise() {
 #[tokio::test]
 async fn jwks_publishes_public_keys_only() {
     let server = TestServer::start().await;
-    let jwks: Value = server
-        .client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = server.get_public("/.well-known/jwks.json").await;
     let key = &jwks["keys"][0];
     let (kid, _, _) = server.signing_key();
     assert_eq!(key["kid"], kid.as_str());
@@ -90,14 +74,8 @@ async fn jwks_publishes_public_keys_only() {
 async fn authorization_server_metadata_follows_rfc8414() {
     let server = TestServer::start().await;
     let meta: Value = server
-        .client
-        .get(server.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_public("/.well-known/oauth-authorization-server")
+        .await;
     let issuer = server.issuer();
     assert_eq!(meta["issuer"], issuer.as_str());
     assert_eq!(meta["token_endpoint"], format!("{issuer}/v1/auth/token"));
@@ -117,15 +95,7 @@ async fn authorization_server_metadata_follows_rfc8414() {
 #[tokio::test]
 async fn openapi_document_and_vendored_docs_are_served() {
     let server = TestServer::start().await;
-    let doc: Value = server
-        .client
-        .get(server.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = server.get_public("/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [
         "/v1/auth/token",

@@ -132,15 +132,7 @@ async fn rejects_embedded_key_headers() {
     let server = TestServer::start().await;
     let claims = server.valid_claims().await;
     let (_, _, pem) = server.signing_key();
-    let jwks: Value = server
-        .client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = server.get_public("/.well-known/jwks.json").await;
     let jwk = jwks["keys"][0].clone();
     for (name, value) in [
         ("jwk", jwk),
@@ -375,15 +367,7 @@ async fn rotated_key_signs_new_tokens_while_old_tokens_keep_verifying() {
         server.get("/v1/me", &after.access).await.status(),
         StatusCode::OK
     );
-    let jwks: Value = server
-        .client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = server.get_public("/.well-known/jwks.json").await;
     let kids: Vec<&str> = jwks["keys"]
         .as_array()
         .unwrap()
@@ -408,15 +392,7 @@ async fn eddsa_and_es256_tokens_verify_and_publish_matching_jwks() {
             StatusCode::OK,
             "{alg}"
         );
-        let jwks: Value = server
-            .client
-            .get(server.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jwks: Value = server.get_public("/.well-known/jwks.json").await;
         assert_eq!(jwks["keys"][0]["alg"], alg);
         assert_eq!(jwks["keys"][0]["use"], "sig");
     }
@@ -435,15 +411,7 @@ async fn hs256_is_used_only_with_a_long_configured_secret_and_never_published() 
         server.get("/v1/me", &session.access).await.status(),
         StatusCode::OK
     );
-    let jwks: Value = server
-        .client
-        .get(server.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = server.get_public("/.well-known/jwks.json").await;
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 0);
 
     let dir = tempfile::tempdir().unwrap();

@@ -149,13 +149,9 @@ pub async fn content(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
-    let scope = JobScope {
-        tenant: caller.scope(),
-        user: (!caller.role.is_admin()).then_some(caller.user_id),
-    };
     let job = state
         .store
-        .job(scope, id)
+        .job(caller.job_scope(), id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let response = serve_video(&state, &job, &headers).await?;

@@ -19,18 +19,11 @@ use crate::domain::{JobId, JobStatus};
 use crate::http::caller::Caller;
 use crate::http::error::{ApiError, FieldError};
 use crate::http::state::AppState;
-use crate::storage::jobs::{JobRecord, JobScope};
+use crate::storage::jobs::JobRecord;
 use crate::videos::intake::{IntakeError, Submission, Submitted, UploadedFile};
 use crate::videos::view::JobView;
 
 const MAX_FIELD_BYTES: usize = 4096;
-
-fn scope(caller: &Caller) -> JobScope {
-    JobScope {
-        tenant: caller.scope(),
-        user: (!caller.role.is_admin()).then_some(caller.user_id),
-    }
-}
 
 fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound)
@@ -292,7 +285,7 @@ pub async fn create(
 async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<JobRecord, ApiError> {
     state
         .store
-        .job(scope(caller), parse_job_id(id)?)
+        .job(caller.job_scope(), parse_job_id(id)?)
         .await?
         .ok_or(ApiError::NotFound)
 }
@@ -361,7 +354,7 @@ pub async fn list(
         .transpose()?;
     let jobs = state
         .store
-        .list_jobs(scope(&caller), status, before, limit)
+        .list_jobs(caller.job_scope(), status, before, limit)
         .await?;
     let next_cursor = (jobs.len() as i64 == limit)
         .then(|| jobs.last().map(|j| format!("{}_{}", j.created_at, j.id)))
@@ -385,7 +378,7 @@ pub async fn cancel(
     let job = find(&state, &caller, &id).await?;
     let Some(cancelled) = state
         .store
-        .cancel_job(scope(&caller), job.id, crate::time::now_ms())
+        .cancel_job(caller.job_scope(), job.id, crate::time::now_ms())
         .await?
     else {
         return Err(ApiError::Conflict {
@@ -409,7 +402,7 @@ pub async fn delete(
     let id = parse_job_id(&id)?;
     let job = state
         .store
-        .delete_job(scope(&caller), id, crate::time::now_ms())
+        .delete_job(caller.job_scope(), id, crate::time::now_ms())
         .await?
         .ok_or(ApiError::NotFound)?;
     state
@@ -440,7 +433,7 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = find(&state, &caller, &id).await?;
-    let scope = scope(&caller);
+    let scope = caller.job_scope();
     let mut changes = state.videos.events.subscribe();
     let stream = async_stream::stream! {
         let mut last: Option<(JobStatus, String, String, Option<i64>)> = None;
