@@ -52,8 +52,10 @@ fn whole_job() {
         .to_rgb8();
     let (crop, face) = crop_around_face(&photo, (173, 68, 99, 99), 512);
     let audio = samples.join("speech_en.wav");
-    let pcm = sonicgw::media::audio::decode_mono(&audio, 16_000).unwrap();
     let out = tempfile::tempdir().unwrap();
+    let (samples, pcm) =
+        sonicgw::media::audio::decode_for_render(&audio, &out.path().join("a.f32le"), 16_000)
+            .unwrap();
     let params = BuiltinParams {
         dynamic_scale: 1.0,
         motion_scale: 1.0,
@@ -66,8 +68,8 @@ fn whole_job() {
         .block_on(render_video(
             crop,
             face,
+            &samples,
             &pcm,
-            &audio,
             params,
             &out.path().join("v.mp4"),
             |_| {},

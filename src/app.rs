@@ -346,6 +346,11 @@ async fn video_service(
         signer: crate::http::signed_url::UrlSigner::new(url_signing_secret(config)?),
         faces: crate::media::face::FaceDetector::new().map_err(|e| anyhow::anyhow!("{e}"))?,
         events: crate::videos::JobEvents::new(),
+        admission: crate::videos::admission::IntakeGate::for_this_machine(),
+        download_audit: crate::videos::download_audit::DownloadAudit::new(),
+        streams: crate::videos::admission::PerUserSlots::new(
+            crate::videos::admission::MAX_STREAMS_PER_USER,
+        ),
         settings: crate::videos::VideoSettings {
             default_engine: config.default_engine.clone(),
             image_limits,

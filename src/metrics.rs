@@ -41,3 +41,8 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
 pub fn auth_failure(reason: &str) {
     metrics::counter!("auth_failures_total", "reason" => reason.to_owned()).increment(1);
 }
+
+/// Counts a finished-video download by how it was authorised (`bearer` or `signed_link`).
+pub fn video_download(via: &'static str) {
+    metrics::counter!("video_downloads_total", "via" => via).increment(1);
+}

@@ -55,22 +55,55 @@ pub struct Health {
 /// Progress reports from an engine: the stage and 0..1 within the whole job.
 pub type ProgressFn = Arc<dyn Fn(Stage, f64) + Send + Sync>;
 
-/// Why an engine failed. `server_side` failures give the user's quota back.
+/// Why an engine failed. The user sees `code` and the one-line `message`; `detail` (tool output,
+/// paths, exception text) goes to the log and to platform admins only. `server_side` failures give
+/// the user's quota back; failures caused by the user's own input do not, so they cannot be
+/// repeated for free.
 #[derive(Debug, thiserror::Error)]
-#[error("{code}: {message}")]
+#[error("{code}: {detail}")]
 pub struct EngineError {
     pub code: &'static str,
     pub message: String,
+    pub detail: String,
     pub server_side: bool,
 }
 
 impl EngineError {
-    pub fn server(code: &'static str, message: impl Into<String>) -> Self {
+    /// A failure on the service's side: the user gets a generic line for `code`.
+    pub fn server(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: server_message(code).to_owned(),
+            detail: detail.into(),
+            server_side: true,
+        }
+    }
+
+    /// A failure caused by the submitted files: `message` tells the user what is wrong with them.
+    pub fn input(code: &'static str, message: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
-            server_side: true,
+            detail: detail.into(),
+            server_side: false,
         }
+    }
+}
+
+/// The line a user sees for a server-side failure: what happened and that it was not their fault.
+fn server_message(code: &str) -> &'static str {
+    match code {
+        "engine_timeout" | "encode_timeout" => {
+            "generating the video took too long and was stopped; it did not count toward your quota"
+        }
+        "engine_unavailable" => {
+            "no engine is available for this job right now; it did not count toward your quota"
+        }
+        "input_missing" => {
+            "the uploaded files of this job are no longer available; submit it again"
+        }
+        _ => "the video could not be generated because of a problem on our side; it did not count \
+              toward your quota",
     }
 }
 

@@ -75,6 +75,13 @@ pub enum ApiError {
         detail: String,
         retry_after: Duration,
     },
+    /// The server is at capacity for this kind of work (503 with `Retry-After`); nothing was changed.
+    #[error("{detail}")]
+    Busy {
+        code: &'static str,
+        detail: String,
+        retry_after: Duration,
+    },
     /// Anything unexpected: logged, never shown (500).
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -107,6 +114,7 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::Rejected { status, .. } => *status,
+            ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,7 +127,8 @@ impl ApiError {
             | ApiError::Conflict { code, .. }
             | ApiError::TooManyRequests { code, .. }
             | ApiError::Rejected { code, .. }
-            | ApiError::Limited { code, .. } => code,
+            | ApiError::Limited { code, .. }
+            | ApiError::Busy { code, .. } => code,
             ApiError::Unauthorized(TokenRejection::Missing) => "missing_token",
             ApiError::Unauthorized(_) => "invalid_token",
             ApiError::NotFound => "not_found",
@@ -216,7 +225,8 @@ impl IntoResponse for ApiError {
                 }
             }
             ApiError::TooManyRequests { retry_after, .. }
-            | ApiError::Limited { retry_after, .. } => {
+            | ApiError::Limited { retry_after, .. }
+            | ApiError::Busy { retry_after, .. } => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after.as_secs().max(1)),

@@ -2,7 +2,7 @@
 //! measure the playable duration, and mono/resampled PCM for the engine.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,11 @@ use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
 use super::{guard, mp4edit, resample::resample, MediaError};
+
+/// How far past a duration limit decoding goes before giving up: a recording
+/// that is a hair over the limit still gets its exact duration measured (and
+/// refused with it); one that is far over stops costing CPU here.
+const TOO_LONG_SLACK_S: f64 = 1.0;
 
 /// Accepted containers, detected from the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -63,27 +68,114 @@ pub struct AudioInfo {
 /// not trusted (VBR MP3s without a Xing header, truncated uploads and padded
 /// encodes all lie); the cost is one full decode, roughly 25-60 ms of CPU
 /// per minute of MP3/AAC in release builds.
-pub fn probe_audio(path: &Path) -> Result<AudioInfo, MediaError> {
-    let (info, ()) = decode(path, (), |_, _, _| {})?;
+///
+/// With `max_duration_s`, decoding stops as soon as the recording is longer
+/// than that (plus a second of slack) and answers [`MediaError::AudioTooLong`],
+/// so an hour of compressed silence costs no more than the limit.
+pub fn probe_audio(path: &Path, max_duration_s: Option<f64>) -> Result<AudioInfo, MediaError> {
+    let (info, ()) = decode(path, max_duration_s, (), |_, _, _| {})?;
     Ok(info)
+}
+
+/// Raw PCM that this process decoded itself: interleaved little-endian `f32`
+/// samples in a file with no header. The encoder reads it with the raw `f32le`
+/// demuxer forced, so nothing in an upload can steer ffmpeg's format
+/// detection or make it open another file (playlists, `concat:`, `subfile`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PcmFile {
+    /// The headerless `f32le` file.
+    pub path: std::path::PathBuf,
+    /// Samples per second per channel.
+    pub sample_rate: u32,
+    /// 1 or 2 (more channels are mixed down to mono).
+    pub channels: u16,
+}
+
+/// Decodes `path` once for rendering: writes the playable audio (encoder
+/// delay and padding removed, as in [`probe_audio`]) to `pcm_out` as raw
+/// `f32le`, and returns it also as mono at `target_rate` Hz for the animation.
+pub fn decode_for_render(
+    path: &Path,
+    pcm_out: &Path,
+    target_rate: u32,
+) -> Result<(Vec<f32>, PcmFile), MediaError> {
+    struct Sink {
+        out: BufWriter<File>,
+        write_error: Option<std::io::Error>,
+        mono: Vec<f32>,
+        scratch: Option<SampleBuffer<f32>>,
+        file_channels: Option<usize>,
+    }
+    let sink = Sink {
+        out: BufWriter::new(File::create(pcm_out)?),
+        write_error: None,
+        mono: Vec::new(),
+        scratch: None,
+        file_channels: None,
+    };
+    let (info, mut sink) = decode(path, None, sink, |s: &mut Sink, buf, range| {
+        let spec = *buf.spec();
+        let ch = spec.channels.count().max(1);
+        let file_ch = *s.file_channels.get_or_insert(if ch <= 2 { ch } else { 1 });
+        let samples = interleaved(&mut s.scratch, buf);
+        let inv = 1.0 / ch as f32;
+        for frame in samples[range.0 * ch..range.1 * ch].chunks_exact(ch) {
+            let mono = frame.iter().sum::<f32>() * inv;
+            s.mono.push(mono);
+            if s.write_error.is_some() {
+                continue;
+            }
+            let written = if file_ch == ch {
+                frame
+                    .iter()
+                    .try_for_each(|v| s.out.write_all(&v.to_le_bytes()))
+            } else {
+                s.out.write_all(&mono.to_le_bytes())
+            };
+            if let Err(e) = written {
+                s.write_error = Some(e);
+            }
+        }
+    })?;
+    if let Some(err) = sink.write_error.take() {
+        return Err(MediaError::Io(err));
+    }
+    sink.out.flush()?;
+    let pcm = PcmFile {
+        path: pcm_out.to_path_buf(),
+        sample_rate: info.sample_rate,
+        channels: sink.file_channels.unwrap_or(1) as u16,
+    };
+    Ok((resample(&sink.mono, info.sample_rate, target_rate), pcm))
+}
+
+/// The buffer's samples, interleaved, in a scratch buffer reused across calls.
+fn interleaved<'a>(
+    scratch: &'a mut Option<SampleBuffer<f32>>,
+    buf: &AudioBufferRef<'_>,
+) -> &'a [f32] {
+    let spec = *buf.spec();
+    let frames = buf.frames();
+    if scratch
+        .as_ref()
+        .is_none_or(|sb| sb.capacity() < frames * spec.channels.count())
+    {
+        *scratch = Some(SampleBuffer::new(frames as u64, spec));
+    }
+    let sb = scratch.as_mut().expect("allocated above");
+    sb.copy_interleaved_ref(buf.clone()); // cheap: a borrowed Cow
+    sb.samples()
 }
 
 /// Decodes, averages all channels to mono, and resamples to `target_rate` Hz
 /// (windowed sinc). Encoder delay/padding are removed as in `probe_audio`.
 pub fn decode_mono(path: &Path, target_rate: u32) -> Result<Vec<f32>, MediaError> {
     let mut scratch: Option<SampleBuffer<f32>> = None;
-    let (info, mono) = decode(path, Vec::new(), |mono: &mut Vec<f32>, buf, range| {
-        let spec = *buf.spec();
-        let frames = buf.frames();
-        let sb = match &mut scratch {
-            Some(sb) if sb.capacity() >= frames * spec.channels.count() => sb,
-            _ => scratch.insert(SampleBuffer::new(frames as u64, spec)),
-        };
-        sb.copy_interleaved_ref(buf.clone()); // cheap: a borrowed Cow
-        let ch = spec.channels.count().max(1);
+    let (info, mono) = decode(path, None, Vec::new(), |mono: &mut Vec<f32>, buf, range| {
+        let ch = buf.spec().channels.count().max(1);
         let inv = 1.0 / ch as f32;
         mono.extend(
-            sb.samples()[range.0 * ch..range.1 * ch]
+            interleaved(&mut scratch, buf)[range.0 * ch..range.1 * ch]
                 .chunks_exact(ch)
                 .map(|f| f.iter().sum::<f32>() * inv),
         );
@@ -115,12 +207,13 @@ fn sniff(path: &Path) -> Result<AudioFormatName, MediaError> {
     if &head[4..8] == b"ftyp" {
         return Ok(AudioFormatName::M4a);
     }
-    // ID3v2 tags precede MP3 (and, rarely, FLAC) data.
+    // ID3v2 tags precede MP3 data. What follows the tag must be an MPEG
+    // audio frame: anything else (an HLS playlist, a concat list, another
+    // container) is a polyglot built to make some tool guess differently.
     if &head[0..3] == b"ID3" {
-        return Ok(AudioFormatName::Mp3);
+        return after_id3(path, &head).map(|()| AudioFormatName::Mp3);
     }
-    // MPEG audio frame sync (11 bits) with layer bits = Layer III.
-    if head[0] == 0xFF && head[1] & 0xE0 == 0xE0 && (head[1] >> 1) & 0x3 == 0x1 {
+    if is_mp3_frame_sync(&head) {
         return Ok(AudioFormatName::Mp3);
     }
     if head[0] == 0xFF && head[1] & 0xF6 == 0xF0 {
@@ -132,10 +225,64 @@ fn sniff(path: &Path) -> Result<AudioFormatName, MediaError> {
     Err(unsupported("the content is not a recognised audio file"))
 }
 
+/// MPEG audio frame sync (11 bits) with layer bits = Layer III.
+fn is_mp3_frame_sync(b: &[u8]) -> bool {
+    b.len() >= 2 && b[0] == 0xFF && b[1] & 0xE0 == 0xE0 && (b[1] >> 1) & 0x3 == 0x1
+}
+
+/// Most zero bytes of padding accepted between an ID3 tag and the first frame.
+const MAX_ID3_GAP: usize = 4096;
+/// Most ID3 tags accepted in a row (some taggers write more than one).
+const MAX_ID3_TAGS: usize = 4;
+
+/// Checks that the ID3v2 tag(s) at the start of the file are followed by an
+/// MPEG Layer III frame (after at most [`MAX_ID3_GAP`] zero bytes).
+fn after_id3(path: &Path, head: &[u8]) -> Result<(), MediaError> {
+    let polyglot = |detail: &str| MediaError::UnsupportedAudioFormat {
+        detail: detail.to_owned(),
+    };
+    if head.len() < 10 {
+        return Err(polyglot("truncated ID3 tag"));
+    }
+    let mut file = File::open(path)?;
+    let mut offset: u64 = 0;
+    for _ in 0..MAX_ID3_TAGS {
+        let mut header = [0u8; 10];
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
+        if file.read_exact(&mut header).is_err() {
+            return Err(polyglot("the ID3 tag is not followed by MP3 audio"));
+        }
+        if &header[0..3] != b"ID3" {
+            break;
+        }
+        // Tag size: four 7-bit "syncsafe" bytes; a footer adds 10 bytes.
+        if header[6..10].iter().any(|b| b & 0x80 != 0) {
+            return Err(polyglot("malformed ID3 tag size"));
+        }
+        let size = header[6..10]
+            .iter()
+            .fold(0u64, |acc, b| (acc << 7) | u64::from(*b));
+        let footer = if header[5] & 0x10 != 0 { 10 } else { 0 };
+        offset += 10 + size + footer;
+    }
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
+    let mut after = Vec::with_capacity(MAX_ID3_GAP + 4);
+    file.take((MAX_ID3_GAP + 4) as u64).read_to_end(&mut after)?;
+    let start = after.iter().position(|b| *b != 0).unwrap_or(after.len());
+    if start <= MAX_ID3_GAP && is_mp3_frame_sync(&after[start..]) {
+        Ok(())
+    } else {
+        Err(polyglot(
+            "the ID3 tag is followed by something other than MP3 audio",
+        ))
+    }
+}
+
 /// Opens, demuxes and decodes the first audio track, calling `sink` with
 /// every decoded buffer and the `[start, end)` frame range of it to keep.
 fn decode<S>(
     path: &Path,
+    max_duration_s: Option<f64>,
     state: S,
     mut sink: impl FnMut(&mut S, &AudioBufferRef<'_>, (usize, usize)),
 ) -> Result<(AudioInfo, S), MediaError> {
@@ -151,7 +298,7 @@ fn decode<S>(
     let mut state = state;
     let info = guard(
         |detail| MediaError::AudioDecodeFailed { detail },
-        || run(format, edit, file, &mut state, &mut sink),
+        || run(format, edit, file, max_duration_s, &mut state, &mut sink),
     )?;
     Ok((info, state))
 }
@@ -160,6 +307,7 @@ fn run<S>(
     format: AudioFormatName,
     edit: Option<mp4edit::Mp4Edit>,
     file: File,
+    max_duration_s: Option<f64>,
     state: &mut S,
     sink: &mut impl FnMut(&mut S, &AudioBufferRef<'_>, (usize, usize)),
 ) -> Result<AudioInfo, MediaError> {
@@ -260,6 +408,11 @@ fn run<S>(
         if end > start {
             frames += (end - start) as u64;
             sink(state, &buf, (start, end));
+        }
+        if let Some(max) = max_duration_s {
+            if frames as f64 > (max + TOO_LONG_SLACK_S) * f64::from(rc.0.max(1)) {
+                return Err(MediaError::AudioTooLong { max_s: max });
+            }
         }
     }
 

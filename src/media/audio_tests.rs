@@ -40,7 +40,7 @@ fn ffmpeg(name: &str, args: &[&str]) -> PathBuf {
 
 #[test]
 fn wav_reference() {
-    let i = probe_audio(Path::new(WAV)).unwrap();
+    let i = probe_audio(Path::new(WAV), None).unwrap();
     assert_eq!(i.format, AudioFormatName::Wav);
     assert_eq!((i.sample_rate, i.channels), (22_050, 1));
     assert!((i.duration_s - WAV_SECS).abs() < 0.005, "{i:?}");
@@ -49,8 +49,8 @@ fn wav_reference() {
 
 #[test]
 fn mp3_gapless_matches_wav() {
-    let w = probe_audio(Path::new(WAV)).unwrap();
-    let m = probe_audio(Path::new(MP3)).unwrap();
+    let w = probe_audio(Path::new(WAV), None).unwrap();
+    let m = probe_audio(Path::new(MP3), None).unwrap();
     assert_eq!(m.format, AudioFormatName::Mp3);
     assert_eq!((m.sample_rate, m.channels), (22_050, 1));
     let diff = (m.duration_s - w.duration_s).abs();
@@ -65,7 +65,7 @@ fn mp3_gapless_matches_wav() {
 fn mp3_detected_by_content_under_any_name() {
     let p = tmpdir().join("voice.wav");
     std::fs::copy(MP3, &p).unwrap();
-    assert_eq!(probe_audio(&p).unwrap().format, AudioFormatName::Mp3);
+    assert_eq!(probe_audio(&p, None).unwrap().format, AudioFormatName::Mp3);
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn flac_ogg_m4a_fixtures() {
     ];
     for (name, args, fmt, tol) in cases {
         let p = ffmpeg(name, &args);
-        let i = probe_audio(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let i = probe_audio(&p, None).unwrap_or_else(|e| panic!("{name}: {e}"));
         println!("{name}: {i:?}");
         assert_eq!(i.format, fmt, "{name}");
         assert!(
@@ -103,14 +103,14 @@ fn flac_ogg_m4a_fixtures() {
             i.duration_s
         );
     }
-    let st = probe_audio(&tmpdir().join("st.m4a")).unwrap();
+    let st = probe_audio(&tmpdir().join("st.m4a"), None).unwrap();
     assert_eq!((st.sample_rate, st.channels), (44_100, 2));
 }
 
 #[test]
 fn ogg_opus_is_refused_clearly() {
     let p = ffmpeg("s.opus.ogg", &["-c:a", "libopus", "-f", "ogg"]);
-    let e = probe_audio(&p).unwrap_err();
+    let e = probe_audio(&p, None).unwrap_err();
     assert_eq!(e.code(), "unsupported_audio_format");
     assert!(e.to_string().contains("Opus"), "{e}");
 }
@@ -144,7 +144,7 @@ fn decode_mono_resamples_and_downmixes() {
         .status()
         .expect("ffmpeg is required for this test");
     assert!(st.success());
-    let info = probe_audio(&p).unwrap();
+    let info = probe_audio(&p, None).unwrap();
     assert_eq!((info.channels, info.sample_rate), (2, 44_100));
     let mono = decode_mono(&p, 16_000).unwrap();
     assert!((mono.len() as f64 / 16_000.0 - WAV_SECS).abs() < 0.002);
@@ -155,18 +155,18 @@ fn decode_mono_resamples_and_downmixes() {
 
 #[test]
 fn non_audio_is_refused() {
-    let e = probe_audio(Path::new(PNG)).unwrap_err();
+    let e = probe_audio(Path::new(PNG), None).unwrap_err();
     assert_eq!(e.code(), "unsupported_audio_format", "{e}");
     let p = tmpdir().join("text.mp3");
     std::fs::write(&p, "just some text pretending to be an mp3 file").unwrap();
     assert_eq!(
-        probe_audio(&p).unwrap_err().code(),
+        probe_audio(&p, None).unwrap_err().code(),
         "unsupported_audio_format"
     );
     let p = tmpdir().join("empty.wav");
     std::fs::write(&p, b"").unwrap();
-    assert!(probe_audio(&p).is_err());
-    let e = probe_audio(Path::new("/nonexistent.wav")).unwrap_err();
+    assert!(probe_audio(&p, None).is_err());
+    let e = probe_audio(Path::new("/nonexistent.wav"), None).unwrap_err();
     assert_eq!(e.code(), "media_unreadable");
 }
 
@@ -175,7 +175,7 @@ fn header_only_wav_is_empty() {
     let data = std::fs::read(WAV).unwrap();
     let p = tmpdir().join("hdr.wav");
     std::fs::write(&p, &data[..44]).unwrap();
-    let e = probe_audio(&p).unwrap_err();
+    let e = probe_audio(&p, None).unwrap_err();
     assert!(
         matches!(e.code(), "audio_empty" | "audio_decode_failed"),
         "{e}"
@@ -197,7 +197,7 @@ fn truncated_and_corrupt_never_panic() {
         for cut in [4, 12, 40, 100, 400, 2_000, src.len() / 3, src.len() - 7] {
             std::fs::write(&p, &src[..cut.min(src.len())]).unwrap();
             // Short cuts must fail; longer ones may yield a shorter recording.
-            match probe_audio(&p) {
+            match probe_audio(&p, None) {
                 Ok(i) => assert!(i.duration_s <= WAV_SECS + 0.1),
                 Err(e) => assert!(!e.code().is_empty()),
             }
@@ -210,7 +210,7 @@ fn truncated_and_corrupt_never_panic() {
                 bad[i] = (seed >> 24) as u8;
             }
             std::fs::write(&p, &bad).unwrap();
-            let _ = probe_audio(&p);
+            let _ = probe_audio(&p, None);
             // decode_mono adds only the resampler; a few rounds cover it.
             if round < 2 {
                 let _ = decode_mono(&p, 16_000);
@@ -251,4 +251,114 @@ fn lossy_decodes_are_time_aligned_with_wav() {
         let lag = best_lag(&wav, &x, 900);
         assert!(lag.abs() <= 2, "{}: lag {lag} samples", p.display());
     }
+}
+
+/// An ID3v2.4 tag of `body` (syncsafe size), as taggers write it.
+fn id3_tag(body: &[u8]) -> Vec<u8> {
+    let n = body.len() as u32;
+    let mut tag = b"ID3\x04\x00\x00".to_vec();
+    tag.extend([(n >> 21) as u8 & 0x7F, (n >> 14) as u8 & 0x7F, (n >> 7) as u8 & 0x7F, n as u8 & 0x7F]);
+    tag.extend_from_slice(body);
+    tag
+}
+
+/// The sample MP3 without its own ID3 tag: bare MPEG frames.
+fn bare_mp3_frames() -> Vec<u8> {
+    let data = std::fs::read(MP3).unwrap();
+    let size = data[6..10]
+        .iter()
+        .fold(0usize, |acc, b| (acc << 7) | usize::from(*b));
+    data[10 + size..].to_vec()
+}
+
+#[test]
+fn id3_followed_by_mp3_frames_is_accepted() {
+    let p = tmpdir().join("tagged.mp3");
+    let mut file = id3_tag(b"TIT2\x00\x00\x00\x06\x00\x00\x03hello");
+    file.extend([0u8; 64]); // padding
+    file.extend(bare_mp3_frames());
+    std::fs::write(&p, &file).unwrap();
+    let info = probe_audio(&p, None).unwrap();
+    assert_eq!(info.format, AudioFormatName::Mp3);
+    assert!((info.duration_s - WAV_SECS).abs() < 0.05, "{}", info.duration_s);
+}
+
+#[test]
+fn id3_polyglots_are_refused() {
+    let frames = bare_mp3_frames();
+    let cases: [(&str, Vec<u8>); 4] = [
+        (
+            "hls playlist",
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n/etc/passwd\n#EXT-X-ENDLIST\n".to_vec(),
+        ),
+        ("concat protocol", b"concat:/etc/passwd|/etc/hosts\n".to_vec()),
+        ("ffconcat", b"ffconcat version 1.0\nfile '/etc/passwd'\n".to_vec()),
+        ("a WAV header", std::fs::read(WAV).unwrap()[..64].to_vec()),
+    ];
+    for (name, smuggled) in cases {
+        let p = tmpdir().join("polyglot.mp3");
+        let mut file = id3_tag(b"TIT2\x00\x00\x00\x02\x00\x00\x03x");
+        file.extend(&smuggled);
+        file.extend(&frames);
+        std::fs::write(&p, &file).unwrap();
+        let err = probe_audio(&p, None).unwrap_err();
+        assert_eq!(err.code(), "unsupported_audio_format", "{name}: {err}");
+    }
+    // A tag whose size runs past the end of the file is not MP3 either.
+    let p = tmpdir().join("short-tag.mp3");
+    let mut file = id3_tag(&[0u8; 100]);
+    file.truncate(50);
+    std::fs::write(&p, &file).unwrap();
+    assert_eq!(probe_audio(&p, None).unwrap_err().code(), "unsupported_audio_format");
+}
+
+#[test]
+fn text_pretending_to_be_media_is_refused() {
+    for text in [
+        "#EXTM3U\n#EXTINF:10,\nfile:///etc/passwd\n",
+        "concat:/etc/passwd|/etc/hosts",
+        "subfile,,start,0,end,0,,:/etc/passwd",
+        "ffconcat version 1.0\nfile '/etc/passwd'\n",
+    ] {
+        let p = tmpdir().join("trick.mp3");
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(
+            probe_audio(&p, None).unwrap_err().code(),
+            "unsupported_audio_format",
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn decoding_stops_past_the_duration_limit() {
+    let err = probe_audio(Path::new(WAV), Some(3.0)).unwrap_err();
+    assert_eq!(err.code(), "audio_too_long", "{err}");
+    // Within the limit (and within the slack past it) the exact length is measured.
+    let info = probe_audio(Path::new(WAV), Some(7.0)).unwrap();
+    assert!((info.duration_s - WAV_SECS).abs() < 1e-6);
+    assert!(probe_audio(Path::new(WAV), Some(8.0)).is_ok());
+}
+
+#[test]
+fn decode_for_render_writes_the_playable_pcm() {
+    let out = tmpdir().join("render.f32le");
+    let (mono, pcm) = decode_for_render(Path::new(MP3), &out, 16_000).unwrap();
+    assert_eq!((pcm.sample_rate, pcm.channels), (22_050, 1));
+    let bytes = std::fs::metadata(&out).unwrap().len();
+    let secs = bytes as f64 / 4.0 / 22_050.0;
+    let probed = probe_audio(Path::new(MP3), None).unwrap();
+    assert!((secs - probed.duration_s).abs() < 1e-6, "{secs} vs {}", probed.duration_s);
+    assert!((mono.len() as f64 / 16_000.0 - probed.duration_s).abs() < 0.001);
+    // The same samples as the mono decode (the render path adds no drift).
+    let reference = decode_mono(Path::new(MP3), 16_000).unwrap();
+    assert_eq!(mono.len(), reference.len());
+    assert!(mono.iter().zip(&reference).all(|(a, b)| (a - b).abs() < 1e-6));
+
+    // Stereo stays stereo in the file; the animation gets the mono mix.
+    let st = ffmpeg("st-render.wav", &["-ac", "2", "-ar", "44100"]);
+    let (_, pcm) = decode_for_render(&st, &out, 16_000).unwrap();
+    assert_eq!((pcm.sample_rate, pcm.channels), (44_100, 2));
+    let frames = std::fs::metadata(&out).unwrap().len() as f64 / 8.0;
+    assert!((frames / 44_100.0 - WAV_SECS).abs() < 0.001);
 }

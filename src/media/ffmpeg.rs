@@ -6,6 +6,14 @@
 //! Encodes additionally take a permit from a global semaphore sized to the
 //! number of CPUs, because x264 saturates a core per encode and running more
 //! encodes than cores only makes all of them slower.
+//!
+//! ffmpeg never reads an upload. Its format detection skips ID3 tags and
+//! follows references (an HLS playlist or `concat` list names other files,
+//! which the `file` protocol then opens), so a crafted "MP3" could make it mux
+//! any file on the server into a job's video. Every input here is data this
+//! process produced itself, read with its demuxer forced (`-f rawvideo`,
+//! `-f f32le`, `-f mov` for our own MP4s) and a protocol whitelist, so no byte
+//! of an input can choose how ffmpeg reads it.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -18,6 +26,8 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use crate::media::audio::PcmFile;
 
 mod probe;
 
@@ -159,11 +169,19 @@ async fn check_available_with(program: &str) -> Result<String, FfmpegError> {
     Ok(text.lines().next().unwrap_or_default().trim().to_string())
 }
 
-/// Decodes any audio file ffmpeg understands to mono f32 samples at 16 kHz
-/// (the rate the lip-sync features expect).
+/// An input file ffmpeg must open as a plain local file: `file:` so that no
+/// part of the path can name another protocol.
+fn file_input(path: &Path) -> OsString {
+    let mut arg = OsString::from("file:");
+    arg.push(path.as_os_str());
+    arg
+}
+
+/// Decodes the audio of an MP4 this service made (our own output, never an
+/// upload) to mono f32 samples at 16 kHz.
 pub async fn decode_audio_16k(path: &Path) -> Result<Vec<f32>, FfmpegError> {
-    let mut args = words("-nostdin -v error -i");
-    args.push(path.into());
+    let mut args = words("-nostdin -v error -protocol_whitelist file -f mov -i");
+    args.push(file_input(path));
     args.extend(words("-vn -ac 1 -ar 16000 -f f32le -"));
     let raw = run_capture(FFMPEG, &args, "audio decode", SHORT_TIMEOUT).await?;
     Ok(raw
@@ -173,7 +191,7 @@ pub async fn decode_audio_16k(path: &Path) -> Result<Vec<f32>, FfmpegError> {
 }
 
 /// What to encode: raw RGB frames of `width`x`height` at `fps`, muxed with
-/// the audio file.
+/// PCM audio this process decoded.
 #[derive(Debug, Clone)]
 pub struct EncodeSpec {
     /// Frame width in pixels (must be even for yuv420p).
@@ -182,8 +200,8 @@ pub struct EncodeSpec {
     pub height: u32,
     /// Frames per second of the raw input (the engines use 25).
     pub fps: u32,
-    /// Audio to mux; any format ffmpeg reads.
-    pub audio_path: PathBuf,
+    /// Audio to mux: raw PCM we decoded ourselves (never the upload).
+    pub audio: PcmFile,
     /// Lip-sync offset in seconds: positive delays the audio, negative
     /// advances it (its start is cut).
     pub audio_offset_s: f64,
@@ -318,10 +336,12 @@ impl Mp4Encoder {
 
 /// The ffmpeg command line for an [`EncodeSpec`].
 fn encode_args(spec: &EncodeSpec) -> Vec<OsString> {
-    let mut a =
-        words("-nostdin -hide_banner -nostats -loglevel error -y -f rawvideo -pix_fmt rgb24");
+    let mut a = words(
+        "-nostdin -hide_banner -nostats -loglevel error -y \
+         -protocol_whitelist pipe -f rawvideo -pix_fmt rgb24",
+    );
     a.extend(words(&format!(
-        "-s {}x{} -r {} -i -",
+        "-s {}x{} -r {} -i pipe:0",
         spec.width, spec.height, spec.fps
     )));
     // A negative offset (audio early) cuts the audio start with an input seek;
@@ -333,8 +353,11 @@ fn encode_args(spec: &EncodeSpec) -> Vec<OsString> {
     if offset < 0.0 {
         a.extend(words(&format!("-ss {:.3}", -offset)));
     }
-    a.push("-i".into());
-    a.push(spec.audio_path.clone().into());
+    a.extend(words(&format!(
+        "-protocol_whitelist file -f f32le -ar {} -ac {} -i",
+        spec.audio.sample_rate, spec.audio.channels
+    )));
+    a.push(file_input(&spec.audio.path));
     // apad makes the audio at least as long as the video, so `-shortest` always
     // ends the file at the last video frame (the caller's frame count), give
     // or take one AAC frame. Resampling to 48 kHz keeps that frame at 21 ms
@@ -350,7 +373,7 @@ fn encode_args(spec: &EncodeSpec) -> Vec<OsString> {
         "-c:v libx264 -preset veryfast -crf 23 -pix_fmt yuv420p -c:a aac -b:a 128k -ar 48000 \
          -shortest -movflags +faststart -f mp4",
     ));
-    a.push(spec.out_path.clone().into());
+    a.push(file_input(&spec.out_path));
     a
 }
 
@@ -379,7 +402,11 @@ mod tests {
             width: 4,
             height: 4,
             fps: 25,
-            audio_path: "a.wav".into(),
+            audio: PcmFile {
+                path: "a.f32le".into(),
+                sample_rate: 22_050,
+                channels: 1,
+            },
             audio_offset_s: 0.12,
             out_path: "o.mp4".into(),
             timeout: Duration::from_secs(1),
@@ -395,8 +422,42 @@ mod tests {
         spec.audio_offset_s = -0.2;
         let j = joined(&spec);
         assert!(
-            j.contains("-ss 0.200 -i a.wav") && !j.contains("adelay"),
+            j.contains("-ss 0.200 -protocol_whitelist file -f f32le -ar 22050 -ac 1 -i file:a.f32le")
+                && !j.contains("adelay"),
             "{j}"
         );
+    }
+
+    #[test]
+    fn every_input_has_a_forced_format_and_a_protocol_whitelist() {
+        let spec = EncodeSpec {
+            width: 4,
+            height: 4,
+            fps: 25,
+            audio: PcmFile {
+                path: "/tmp/x/audio.f32le".into(),
+                sample_rate: 48_000,
+                channels: 2,
+            },
+            audio_offset_s: 0.0,
+            out_path: "/tmp/x/o.mp4".into(),
+            timeout: Duration::from_secs(1),
+        };
+        let args: Vec<String> = encode_args(&spec)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for (i, _) in args.iter().enumerate().filter(|(_, a)| *a == "-i") {
+            let before = &args[..i];
+            let last = |flag: &str| before.iter().rposition(|a| a == flag);
+            let prev_input = before.iter().rposition(|a| a == "-i");
+            assert!(last("-f") > prev_input, "input {i} has no forced format: {args:?}");
+            assert!(
+                last("-protocol_whitelist") > prev_input,
+                "input {i} has no protocol whitelist: {args:?}"
+            );
+            let source = &args[i + 1];
+            assert!(source == "pipe:0" || source.starts_with("file:"), "{source}");
+        }
     }
 }

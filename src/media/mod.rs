@@ -56,6 +56,13 @@ pub enum MediaError {
         detail: String,
     },
 
+    /// The recording is longer than the caller may submit; decoding stopped early.
+    #[error("the recording is longer than {max_s} s")]
+    AudioTooLong {
+        /// The limit that applied.
+        max_s: f64,
+    },
+
     /// The audio decoded fine but contains no samples.
     #[error("audio contains no samples")]
     AudioEmpty,
@@ -78,6 +85,7 @@ impl MediaError {
             MediaError::ImageDecodeFailed { .. } => "image_decode_failed",
             MediaError::UnsupportedAudioFormat { .. } => "unsupported_audio_format",
             MediaError::AudioDecodeFailed { .. } => "audio_decode_failed",
+            MediaError::AudioTooLong { .. } => "audio_too_long",
             MediaError::AudioEmpty => "audio_empty",
             MediaError::FaceModel { .. } => "face_model_invalid",
         }

@@ -25,7 +25,10 @@ pub struct JobRecord {
     pub lease_expires_at: Option<i64>,
     pub counts_toward_quota: bool,
     pub error_code: Option<String>,
+    /// One line for the user (never paths or tool output).
     pub error_message: Option<String>,
+    /// The operator's detail of a failure: logged, and shown to platform admins only.
+    pub error_detail: Option<String>,
     pub result_key: Option<String>,
     pub result_bytes: Option<i64>,
     pub created_at: i64,
@@ -58,6 +61,26 @@ pub enum QuotaRefusal {
     Concurrent,
 }
 
+impl QuotaRefusal {
+    /// The refusal `usage` earns under `limits`, if any: the daily count first.
+    pub fn check(usage: QuotaUsage, limits: &QuotaLimits) -> Option<Self> {
+        if usage.today >= limits.videos_per_day {
+            Some(QuotaRefusal::Daily)
+        } else if usage.active >= limits.max_concurrent_jobs {
+            Some(QuotaRefusal::Concurrent)
+        } else {
+            None
+        }
+    }
+}
+
+/// A user's quota use: jobs counted today and jobs queued or running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub today: i64,
+    pub active: i64,
+}
+
 /// How a job ended, as reported by its worker.
 #[derive(Debug, Clone)]
 pub enum JobOutcome {
@@ -68,7 +91,10 @@ pub enum JobOutcome {
     /// `refund` gives the quota back (server-side failures).
     Failed {
         code: String,
+        /// One line for the user.
         message: String,
+        /// For the operator: logs and platform admins.
+        detail: String,
         refund: bool,
     },
 }
@@ -103,6 +129,9 @@ pub trait JobStore: Send + Sync {
         job: &JobRecord,
         limits: &QuotaLimits,
     ) -> StoreResult<Result<JobRecord, QuotaRefusal>>;
+    /// A read-only look at the quota (the atomic check is in `create_job`): lets intake refuse an
+    /// exhausted quota before it spends CPU on probing the upload.
+    async fn quota_usage(&self, user: UserId, day_start: i64) -> StoreResult<QuotaUsage>;
     async fn job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>>;
     /// Newest first; `before` is the cursor `(created_at, id)` of the last job of the previous page.
     async fn list_jobs(

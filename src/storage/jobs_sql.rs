@@ -9,17 +9,23 @@ macro_rules! impl_job_store {
             use sqlx::Row as _;
 
             use super::*;
-            use crate::domain::{JobId, JobStatus, Stage};
+            use crate::domain::{JobId, JobStatus, Stage, UserId};
             use crate::storage::jobs::{
                 ExpiredLease, IdempotencyState, JobOutcome, JobRecord, JobScope, JobStore, QuotaLimits,
-                QuotaRefusal,
+                QuotaRefusal, QuotaUsage,
             };
             use crate::storage::sql::parse_stored;
             use crate::storage::{StoreError, StoreResult};
 
             const JOB_COLUMNS: &str = "id, tenant_id, user_id, status, stage, progress, engine, params, input, \
                  output_plan, callback_url, vtag, attempts, worker_id, lease_expires_at, counts_toward_quota, \
-                 error_code, error_message, result_key, result_bytes, created_at, started_at, finished_at, updated_at";
+                 error_code, error_message, error_detail, result_key, result_bytes, created_at, started_at, finished_at, updated_at";
+
+            /// A user's jobs counting toward today's quota ($2 = start of the UTC day) and running now.
+            const QUOTA_USAGE_SQL: &str = "SELECT \
+                   COALESCE(SUM(CASE WHEN created_at >= $2 AND counts_toward_quota THEN 1 ELSE 0 END), 0) AS today, \
+                   COALESCE(SUM(CASE WHEN status IN ('queued', 'running') THEN 1 ELSE 0 END), 0) AS active \
+                 FROM jobs WHERE user_id = $1";
 
             /// A reservation without a job after this long belongs to a request that died.
             const ABANDONED_RESERVATION_MS: i64 = 5 * 60 * 1000;
@@ -46,6 +52,7 @@ macro_rules! impl_job_store {
                     counts_toward_quota: row.try_get("counts_toward_quota")?,
                     error_code: row.try_get("error_code")?,
                     error_message: row.try_get("error_message")?,
+                    error_detail: row.try_get("error_detail")?,
                     result_key: row.try_get("result_key")?,
                     result_bytes: row.try_get("result_bytes")?,
                     created_at: row.try_get("created_at")?,
@@ -82,23 +89,17 @@ macro_rules! impl_job_store {
                         if let Some(lock) = Self::USER_LOCK {
                             sqlx::query(lock).bind(job.user_id.to_string()).execute(&mut *conn).await?;
                         }
-                        let usage = sqlx::query(
-                            "SELECT \
-                               COALESCE(SUM(CASE WHEN created_at >= $2 AND counts_toward_quota THEN 1 ELSE 0 END), 0) AS today, \
-                               COALESCE(SUM(CASE WHEN status IN ('queued', 'running') THEN 1 ELSE 0 END), 0) AS active \
-                             FROM jobs WHERE user_id = $1",
-                        )
+                        let usage = sqlx::query(QUOTA_USAGE_SQL)
                         .bind(job.user_id.to_string())
                         .bind(limits.day_start)
                         .fetch_one(&mut *conn)
                         .await?;
-                        let today: i64 = usage.try_get("today")?;
-                        let active: i64 = usage.try_get("active")?;
-                        if today >= limits.videos_per_day {
-                            return Ok(Err(QuotaRefusal::Daily));
-                        }
-                        if active >= limits.max_concurrent_jobs {
-                            return Ok(Err(QuotaRefusal::Concurrent));
+                        let usage = QuotaUsage {
+                            today: usage.try_get("today")?,
+                            active: usage.try_get("active")?,
+                        };
+                        if let Some(refusal) = QuotaRefusal::check(usage, limits) {
+                            return Ok(Err(refusal));
                         }
                         // Weighted fair queuing: a job's finish tag is where its tenant's previous job ends, or
                         // the queue's current virtual time if the tenant was idle, plus 1/weight.
@@ -117,7 +118,7 @@ macro_rules! impl_job_store {
                         job.vtag = clock.max(last.unwrap_or(f64::MIN)) + 1.0 / limits.priority_weight.max(1.0);
                         let sql = format!(
                             "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
+                             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
                         );
                         sqlx::query(&sql)
                             .bind(job.id.to_string())
@@ -138,6 +139,7 @@ macro_rules! impl_job_store {
                             .bind(job.counts_toward_quota)
                             .bind(&job.error_code)
                             .bind(&job.error_message)
+                            .bind(&job.error_detail)
                             .bind(&job.result_key)
                             .bind(job.result_bytes)
                             .bind(job.created_at)
@@ -153,6 +155,18 @@ macro_rules! impl_job_store {
                         conn.commit().await?;
                     }
                     Ok(result)
+                }
+
+                async fn quota_usage(&self, user: UserId, day_start: i64) -> StoreResult<QuotaUsage> {
+                    let row = sqlx::query(QUOTA_USAGE_SQL)
+                        .bind(user.to_string())
+                        .bind(day_start)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    Ok(QuotaUsage {
+                        today: row.try_get("today")?,
+                        active: row.try_get("active")?,
+                    })
                 }
 
                 async fn job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>> {
@@ -292,12 +306,12 @@ macro_rules! impl_job_store {
                     outcome: &JobOutcome,
                     now: i64,
                 ) -> StoreResult<Option<JobRecord>> {
-                    let (status, code, message, key, bytes, refund) = match outcome {
+                    let (status, code, message, detail, key, bytes, refund) = match outcome {
                         JobOutcome::Succeeded { result_key, result_bytes } => {
-                            (JobStatus::Succeeded, None, None, Some(result_key.clone()), Some(*result_bytes), false)
+                            (JobStatus::Succeeded, None, None, None, Some(result_key.clone()), Some(*result_bytes), false)
                         }
-                        JobOutcome::Failed { code, message, refund } => {
-                            (JobStatus::Failed, Some(code.clone()), Some(message.clone()), None, None, *refund)
+                        JobOutcome::Failed { code, message, detail, refund } => {
+                            (JobStatus::Failed, Some(code.clone()), Some(message.clone()), Some(detail.clone()), None, None, *refund)
                         }
                     };
                     let sql = format!(
@@ -305,7 +319,7 @@ macro_rules! impl_job_store {
                          stage = CASE WHEN $3 = 'succeeded' THEN 'storing' ELSE stage END, \
                          error_code = $4, error_message = $5, result_key = $6, result_bytes = $7, \
                          counts_toward_quota = CASE WHEN $8 THEN FALSE ELSE counts_toward_quota END, \
-                         finished_at = $9, updated_at = $9, lease_expires_at = NULL \
+                         finished_at = $9, updated_at = $9, lease_expires_at = NULL, error_detail = $10 \
                          WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}"
                     );
                     sqlx::query(&sql)
@@ -318,6 +332,7 @@ macro_rules! impl_job_store {
                         .bind(bytes)
                         .bind(refund)
                         .bind(now)
+                        .bind(detail)
                         .fetch_optional(&self.pool)
                         .await?
                         .as_ref()

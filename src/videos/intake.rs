@@ -1,7 +1,9 @@
 //! Intake: everything is checked before a job is queued, so engine time is never spent on bad input.
-//! Order: media (real image format and size, real audio duration), parameters against Sonic's ranges,
-//! the engine's capabilities, the plan's limits, a face in the photo, the idempotency key, then the quota
-//! (atomically, with the insert).
+//! Order: admission (a bounded number of probes per user and per process), a read-only quota check
+//! (so an exhausted quota costs no probing), media (real image format and size, real audio duration,
+//! decoding no further than the plan's longest recording), parameters against Sonic's ranges, the
+//! engine's capabilities, the plan's limits, a face in the photo, the idempotency key, then the quota
+//! again (atomically, with the insert).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use crate::media::audio::{probe_audio, AudioInfo};
 use crate::media::face::plan_crop;
 use crate::media::image::{probe_image, ProbedImage};
 use crate::media::MediaError;
+use super::admission::AdmissionRefusal;
 use crate::storage::jobs::{IdempotencyState, JobRecord, QuotaLimits, QuotaRefusal};
 use crate::time::now_ms;
 
@@ -76,6 +79,12 @@ pub enum IntakeError {
         detail: String,
         retry_after: Duration,
     },
+    /// Too many of this user's submissions are being checked right now (429).
+    #[error("too many uploads of yours are being checked at once; wait for one to finish")]
+    UserBusy,
+    /// The server is checking as many uploads as it can (503).
+    #[error("the server is busy checking other uploads; try again shortly")]
+    ServerBusy,
     /// The same key is being used by a request still in progress (409).
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyInProgress,
@@ -111,6 +120,21 @@ fn media_error(field: &'static str, err: MediaError) -> IntakeError {
     }
 }
 
+/// The start of the UTC day of `now_ms`, where the daily quota starts counting.
+fn day_start(now_ms: i64) -> i64 {
+    now_ms - now_ms.rem_euclid(24 * 3600 * 1000)
+}
+
+/// The quota part of a plan.
+fn quota_limits(plan: &crate::domain::Plan, now: i64) -> QuotaLimits {
+    QuotaLimits {
+        videos_per_day: i64::from(plan.videos_per_day),
+        max_concurrent_jobs: i64::from(plan.max_concurrent_jobs),
+        priority_weight: f64::from(plan.priority_weight),
+        day_start: day_start(now),
+    }
+}
+
 /// Seconds until the next UTC midnight, when the daily quota resets.
 fn until_midnight(now_ms: i64) -> Duration {
     const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -125,9 +149,28 @@ impl VideoService {
         context: &AuditContext,
         submission: Submission,
     ) -> Result<Submitted, IntakeError> {
+        let _admitted = self
+            .admission
+            .enter(submission.user)
+            .await
+            .map_err(|refusal| match refusal {
+                AdmissionRefusal::UserBusy => IntakeError::UserBusy,
+                AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
+            })?;
+        let plan = self.plans.limits(&submission.plan);
+        let now = now_ms();
+        let usage = self
+            .store
+            .quota_usage(submission.user, day_start(now))
+            .await?;
+        if let Some(refusal) = QuotaRefusal::check(usage, &quota_limits(&plan, now)) {
+            return Err(self.quota_refused(context, &submission, &plan, refusal, now).await);
+        }
+
         let limits = self.settings.image_limits;
         let image_path = submission.image.path.clone();
         let audio_path = submission.audio.path.clone();
+        let max_duration_s = f64::from(plan.max_duration_s);
         let (image, audio) = tokio::try_join!(
             async {
                 tokio::task::spawn_blocking(move || probe_image(&image_path, &limits))
@@ -136,10 +179,20 @@ impl VideoService {
                     .map_err(|e| media_error("image", e))
             },
             async {
-                tokio::task::spawn_blocking(move || probe_audio(&audio_path))
+                tokio::task::spawn_blocking(move || probe_audio(&audio_path, Some(max_duration_s)))
                     .await
                     .map_err(anyhow::Error::from)?
-                    .map_err(|e| media_error("audio", e))
+                    .map_err(|e| match e {
+                        // Decoding stopped at the plan's limit: the same answer as a measured overlong
+                        // recording.
+                        MediaError::AudioTooLong { .. } => IntakeError::PlanLimit {
+                            limit: "max_duration_s",
+                            plan: submission.plan.to_string(),
+                            asked: format!("more than {}", plan.max_duration_s),
+                            allowed: plan.max_duration_s.to_string(),
+                        },
+                        other => media_error("audio", other),
+                    })
             },
         )?;
 
@@ -196,7 +249,6 @@ impl VideoService {
                 });
             }
         }
-        let plan = self.plans.limits(&submission.plan);
         if let Some((limit, asked, allowed)) = params.exceeds(&plan) {
             self.auditor
                 .record(
@@ -212,7 +264,7 @@ impl VideoService {
             });
         }
 
-        let (face, faces_detected, crop) = self.find_face(&image, &params).await?;
+        let (image, face, faces_detected, crop) = self.find_face(image, &params).await?;
 
         let request_hash = {
             let mut hasher = Sha256::new();
@@ -272,12 +324,15 @@ impl VideoService {
         result.map(Submitted::Created)
     }
 
+    /// Finds the largest face and plans the crop. The decoded image moves to the detector's thread
+    /// and back, so its pixels are never copied.
     async fn find_face(
         &self,
-        image: &ProbedImage,
+        image: ProbedImage,
         params: &SonicParams,
     ) -> Result<
         (
+            ProbedImage,
             crate::media::face::Rect,
             usize,
             crate::media::face::CropPlan,
@@ -285,10 +340,12 @@ impl VideoService {
         IntakeError,
     > {
         let detector = self.faces.clone();
-        let pixels = image.image.clone();
-        let faces = tokio::task::spawn_blocking(move || detector.detect(&pixels))
-            .await
-            .map_err(anyhow::Error::from)?;
+        let (image, faces) = tokio::task::spawn_blocking(move || {
+            let faces = detector.detect(&image.image);
+            (image, faces)
+        })
+        .await
+        .map_err(anyhow::Error::from)?;
         let Some(largest) = faces.first() else {
             return Err(IntakeError::Media {
                 code: "no_face_detected",
@@ -310,7 +367,46 @@ impl VideoService {
             width: largest.width,
             height: largest.height,
         };
-        Ok((face, faces.len(), crop))
+        Ok((image, face, faces.len(), crop))
+    }
+
+    /// Records and explains a quota refusal.
+    async fn quota_refused(
+        &self,
+        context: &AuditContext,
+        submission: &Submission,
+        plan: &crate::domain::Plan,
+        refusal: QuotaRefusal,
+        now: i64,
+    ) -> IntakeError {
+        let (detail, retry_after, reason) = match refusal {
+            QuotaRefusal::Daily => (
+                format!(
+                    "the {} plan allows {} videos per day",
+                    submission.plan, plan.videos_per_day
+                ),
+                until_midnight(now),
+                "quota_daily",
+            ),
+            QuotaRefusal::Concurrent => (
+                format!(
+                    "the {} plan allows {} job(s) at a time; wait for one to finish",
+                    submission.plan, plan.max_concurrent_jobs
+                ),
+                Duration::from_secs(30),
+                "quota_concurrent",
+            ),
+        };
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new("video.create", Outcome::Denied).reason(reason),
+            )
+            .await;
+        IntakeError::Quota {
+            detail,
+            retry_after,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -378,6 +474,7 @@ impl VideoService {
             counts_toward_quota: true,
             error_code: None,
             error_message: None,
+            error_detail: None,
             result_key: None,
             result_bytes: None,
             created_at: now,
@@ -385,46 +482,16 @@ impl VideoService {
             finished_at: None,
             updated_at: now,
         };
-        let quota = QuotaLimits {
-            videos_per_day: i64::from(plan.videos_per_day),
-            max_concurrent_jobs: i64::from(plan.max_concurrent_jobs),
-            priority_weight: f64::from(plan.priority_weight),
-            day_start: now - now.rem_euclid(24 * 3600 * 1000),
-        };
+        let quota = quota_limits(plan, now);
         let created = match self.store.create_job(&record, &quota).await {
             Ok(Ok(job)) => job,
             Ok(Err(refusal)) => {
                 self.blobs
                     .delete_prefix(&job_prefix(submission.tenant, id))
                     .await?;
-                let (detail, retry_after, reason) = match refusal {
-                    QuotaRefusal::Daily => (
-                        format!(
-                            "the {} plan allows {} videos per day",
-                            submission.plan, plan.videos_per_day
-                        ),
-                        until_midnight(now),
-                        "quota_daily",
-                    ),
-                    QuotaRefusal::Concurrent => (
-                        format!(
-                            "the {} plan allows {} job(s) at a time; wait for one to finish",
-                            submission.plan, plan.max_concurrent_jobs
-                        ),
-                        Duration::from_secs(30),
-                        "quota_concurrent",
-                    ),
-                };
-                self.auditor
-                    .record(
-                        context,
-                        AuditEvent::new("video.create", Outcome::Denied).reason(reason),
-                    )
-                    .await;
-                return Err(IntakeError::Quota {
-                    detail,
-                    retry_after,
-                });
+                return Err(self
+                    .quota_refused(context, submission, plan, refusal, now)
+                    .await);
             }
             Err(err) => {
                 self.blobs

@@ -1,6 +1,8 @@
 //! Video generation: intake (validate uploads, check plan and quota, queue), workers (claim, run an
 //! engine, store the MP4), and the views and events the API serves.
 
+pub mod admission;
+pub mod download_audit;
 pub mod events;
 pub mod intake;
 pub mod view;
@@ -47,6 +49,12 @@ pub struct VideoService {
     pub signer: UrlSigner,
     pub faces: FaceDetector,
     pub events: JobEvents,
+    /// Bounds how many submissions are probed at once.
+    pub admission: admission::IntakeGate,
+    /// Open event streams per user.
+    pub streams: admission::PerUserSlots,
+    /// Which downloads were audited recently (repeats are only counted).
+    pub download_audit: download_audit::DownloadAudit,
     pub settings: VideoSettings,
 }
 

@@ -49,7 +49,11 @@ pub struct OutputPlan {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobError {
     pub code: String,
+    /// One line for people: what went wrong and what to do.
     pub message: String,
+    /// The operator's detail (tool output, paths); present for platform admins only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Where to get the finished video.
@@ -113,6 +117,7 @@ impl JobView {
             error: job.error_code.as_ref().map(|code| JobError {
                 code: code.clone(),
                 message: job.error_message.clone().unwrap_or_default(),
+                detail: None,
             }),
             result,
         })

@@ -115,10 +115,11 @@ impl VideoService {
                 result_bytes: bytes as i64,
             },
             Err(err) => {
-                tracing::warn!(job = %job.id, code = err.code, error = %err.message, "job failed");
+                tracing::warn!(job = %job.id, code = err.code, server_side = err.server_side, detail = %err.detail, "job failed");
                 JobOutcome::Failed {
                     code: err.code.to_owned(),
                     message: err.message,
+                    detail: err.detail,
                     refund: err.server_side,
                 }
             }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sonicgw::engines::builtin::{crop_around_face, features, render_video, BuiltinParams};
+use sonicgw::media::audio::{decode_for_render, PcmFile};
 use sonicgw::media::ffmpeg;
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/samples");
@@ -32,6 +33,13 @@ fn load_16k(path: &Path) -> Vec<f32> {
             mono[j] * (1.0 - t) + b * t
         })
         .collect()
+}
+
+/// The recording as the raw PCM the encoder muxes.
+fn pcm_of(audio: &Path, dir: &Path) -> PcmFile {
+    decode_for_render(audio, &dir.join("audio.f32le"), 16_000)
+        .expect("decode sample")
+        .1
 }
 
 /// Pearson correlation of two series (over their common length).
@@ -115,7 +123,8 @@ async fn speech_sample_renders_a_talking_head() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.mp4");
     let mut seen = Vec::new();
-    let stats = render_video(crop, face, &samples, &wav, params(0.0), &out, |p| {
+    let pcm = pcm_of(&wav, dir.path());
+    let stats = render_video(crop, face, &samples, &pcm, params(0.0), &out, |p| {
         seen.push(p)
     })
     .await
@@ -190,13 +199,14 @@ async fn lip_sync_offsets_keep_video_length() {
     let short = &samples[..16_000 * 2];
     let (crop, face) = sample_face();
     let dir = tempfile::tempdir().unwrap();
+    let pcm = pcm_of(&wav, dir.path());
     for offset in [-0.3, 0.3] {
         let out = dir.path().join(format!("offset_{offset}.mp4"));
         render_video(
             crop.clone(),
             face,
             short,
-            &wav,
+            &pcm,
             params(offset),
             &out,
             |_| {},
@@ -250,13 +260,14 @@ async fn dropping_the_render_kills_ffmpeg() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cancelled.mp4");
     let needle = out.to_string_lossy().into_owned();
+    let pcm = pcm_of(&wav, dir.path());
     // Boxed so `drop` really drops the future (a stack-pinned one would live
     // until the end of the test).
     let mut fut = Box::pin(render_video(
         crop,
         face,
         &samples,
-        &wav,
+        &pcm,
         params(0.0),
         &out,
         |_| {},

@@ -7,6 +7,8 @@ mod admin;
 mod audit;
 mod builtin_e2e;
 mod builtin_render;
+mod exposure;
+mod hostile_media;
 mod ops;
 mod queue;
 mod redis_replicas;

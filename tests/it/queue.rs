@@ -83,6 +83,7 @@ fn job(tenant: TenantId, user: UserId, created_at: i64) -> JobRecord {
         counts_toward_quota: true,
         error_code: None,
         error_message: None,
+        error_detail: None,
         result_key: None,
         result_bytes: None,
         created_at,

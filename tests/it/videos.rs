@@ -124,14 +124,14 @@ async fn wait_until_running(server: &TestServer, token: &str, id: &str) {
         .unwrap_or_else(|_| panic!("job {id} did not start within 30 s"));
 }
 
-async fn problem(response: reqwest::Response, status: StatusCode) -> Value {
+pub async fn problem(response: reqwest::Response, status: StatusCode) -> Value {
     let actual = response.status();
     let body: Value = response.json().await.unwrap();
     assert_eq!(actual, status, "{body}");
     body
 }
 
-async fn no_jobs(server: &TestServer, token: &str) {
+pub async fn no_jobs(server: &TestServer, token: &str) {
     let list: Value = server.get("/v1/videos", token).await.json().await.unwrap();
     assert_eq!(
         list["items"].as_array().unwrap().len(),

@@ -10,8 +10,23 @@ use image::imageops::FilterType;
 use super::{render_video, BuiltinParams};
 use crate::domain::Stage;
 use crate::engines::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn};
-use crate::media::audio::decode_mono;
+use crate::media::audio::decode_for_render;
 use crate::media::image::{probe_image, ImageLimits};
+use crate::media::MediaError;
+
+/// A decode failure of a file that passed intake: the upload's fault when the
+/// decoder says so (the user's quota is kept), ours otherwise.
+fn media_error(err: MediaError) -> EngineError {
+    if err.is_client_error() {
+        EngineError::input(
+            err.code(),
+            "the uploaded file could not be decoded; check it plays and upload it again",
+            err.to_string(),
+        )
+    } else {
+        EngineError::server(err.code(), err.to_string())
+    }
+}
 
 /// Renders on this machine's CPU; needs ffmpeg.
 pub struct BuiltinEngine {
@@ -66,10 +81,10 @@ impl Engine for BuiltinEngine {
         progress(Stage::Preprocessing, 0.0);
         let limits = self.image_limits;
         let (image_path, audio_path) = (job.image_path.clone(), job.audio_path.clone());
+        let pcm_path = job.workdir.join("audio.f32le");
         let (crop, face, width, height) = (job.crop, job.face, job.output_width, job.output_height);
         let prepared = tokio::task::spawn_blocking(move || {
-            let photo = probe_image(&image_path, &limits)
-                .map_err(|e| EngineError::server(e.code(), e.to_string()))?;
+            let photo = probe_image(&image_path, &limits).map_err(media_error)?;
             let cropped =
                 image::imageops::crop_imm(&photo.image, crop.x, crop.y, crop.width, crop.height)
                     .to_image();
@@ -84,13 +99,13 @@ impl Engine for BuiltinEngine {
                 (f64::from(face.width) * sx) as u32,
                 (f64::from(face.height) * sy) as u32,
             );
-            let samples = decode_mono(&audio_path, 16_000)
-                .map_err(|e| EngineError::server(e.code(), e.to_string()))?;
-            Ok::<_, EngineError>((scaled, face_in_crop, samples))
+            let (samples, pcm) =
+                decode_for_render(&audio_path, &pcm_path, 16_000).map_err(media_error)?;
+            Ok::<_, EngineError>((scaled, face_in_crop, samples, pcm))
         })
         .await
         .map_err(|e| EngineError::server("internal", e.to_string()))??;
-        let (scaled, face_in_crop, samples) = prepared;
+        let (scaled, face_in_crop, samples, pcm) = prepared;
         let params = BuiltinParams {
             dynamic_scale: job.params.dynamic_scale as f32,
             motion_scale: job.params.motion_scale as f32,
@@ -105,7 +120,7 @@ impl Engine for BuiltinEngine {
             scaled,
             face_in_crop,
             &samples,
-            &job.audio_path,
+            &pcm,
             params,
             out,
             |p| progress(Stage::Generating, f64::from(p) * 0.95),
@@ -115,6 +130,11 @@ impl Engine for BuiltinEngine {
                 progress(Stage::Encoding, 0.98);
                 Ok(())
             }
+            Ok(Err(super::EngineError::InvalidInput(detail))) => Err(EngineError::input(
+                "invalid_input",
+                "the recording or photo cannot be animated (too short, or its face box is unusable)",
+                detail,
+            )),
             Ok(Err(err)) => Err(EngineError::server(err.code(), err.to_string())),
             Err(_) => Err(EngineError::server(
                 "engine_timeout",

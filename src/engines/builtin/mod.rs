@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use tokio::sync::mpsc;
 
+use crate::media::audio::PcmFile;
 use crate::media::ffmpeg::{EncodeSpec, FfmpegError, Mp4Encoder};
 use features::FPS;
 use render::{AnimParams, Animator};
@@ -91,15 +92,15 @@ impl Drop for CancelOnDrop {
 /// Renders a talking-head MP4 of `face_crop` speaking `samples_16k`.
 ///
 /// `face_in_crop` is the face box `(x, y, w, h)` in crop pixels; the crop's
-/// size is the output size and must be even. `audio_path` is the original
-/// audio, muxed as AAC; `samples_16k` is the same audio as mono 16 kHz and
+/// size is the output size and must be even. `audio` is the recording as raw
+/// PCM this process decoded (never the upload), muxed as AAC; `samples_16k` is the same audio as mono 16 kHz and
 /// sets the frame count (one frame per 40 ms). `progress` receives 0..=1.
 /// Dropping the returned future kills ffmpeg and stops the renderer.
 pub async fn render_video(
     face_crop: RgbImage,
     face_in_crop: (u32, u32, u32, u32),
     samples_16k: &[f32],
-    audio_path: &Path,
+    audio: &PcmFile,
     params: BuiltinParams,
     out_path: &Path,
     mut progress: impl FnMut(f32),
@@ -116,7 +117,7 @@ pub async fn render_video(
         width,
         height,
         fps: FPS,
-        audio_path: audio_path.to_path_buf(),
+        audio: audio.clone(),
         audio_offset_s: params.lip_sync_offset_s,
         out_path: out_path.to_path_buf(),
         // Rendering + encoding run several times faster than real time; this

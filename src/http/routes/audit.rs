@@ -6,11 +6,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
+
 use crate::audit::ChainReport;
+use crate::domain::{Role, TenantId, UserId};
 use crate::http::caller::{Admin, PlatformAdmin};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
-use crate::storage::{AuditQuery, AuditRecord};
+use crate::storage::{AuditQuery, AuditRecord, TenantScope};
 use crate::time::{parse_rfc3339, rfc3339};
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -43,6 +46,11 @@ pub struct AuditParams {
 pub struct AuditEntry {
     pub seq: i64,
     pub at: String,
+    /// Who acted: `user` (a user of the tenant, named by `actor_user_id`), `platform_staff` (a
+    /// platform admin: shown to tenant admins without id, address or user agent), `link_holder`
+    /// (whoever held a signed download link), or `anonymous` (no verified identity, e.g. a failed
+    /// login).
+    pub actor_kind: &'static str,
     pub request_id: Option<String>,
     pub actor_user_id: Option<String>,
     pub actor_tenant_id: Option<String>,
@@ -59,9 +67,15 @@ pub struct AuditEntry {
 
 impl From<AuditRecord> for AuditEntry {
     fn from(r: AuditRecord) -> Self {
+        let actor_kind = match (&r.event.actor_user_id, r.event.reason.as_deref()) {
+            (Some(_), _) => "user",
+            (None, Some("signed_link")) => "link_holder",
+            (None, _) => "anonymous",
+        };
         Self {
             seq: r.seq,
             at: rfc3339(r.event.at),
+            actor_kind,
             request_id: r.event.request_id,
             actor_user_id: r.event.actor_user_id,
             actor_tenant_id: r.event.actor_tenant_id,
@@ -131,6 +145,46 @@ fn parse_query(params: &AuditParams) -> Result<AuditQuery, ApiError> {
     })
 }
 
+/// A tenant admin sees that platform staff acted, not who they are or where they were: entries whose
+/// actor is a platform admin, or belongs to another tenant, lose the actor's ids, address and agent.
+async fn hide_platform_staff(
+    state: &AppState,
+    tenant: TenantId,
+    items: &mut [AuditEntry],
+) -> Result<(), ApiError> {
+    let mut staff: HashMap<String, bool> = HashMap::new();
+    for item in items.iter_mut() {
+        let Some(actor) = item.actor_user_id.clone() else {
+            continue;
+        };
+        let from_elsewhere = item.actor_tenant_id.as_deref() != Some(tenant.to_string().as_str());
+        let is_staff = match staff.get(&actor) {
+            Some(known) => *known,
+            None => {
+                let platform_admin = match actor.parse::<UserId>() {
+                    Ok(id) => state
+                        .store
+                        .user(TenantScope::All, id)
+                        .await?
+                        .is_some_and(|u| u.role == Role::PlatformAdmin),
+                    Err(_) => false,
+                };
+                staff.insert(actor, platform_admin);
+                platform_admin
+            }
+        };
+        if from_elsewhere || is_staff {
+            item.actor_kind = "platform_staff";
+            item.actor_user_id = None;
+            item.actor_tenant_id = None;
+            item.client_ip = None;
+            item.user_agent = None;
+            item.request_id = None;
+        }
+    }
+    Ok(())
+}
+
 fn csv_field(value: &str) -> String {
     // Quote always; neutralise spreadsheet formulas.
     let value = if value.starts_with(['=', '+', '-', '@']) {
@@ -143,13 +197,14 @@ fn csv_field(value: &str) -> String {
 
 fn to_csv(items: &[AuditEntry]) -> String {
     let mut out = String::from(
-        "seq,at,request_id,actor_user_id,actor_tenant_id,tenant_id,client_ip,user_agent,action,target,outcome,reason,prev_hash,hash\n",
+        "seq,at,actor_kind,request_id,actor_user_id,actor_tenant_id,tenant_id,client_ip,user_agent,action,target,outcome,reason,prev_hash,hash\n",
     );
     for e in items {
         let opt = |v: &Option<String>| csv_field(v.as_deref().unwrap_or(""));
         let row = [
             e.seq.to_string(),
             csv_field(&e.at),
+            csv_field(e.actor_kind),
             opt(&e.request_id),
             opt(&e.actor_user_id),
             opt(&e.actor_tenant_id),
@@ -185,7 +240,10 @@ pub async fn list(
     let next_cursor = (records.len() as i64 == query.limit)
         .then(|| records.last().map(|r| r.seq.to_string()))
         .flatten();
-    let items: Vec<AuditEntry> = records.into_iter().map(AuditEntry::from).collect();
+    let mut items: Vec<AuditEntry> = records.into_iter().map(AuditEntry::from).collect();
+    if caller.role != Role::PlatformAdmin {
+        hide_platform_staff(&state, caller.tenant_id, &mut items).await?;
+    }
     let cursor_header = next_cursor.clone().unwrap_or_default();
     let response = match params.format.as_deref().unwrap_or("json") {
         "json" => Json(AuditPage { items, next_cursor }).into_response(),

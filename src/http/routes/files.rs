@@ -155,12 +155,19 @@ pub async fn content(
         .await?
         .ok_or(ApiError::NotFound)?;
     let response = serve_video(&state, &job, &headers).await?;
-    if headers.get(header::RANGE).is_none() {
+    crate::metrics::video_download("bearer");
+    if state
+        .videos
+        .download_audit
+        .first_in_window(id, &caller.user_id.to_string())
+    {
         state
             .auditor
             .record(
                 &caller.audit_context(),
-                AuditEvent::new("video.download", Outcome::Success).target(id),
+                AuditEvent::new("video.download", Outcome::Success)
+                    .tenant(job.tenant_id)
+                    .target(id),
             )
             .await;
     }
@@ -225,15 +232,19 @@ pub async fn signed(
         .await?
         .ok_or(ApiError::NotFound)?;
     let response = serve_video(&state, &job, &headers).await?;
-    if headers.get(header::RANGE).is_none() {
-        let context = client
-            .audit_context()
-            .with_actor(job.user_id, job.tenant_id);
+    crate::metrics::video_download("signed_link");
+    // The actor is whoever holds the link, not the job's owner: the record names no user.
+    let holder = client
+        .ip
+        .map(crate::videos::download_audit::address_key)
+        .unwrap_or_default();
+    if state.videos.download_audit.first_in_window(id, &holder) {
         state
             .auditor
             .record(
-                &context,
+                &client.audit_context(),
                 AuditEvent::new("video.download", Outcome::Success)
+                    .tenant(job.tenant_id)
                     .target(id)
                     .reason("signed_link"),
             )

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Multipart, Path, Query, State};
@@ -86,6 +87,16 @@ impl From<IntakeError> for ApiError {
                 code: "quota_exceeded",
                 detail,
                 retry_after,
+            },
+            IntakeError::UserBusy => ApiError::Limited {
+                code: "too_many_uploads",
+                detail,
+                retry_after: Duration::from_secs(5),
+            },
+            IntakeError::ServerBusy => ApiError::Busy {
+                code: "server_busy",
+                detail,
+                retry_after: Duration::from_secs(10),
             },
             IntakeError::IdempotencyInProgress => ApiError::Conflict {
                 code: "idempotency_in_progress",
@@ -299,7 +310,18 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = find(&state, &caller, &id).await?;
-    Ok(Json(state.videos.view(&job).await?))
+    Ok(Json(for_caller(state.videos.view(&job).await?, &job, &caller)))
+}
+
+/// A platform admin also sees the operator's detail of a failure (tool output, paths); everyone else
+/// sees the code and the one-line message.
+fn for_caller(mut view: JobView, job: &JobRecord, caller: &Caller) -> JobView {
+    if caller.role == crate::domain::Role::PlatformAdmin {
+        if let Some(error) = view.error.as_mut() {
+            error.detail = job.error_detail.clone();
+        }
+    }
+    view
 }
 
 /// Filters and paging of `GET /v1/videos`.
@@ -361,7 +383,7 @@ pub async fn list(
         .flatten();
     let mut items = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        items.push(state.videos.view(job).await?);
+        items.push(for_caller(state.videos.view(job).await?, job, &caller));
     }
     Ok(Json(JobPage { items, next_cursor }))
 }
@@ -422,10 +444,20 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+use crate::videos::admission::MAX_STREAMS_PER_USER;
+/// How often a stream re-reads its job when nothing in this process said it changed (changes made by
+/// other processes sharing the database). In-process changes arrive at once through the event bus.
+const STREAM_FALLBACK_POLL: Duration = Duration::from_secs(15);
+/// How often a stream checks that its token has not been revoked (an in-memory lookup).
+const STREAM_REVOCATION_CHECK: Duration = Duration::from_secs(2);
+
 /// Server-Sent Events: one `job` event with the whole job for each status or progress change, and a
-/// final `end` event when the job is finished.
+/// final `end` event when the job is finished, deleted, or the stream's token expires or is revoked
+/// (`{"reason": "token_expired" | "token_revoked"}`: reconnect with a fresh token).
 #[utoipa::path(get, path = "/v1/videos/{id}/events", tag = "videos", params(("id" = String, Path)),
-    responses((status = 200, content_type = "text/event-stream", description = "job events")),
+    responses((status = 200, content_type = "text/event-stream", description = "job events"),
+        (status = 404, body = crate::http::error::Problem),
+        (status = 429, description = "too_many_streams", body = crate::http::error::Problem)),
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
@@ -433,9 +465,25 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = find(&state, &caller, &id).await?;
+    let slot = state
+        .videos
+        .streams
+        .try_take(caller.user_id)
+        .ok_or(ApiError::Limited {
+            code: "too_many_streams",
+            detail: format!(
+                "at most {MAX_STREAMS_PER_USER} event streams may be open at once; close one first"
+            ),
+            retry_after: Duration::from_secs(5),
+        })?;
     let scope = caller.job_scope();
+    let claims = Arc::clone(&caller.claims);
     let mut changes = state.videos.events.subscribe();
     let stream = async_stream::stream! {
+        let _slot = slot;
+        let expires = tokio::time::Instant::now()
+            + Duration::from_secs(u64::try_from(claims.exp - crate::time::now_s()).unwrap_or(0));
+        let mut revocation_check = tokio::time::interval(STREAM_REVOCATION_CHECK);
         let mut last: Option<(JobStatus, String, String, Option<i64>)> = None;
         let mut current = Some(job);
         loop {
@@ -456,22 +504,38 @@ pub async fn events(
                     break;
                 }
             }
-            // Wake on a change in this process, or poll for changes made by other processes.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                loop {
-                    match changes.recv().await {
-                        Ok(changed) if changed == job.id => break,
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await
+            let ended = tokio::select! {
+                () = wait_for_change(&mut changes, job.id) => None,
+                () = tokio::time::sleep(STREAM_FALLBACK_POLL) => None,
+                () = tokio::time::sleep_until(expires) => Some("token_expired"),
+                () = async {
+                    loop {
+                        revocation_check.tick().await;
+                        if state.tokens.revocations().is_revoked(&claims.jti) {
+                            break;
                         }
                     }
-                }
-            })
-            .await;
+                } => Some("token_revoked"),
+            };
+            if let Some(reason) = ended {
+                yield Ok(Event::default().event("end").data(format!("{{\"reason\":\"{reason}\"}}")));
+                break;
+            }
             current = state.store.job(scope, job.id).await.ok().flatten();
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Returns when this process reports a change of `job` (or when changes were missed).
+async fn wait_for_change(changes: &mut tokio::sync::broadcast::Receiver<JobId>, job: JobId) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match changes.recv().await {
+            Ok(changed) if changed == job => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
 }

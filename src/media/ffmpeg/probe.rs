@@ -63,8 +63,9 @@ fn parse_rate(s: &str) -> f64 {
     }
 }
 
-/// Runs ffprobe on `path`. Frames are counted by decoding when the container
-/// does not state the count.
+/// Runs ffprobe on `path`, an MP4 this service made (never an upload: the
+/// container is forced and only local files may be opened). Frames are
+/// counted by decoding when the container does not state the count.
 pub async fn probe(path: &Path) -> Result<ProbeInfo, FfmpegError> {
     let mut info = probe_once(path, false).await?;
     if info.video_codec.is_some() && info.nb_frames == 0 {
@@ -74,12 +75,12 @@ pub async fn probe(path: &Path) -> Result<ProbeInfo, FfmpegError> {
 }
 
 async fn probe_once(path: &Path, count_frames: bool) -> Result<ProbeInfo, FfmpegError> {
-    let mut args = words("-v error");
+    let mut args = words("-v error -protocol_whitelist file -f mov");
     if count_frames {
         args.push("-count_frames".into());
     }
-    args.extend(words("-print_format json -show_streams -show_format --"));
-    args.push(path.into());
+    args.extend(words("-print_format json -show_streams -show_format -i"));
+    args.push(super::file_input(path));
     let out = run_capture(FFPROBE, &args, "ffprobe", SHORT_TIMEOUT).await?;
     let raw: RawProbe = serde_json::from_slice(&out)
         .map_err(|e| FfmpegError::failed("ffprobe", format!("unreadable output: {e}")))?;
