@@ -80,7 +80,11 @@ impl EngineError {
     }
 
     /// A failure caused by the submitted files: `message` tells the user what is wrong with them.
-    pub fn input(code: &'static str, message: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn input(
+        code: &'static str,
+        message: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             code,
             message: message.into(),
@@ -102,8 +106,10 @@ fn server_message(code: &str) -> &'static str {
         "input_missing" => {
             "the uploaded files of this job are no longer available; submit it again"
         }
-        _ => "the video could not be generated because of a problem on our side; it did not count \
-              toward your quota",
+        _ => {
+            "the video could not be generated because of a problem on our side; it did not count \
+              toward your quota"
+        }
     }
 }
 

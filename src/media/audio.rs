@@ -267,7 +267,8 @@ fn after_id3(path: &Path, head: &[u8]) -> Result<(), MediaError> {
     }
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
     let mut after = Vec::with_capacity(MAX_ID3_GAP + 4);
-    file.take((MAX_ID3_GAP + 4) as u64).read_to_end(&mut after)?;
+    file.take((MAX_ID3_GAP + 4) as u64)
+        .read_to_end(&mut after)?;
     let start = after.iter().position(|b| *b != 0).unwrap_or(after.len());
     if start <= MAX_ID3_GAP && is_mp3_frame_sync(&after[start..]) {
         Ok(())

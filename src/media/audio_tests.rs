@@ -257,7 +257,12 @@ fn lossy_decodes_are_time_aligned_with_wav() {
 fn id3_tag(body: &[u8]) -> Vec<u8> {
     let n = body.len() as u32;
     let mut tag = b"ID3\x04\x00\x00".to_vec();
-    tag.extend([(n >> 21) as u8 & 0x7F, (n >> 14) as u8 & 0x7F, (n >> 7) as u8 & 0x7F, n as u8 & 0x7F]);
+    tag.extend([
+        (n >> 21) as u8 & 0x7F,
+        (n >> 14) as u8 & 0x7F,
+        (n >> 7) as u8 & 0x7F,
+        n as u8 & 0x7F,
+    ]);
     tag.extend_from_slice(body);
     tag
 }
@@ -280,7 +285,11 @@ fn id3_followed_by_mp3_frames_is_accepted() {
     std::fs::write(&p, &file).unwrap();
     let info = probe_audio(&p, None).unwrap();
     assert_eq!(info.format, AudioFormatName::Mp3);
-    assert!((info.duration_s - WAV_SECS).abs() < 0.05, "{}", info.duration_s);
+    assert!(
+        (info.duration_s - WAV_SECS).abs() < 0.05,
+        "{}",
+        info.duration_s
+    );
 }
 
 #[test]
@@ -289,10 +298,17 @@ fn id3_polyglots_are_refused() {
     let cases: [(&str, Vec<u8>); 4] = [
         (
             "hls playlist",
-            b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n/etc/passwd\n#EXT-X-ENDLIST\n".to_vec(),
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n/etc/passwd\n#EXT-X-ENDLIST\n"
+                .to_vec(),
         ),
-        ("concat protocol", b"concat:/etc/passwd|/etc/hosts\n".to_vec()),
-        ("ffconcat", b"ffconcat version 1.0\nfile '/etc/passwd'\n".to_vec()),
+        (
+            "concat protocol",
+            b"concat:/etc/passwd|/etc/hosts\n".to_vec(),
+        ),
+        (
+            "ffconcat",
+            b"ffconcat version 1.0\nfile '/etc/passwd'\n".to_vec(),
+        ),
         ("a WAV header", std::fs::read(WAV).unwrap()[..64].to_vec()),
     ];
     for (name, smuggled) in cases {
@@ -309,7 +325,10 @@ fn id3_polyglots_are_refused() {
     let mut file = id3_tag(&[0u8; 100]);
     file.truncate(50);
     std::fs::write(&p, &file).unwrap();
-    assert_eq!(probe_audio(&p, None).unwrap_err().code(), "unsupported_audio_format");
+    assert_eq!(
+        probe_audio(&p, None).unwrap_err().code(),
+        "unsupported_audio_format"
+    );
 }
 
 #[test]
@@ -348,12 +367,19 @@ fn decode_for_render_writes_the_playable_pcm() {
     let bytes = std::fs::metadata(&out).unwrap().len();
     let secs = bytes as f64 / 4.0 / 22_050.0;
     let probed = probe_audio(Path::new(MP3), None).unwrap();
-    assert!((secs - probed.duration_s).abs() < 1e-6, "{secs} vs {}", probed.duration_s);
+    assert!(
+        (secs - probed.duration_s).abs() < 1e-6,
+        "{secs} vs {}",
+        probed.duration_s
+    );
     assert!((mono.len() as f64 / 16_000.0 - probed.duration_s).abs() < 0.001);
     // The same samples as the mono decode (the render path adds no drift).
     let reference = decode_mono(Path::new(MP3), 16_000).unwrap();
     assert_eq!(mono.len(), reference.len());
-    assert!(mono.iter().zip(&reference).all(|(a, b)| (a - b).abs() < 1e-6));
+    assert!(mono
+        .iter()
+        .zip(&reference)
+        .all(|(a, b)| (a - b).abs() < 1e-6));
 
     // Stereo stays stereo in the file; the animation gets the mono mix.
     let st = ffmpeg("st-render.wav", &["-ac", "2", "-ar", "44100"]);

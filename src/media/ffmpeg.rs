@@ -422,8 +422,9 @@ mod tests {
         spec.audio_offset_s = -0.2;
         let j = joined(&spec);
         assert!(
-            j.contains("-ss 0.200 -protocol_whitelist file -f f32le -ar 22050 -ac 1 -i file:a.f32le")
-                && !j.contains("adelay"),
+            j.contains(
+                "-ss 0.200 -protocol_whitelist file -f f32le -ar 22050 -ac 1 -i file:a.f32le"
+            ) && !j.contains("adelay"),
             "{j}"
         );
     }
@@ -451,13 +452,19 @@ mod tests {
             let before = &args[..i];
             let last = |flag: &str| before.iter().rposition(|a| a == flag);
             let prev_input = before.iter().rposition(|a| a == "-i");
-            assert!(last("-f") > prev_input, "input {i} has no forced format: {args:?}");
+            assert!(
+                last("-f") > prev_input,
+                "input {i} has no forced format: {args:?}"
+            );
             assert!(
                 last("-protocol_whitelist") > prev_input,
                 "input {i} has no protocol whitelist: {args:?}"
             );
             let source = &args[i + 1];
-            assert!(source == "pipe:0" || source.starts_with("file:"), "{source}");
+            assert!(
+                source == "pipe:0" || source.starts_with("file:"),
+                "{source}"
+            );
         }
     }
 }

@@ -97,10 +97,11 @@ impl IntakeGate {
         }
     }
 
-    /// Sized for this machine: two probes per core (decoding is CPU-bound, the face detector too).
+    /// Sized for this machine: one probe per core (at least two). Decoding and face detection are
+    /// CPU-bound, so more in parallel only adds memory (a 4096 px photo is ~100 MB while decoded).
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self::new(2 * cores, 2, Duration::from_secs(20))
+        Self::new(cores.max(2), 2, Duration::from_secs(20))
     }
 
     /// Takes a per-user slot at once (or refuses), then waits for a global slot up to `max_wait`.
@@ -140,7 +141,10 @@ mod tests {
         let alice = user();
         let first = gate.enter(alice).await.unwrap();
         let _second = gate.enter(alice).await.unwrap();
-        assert_eq!(gate.enter(alice).await.err(), Some(AdmissionRefusal::UserBusy));
+        assert_eq!(
+            gate.enter(alice).await.err(),
+            Some(AdmissionRefusal::UserBusy)
+        );
         assert!(gate.enter(user()).await.is_ok());
         drop(first);
         assert!(gate.enter(alice).await.is_ok());
@@ -151,7 +155,10 @@ mod tests {
         let gate = IntakeGate::new(1, 2, Duration::from_millis(50));
         let held = gate.enter(user()).await.unwrap();
         let bob = user();
-        assert_eq!(gate.enter(bob).await.err(), Some(AdmissionRefusal::ServerBusy));
+        assert_eq!(
+            gate.enter(bob).await.err(),
+            Some(AdmissionRefusal::ServerBusy)
+        );
         // The refused attempt gave its per-user slot back.
         assert_eq!(gate.users_in_flight(), 1);
         drop(held);

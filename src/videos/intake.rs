@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::admission::AdmissionRefusal;
 use super::view::{AudioInput, ImageInput, JobInput, OutputPlan};
 use super::{input_key, job_prefix, VideoService};
 use crate::audit::{AuditContext, AuditEvent, Outcome};
@@ -20,7 +21,6 @@ use crate::media::audio::{probe_audio, AudioInfo};
 use crate::media::face::plan_crop;
 use crate::media::image::{probe_image, ProbedImage};
 use crate::media::MediaError;
-use super::admission::AdmissionRefusal;
 use crate::storage::jobs::{IdempotencyState, JobRecord, QuotaLimits, QuotaRefusal};
 use crate::time::now_ms;
 
@@ -149,14 +149,14 @@ impl VideoService {
         context: &AuditContext,
         submission: Submission,
     ) -> Result<Submitted, IntakeError> {
-        let _admitted = self
-            .admission
-            .enter(submission.user)
-            .await
-            .map_err(|refusal| match refusal {
-                AdmissionRefusal::UserBusy => IntakeError::UserBusy,
-                AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
-            })?;
+        let _admitted =
+            self.admission
+                .enter(submission.user)
+                .await
+                .map_err(|refusal| match refusal {
+                    AdmissionRefusal::UserBusy => IntakeError::UserBusy,
+                    AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
+                })?;
         let plan = self.plans.limits(&submission.plan);
         let now = now_ms();
         let usage = self
@@ -164,7 +164,9 @@ impl VideoService {
             .quota_usage(submission.user, day_start(now))
             .await?;
         if let Some(refusal) = QuotaRefusal::check(usage, &quota_limits(&plan, now)) {
-            return Err(self.quota_refused(context, &submission, &plan, refusal, now).await);
+            return Err(self
+                .quota_refused(context, &submission, &plan, refusal, now)
+                .await);
         }
 
         let limits = self.settings.image_limits;

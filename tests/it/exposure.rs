@@ -73,12 +73,19 @@ async fn tenant_admins_see_platform_staff_without_their_identity() {
         .post(server.url("/v1/users"))
         .bearer_auth(&admin.access)
         .header("user-agent", "staff-console/1.0")
-        .json(&json!({ "username": "newhire", "password": USER_PASSWORD, "role": "user",
-                        "tenant_id": tenant }))
+        .json(
+            &json!({ "username": "newhire", "password": USER_PASSWORD, "role": "user",
+                        "tenant_id": tenant }),
+        )
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED, "{:?}", response.text().await);
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        response.text().await
+    );
 
     let tenant_admin = server.login("acme-admin", USER_PASSWORD).await;
     let seen = audit(&server, &tenant_admin.access, "action=user.create").await;
@@ -88,13 +95,23 @@ async fn tenant_admins_see_platform_staff_without_their_identity() {
         .collect();
     assert!(!staff.is_empty(), "{seen:?}");
     for record in &staff {
-        for hidden in ["actor_user_id", "actor_tenant_id", "client_ip", "user_agent"] {
+        for hidden in [
+            "actor_user_id",
+            "actor_tenant_id",
+            "client_ip",
+            "user_agent",
+        ] {
             assert!(record[hidden].is_null(), "{hidden} shown: {record}");
         }
     }
     let text = serde_json::to_string(&seen).unwrap();
     assert!(!text.contains("staff-console"), "{text}");
-    let me: Value = server.get("/v1/me", &admin.access).await.json().await.unwrap();
+    let me: Value = server
+        .get("/v1/me", &admin.access)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(!text.contains(me["id"].as_str().unwrap()), "{text}");
 
     // The platform admin sees the same records with the actor.

@@ -80,10 +80,7 @@ async fn id3_tag_hiding_a_playlist_is_refused_and_queues_nothing() {
     let response = submit(
         &server,
         &admin.access,
-        form_with(
-            face_part(),
-            Part::bytes(polyglot).file_name("speech.mp3"),
-        ),
+        form_with(face_part(), Part::bytes(polyglot).file_name("speech.mp3")),
     )
     .await;
     let body = problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
@@ -113,8 +110,8 @@ async fn references_in_audio_and_image_uploads_are_refused() {
         assert_eq!(body["code"], "unsupported_audio_format", "{trick}: {body}");
 
         let image = Part::bytes(trick.clone().into_bytes()).file_name("face.png");
-        let audio = Part::bytes(std::fs::read(sample("speech_en.wav")).unwrap())
-            .file_name("speech.wav");
+        let audio =
+            Part::bytes(std::fs::read(sample("speech_en.wav")).unwrap()).file_name("speech.wav");
         let body = problem(
             submit(&server, &admin.access, form_with(image, audio)).await,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -132,7 +129,9 @@ async fn references_in_audio_and_image_uploads_are_refused() {
 async fn hostile_input_reaching_the_engine_fails_as_the_users_fault_without_leaking_detail() {
     let server = TestServer::start_with(Backend::Sqlite, |c| c.workers = 0).await;
     let admin = server.admin().await;
-    let tenant = server.create_tenant(&admin.access, "tinkerers", "free").await;
+    let tenant = server
+        .create_tenant(&admin.access, "tinkerers", "free")
+        .await;
     server
         .create_user(&admin.access, "tinker", "user", Some(&tenant))
         .await;
@@ -159,7 +158,10 @@ async fn hostile_input_reaching_the_engine_fails_as_the_users_fault_without_leak
     assert_eq!(seen["status"], "failed", "{seen}");
     assert_eq!(seen["error"]["code"], "unsupported_audio_format");
     let message = seen["error"]["message"].as_str().unwrap();
-    assert!(!message.contains('/') && !message.contains('\n'), "{message}");
+    assert!(
+        !message.contains('/') && !message.contains('\n'),
+        "{message}"
+    );
     assert!(seen["error"].get("detail").is_none(), "{seen}");
 
     let admin = server.admin().await;
@@ -224,7 +226,14 @@ async fn a_recording_far_over_the_plan_is_refused_without_decoding_it_all() {
     let flac = server.dir.path().join("long.flac");
     let status = std::process::Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
-        .args(["-i", "anullsrc=r=8000:cl=mono", "-t", "36000", "-c:a", "flac"])
+        .args([
+            "-i",
+            "anullsrc=r=8000:cl=mono",
+            "-t",
+            "36000",
+            "-c:a",
+            "flac",
+        ])
         .arg(&flac)
         .status()
         .expect("ffmpeg is required for this test");

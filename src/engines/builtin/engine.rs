@@ -116,15 +116,9 @@ impl Engine for BuiltinEngine {
                 0.0
             },
         };
-        let render = render_video(
-            scaled,
-            face_in_crop,
-            &samples,
-            &pcm,
-            params,
-            out,
-            |p| progress(Stage::Generating, f64::from(p) * 0.95),
-        );
+        let render = render_video(scaled, face_in_crop, &samples, &pcm, params, out, |p| {
+            progress(Stage::Generating, f64::from(p) * 0.95)
+        });
         match tokio::time::timeout(self.timeout, render).await {
             Ok(Ok(_stats)) => {
                 progress(Stage::Encoding, 0.98);

@@ -93,8 +93,9 @@ impl Drop for CancelOnDrop {
 ///
 /// `face_in_crop` is the face box `(x, y, w, h)` in crop pixels; the crop's
 /// size is the output size and must be even. `audio` is the recording as raw
-/// PCM this process decoded (never the upload), muxed as AAC; `samples_16k` is the same audio as mono 16 kHz and
-/// sets the frame count (one frame per 40 ms). `progress` receives 0..=1.
+/// PCM this process decoded (never the upload), muxed as AAC; `samples_16k`
+/// is the same audio as mono 16 kHz and sets the frame count (one frame per
+/// 40 ms). `progress` receives 0..=1.
 /// Dropping the returned future kills ffmpeg and stops the renderer.
 pub async fn render_video(
     face_crop: RgbImage,

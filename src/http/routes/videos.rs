@@ -310,7 +310,11 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = find(&state, &caller, &id).await?;
-    Ok(Json(for_caller(state.videos.view(&job).await?, &job, &caller)))
+    Ok(Json(for_caller(
+        state.videos.view(&job).await?,
+        &job,
+        &caller,
+    )))
 }
 
 /// A platform admin also sees the operator's detail of a failure (tool output, paths); everyone else
