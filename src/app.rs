@@ -343,7 +343,7 @@ async fn video_service(
         engines,
         plans: core.plans.clone(),
         auditor: core.accounts.auditor.clone(),
-        signer: crate::http::signed_url::UrlSigner::new(url_signing_secret(config)?),
+        signer: crate::videos::delivery::UrlSigner::new(url_signing_secret(config)?),
         faces: crate::media::face::FaceDetector::new().map_err(|e| anyhow::anyhow!("{e}"))?,
         events: crate::videos::JobEvents::new(),
         admission: crate::videos::admission::IntakeGate::for_this_machine(),

@@ -7,8 +7,8 @@ pub mod extract;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
-pub mod signed_url;
 pub mod state;
+pub mod upload;
 
 use axum::routing::{get, post};
 use axum::Router;

@@ -2,9 +2,11 @@
 //! engine, store the MP4), and the views and events the API serves.
 
 pub mod admission;
+pub mod delivery;
 pub mod download_audit;
 pub mod events;
 pub mod intake;
+pub mod jobs;
 pub mod view;
 pub mod webhook;
 pub mod worker;
@@ -17,11 +19,11 @@ use crate::audit::Auditor;
 use crate::blobs::BlobStore;
 use crate::domain::{JobId, Plans, TenantId};
 use crate::engines::Engines;
-use crate::http::signed_url::UrlSigner;
 use crate::media::face::FaceDetector;
 use crate::media::image::ImageLimits;
 use crate::storage::jobs::JobRecord;
 use crate::storage::Store;
+use delivery::UrlSigner;
 
 pub use events::JobEvents;
 
@@ -71,11 +73,6 @@ pub fn result_key(tenant: TenantId, job: JobId) -> String {
     format!("{}/video.mp4", job_prefix(tenant, job))
 }
 
-/// The path of a job's signed download link.
-pub fn download_path(job: JobId) -> String {
-    format!("/v1/files/videos/{job}.mp4")
-}
-
 impl VideoService {
     /// The API view of a job, with its queue position and a fresh signed link when finished.
     pub async fn view(&self, job: &JobRecord) -> anyhow::Result<view::JobView> {
@@ -88,7 +85,7 @@ impl VideoService {
             (Some(_), crate::domain::JobStatus::Succeeded) => {
                 let expires = crate::time::now_s() + self.settings.link_ttl_s;
                 Some(view::JobResult {
-                    url: self.signer.sign(&download_path(job.id), expires),
+                    url: self.signer.sign(&delivery::download_path(job.id), expires),
                     expires_at: crate::time::rfc3339(expires * 1000),
                     content_type: "video/mp4",
                     bytes: job.result_bytes.unwrap_or(0),

@@ -173,7 +173,7 @@ async fn audit_records_carry_context_and_filter_and_page() {
         .unwrap()
         .starts_with("text/csv"));
     let text = csv.text().await.unwrap();
-    assert!(text.starts_with("seq,at,request_id"));
+    assert!(text.starts_with("seq,at,actor_kind,request_id"));
     assert_eq!(text.lines().count(), 4);
 }
 

@@ -11,14 +11,13 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use crate::audit::{AuditEvent, Outcome};
-use crate::domain::{JobId, JobStatus};
+use crate::domain::JobId;
 use crate::http::caller::{Caller, ClientInfo};
 use crate::http::error::ApiError;
-use crate::http::signed_url::LinkRejection;
 use crate::http::state::AppState;
-use crate::storage::jobs::{JobRecord, JobScope};
-use crate::storage::TenantScope;
+use crate::storage::jobs::JobRecord;
+use crate::videos::delivery::LinkRejection;
+use crate::videos::jobs::{Downloader, VideoFile};
 
 /// A parsed `Range` header: `bytes=a-b`, `bytes=a-` or `bytes=-n`. Other forms are ignored (whole file).
 fn parse_range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
@@ -50,36 +49,17 @@ fn parse_range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok(range))
 }
 
-/// Streams the job's MP4 with `Range`, `ETag`, `If-None-Match` and `Content-Type` handled.
+/// Answers with the job's MP4, handling `Range`, `ETag`, `If-None-Match` and `If-Range`.
 async fn serve_video(
     state: &AppState,
     job: &JobRecord,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(key) = job
-        .result_key
-        .as_deref()
-        .filter(|_| job.status == JobStatus::Succeeded)
-    else {
-        return Err(ApiError::Conflict {
-            code: "video_not_ready",
-            detail: format!(
-                "the job is {}; the video exists once it has succeeded",
-                job.status
-            ),
-        });
-    };
-    let path = state
-        .videos
-        .blobs
-        .local_path(key)
-        .ok_or_else(|| anyhow::anyhow!("blob store has no local path for {key}"))?;
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|_| ApiError::NotFound)?;
-    let size = file.metadata().await.map_err(anyhow::Error::from)?.len();
-    // The result of a job never changes, so its id and size make a strong validator.
-    let etag = format!("\"{}-{size}\"", job.id);
+    let VideoFile {
+        mut file,
+        size,
+        etag,
+    } = state.videos.open_video(job).await?;
     let mut response_headers = HeaderMap::new();
     response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
     response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -149,28 +129,16 @@ pub async fn content(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
-    let job = state
-        .store
-        .job(caller.job_scope(), id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let job = state.videos.find(caller.job_scope(), id).await?;
     let response = serve_video(&state, &job, &headers).await?;
-    crate::metrics::video_download("bearer");
-    if state
+    state
         .videos
-        .download_audit
-        .first_in_window(id, &caller.user_id.to_string())
-    {
-        state
-            .auditor
-            .record(
-                &caller.audit_context(),
-                AuditEvent::new("video.download", Outcome::Success)
-                    .tenant(job.tenant_id)
-                    .target(id),
-            )
-            .await;
-    }
+        .record_download(
+            &caller.audit_context(),
+            &job,
+            Downloader::User(caller.user_id),
+        )
+        .await;
     Ok(response)
 }
 
@@ -203,13 +171,12 @@ pub async fn signed(
     else {
         return Err(invalid());
     };
-    let path = format!("/v1/files/videos/{file}");
-    match state
+    let id = match state
         .videos
         .signer
-        .verify(&path, expires, &sig, crate::time::now_s())
+        .verify_download(&file, expires, &sig, crate::time::now_s())
     {
-        Ok(()) => {}
+        Ok(id) => id,
         Err(LinkRejection::BadSignature) => return Err(invalid()),
         Err(LinkRejection::Expired) => {
             return Err(ApiError::Forbidden {
@@ -217,39 +184,21 @@ pub async fn signed(
                 detail: "this link has expired; fetch the job again for a fresh one".to_owned(),
             })
         }
-    }
-    let id: JobId = file
-        .strip_suffix(".mp4")
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(invalid)?;
-    let scope = JobScope {
-        tenant: TenantScope::All,
-        user: None,
     };
+    // The signature is the authority: the link names exactly one job, whoever holds it.
     let job = state
-        .store
-        .job(scope, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+        .videos
+        .find(crate::videos::delivery::signed_link_scope(), id)
+        .await?;
     let response = serve_video(&state, &job, &headers).await?;
-    crate::metrics::video_download("signed_link");
-    // The actor is whoever holds the link, not the job's owner: the record names no user.
-    let holder = client
-        .ip
-        .map(crate::videos::download_audit::address_key)
-        .unwrap_or_default();
-    if state.videos.download_audit.first_in_window(id, &holder) {
-        state
-            .auditor
-            .record(
-                &client.audit_context(),
-                AuditEvent::new("video.download", Outcome::Success)
-                    .tenant(job.tenant_id)
-                    .target(id)
-                    .reason("signed_link"),
-            )
-            .await;
-    }
+    state
+        .videos
+        .record_download(
+            &client.audit_context(),
+            &job,
+            Downloader::LinkHolder(client.ip),
+        )
+        .await;
     Ok(response)
 }
 

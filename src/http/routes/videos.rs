@@ -1,33 +1,59 @@
-//! `/v1/videos`: submit a photo and a recording, follow the job, fetch the MP4. Another tenant's job
-//! answers 404 on every route; users see their own jobs, admins their tenant's.
+//! `/v1/videos`: submit a photo and a recording, follow the job, fetch the MP4. Each handler parses the
+//! request, calls the video service with the caller's job scope, and renders the answer: another
+//! tenant's job answers 404 on every route; users see their own jobs, admins their tenant's.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
-use crate::domain::{JobId, JobStatus};
+use crate::domain::{JobId, JobStatus, Role};
 use crate::http::caller::Caller;
 use crate::http::error::{ApiError, FieldError};
 use crate::http::state::AppState;
-use crate::storage::jobs::JobRecord;
-use crate::videos::intake::{IntakeError, Submission, Submitted, UploadedFile};
+use crate::http::upload::VideoUpload;
+use crate::videos::admission::MAX_STREAMS_PER_USER;
+use crate::videos::events::{FollowEvent, FollowerCredential};
+use crate::videos::intake::{IntakeError, Submission, Submitted};
+use crate::videos::jobs::{Audience, JobCursor, VideoError};
 use crate::videos::view::JobView;
-
-const MAX_FIELD_BYTES: usize = 4096;
 
 fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound)
+}
+
+/// How much of a job this caller may see.
+fn audience(caller: &Caller) -> Audience {
+    if caller.role == Role::PlatformAdmin {
+        Audience::Platform
+    } else {
+        Audience::Tenant
+    }
+}
+
+impl From<VideoError> for ApiError {
+    fn from(err: VideoError) -> Self {
+        let detail = err.to_string();
+        match err {
+            VideoError::NotFound => ApiError::NotFound,
+            VideoError::AlreadyFinished(_) => ApiError::Conflict {
+                code: "job_finished",
+                detail,
+            },
+            VideoError::NotReady(_) => ApiError::Conflict {
+                code: "video_not_ready",
+                detail,
+            },
+            VideoError::Internal(err) => ApiError::Internal(err),
+        }
+    }
 }
 
 impl From<IntakeError> for ApiError {
@@ -116,54 +142,17 @@ impl From<IntakeError> for ApiError {
     }
 }
 
-/// Streams one file field to disk, refusing it (413) once it passes `limit` bytes.
-async fn save_field(
-    field: &mut axum::extract::multipart::Field<'_>,
-    name: &'static str,
-    path: std::path::PathBuf,
-    limit: u64,
-) -> Result<UploadedFile, ApiError> {
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(anyhow::Error::from)?;
-    let mut hasher = Sha256::new();
-    let mut written: u64 = 0;
-    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
-        written += chunk.len() as u64;
-        if written > limit {
-            return Err(ApiError::Rejected {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "file_too_large",
-                detail: format!("{name} is larger than {limit} bytes"),
-                errors: vec![FieldError {
-                    field: name.to_owned(),
-                    message: format!("at most {limit} bytes"),
-                }],
-            });
-        }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(anyhow::Error::from)?;
-    }
-    file.flush().await.map_err(anyhow::Error::from)?;
-    Ok(UploadedFile {
-        path,
-        sha256: hex::encode(hasher.finalize()),
-    })
-}
-
-fn multipart_error(err: &axum::extract::multipart::MultipartError) -> ApiError {
-    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::Rejected {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "request_too_large",
-            detail: "the upload is larger than the server accepts".to_owned(),
-            errors: Vec::new(),
-        };
-    }
-    ApiError::BadRequest {
-        code: "invalid_multipart",
-        detail: err.body_text(),
-    }
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .map(|k| Some(k.to_owned()))
+        .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible characters"))
 }
 
 /// Submits a video job: multipart `image` (JPEG/PNG/WebP), `audio` (WAV/MP3/FLAC/OGG/M4A) and Sonic's
@@ -185,120 +174,40 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    upload: VideoUpload,
 ) -> Result<Response, ApiError> {
-    let mut multipart = multipart.map_err(|e| ApiError::BadRequest {
-        code: "invalid_multipart",
-        detail: e.body_text(),
-    })?;
-    let videos = &state.videos;
-    let idempotency_key = match headers.get("idempotency-key") {
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255);
-            Some(
-                key.ok_or_else(|| {
-                    ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible characters")
-                })?
-                .to_owned(),
-            )
-        }
-        None => None,
-    };
-    let uploads = videos.settings.work_dir.join("uploads");
-    tokio::fs::create_dir_all(&uploads)
-        .await
-        .map_err(anyhow::Error::from)?;
-    // Removed with everything in it when this request ends, whatever happens.
-    let temp = tempfile::tempdir_in(&uploads).map_err(anyhow::Error::from)?;
-    let mut image = None;
-    let mut audio = None;
-    let mut fields = HashMap::new();
-    while let Some(mut field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| multipart_error(&e))?
-    {
-        let name = field.name().unwrap_or_default().to_owned();
-        match name.as_str() {
-            "image" if image.is_none() => {
-                let limit = videos.settings.image_limits.max_bytes;
-                image =
-                    Some(save_field(&mut field, "image", temp.path().join("image"), limit).await?);
-            }
-            "audio" if audio.is_none() => {
-                let limit = videos.settings.max_audio_bytes;
-                audio =
-                    Some(save_field(&mut field, "audio", temp.path().join("audio"), limit).await?);
-            }
-            "image" | "audio" => return Err(ApiError::invalid(&name, "was sent more than once")),
-            _ if !crate::domain::params::PARAM_FIELDS.contains(&name.as_str()) => {
-                // Refused as it arrives, so a request cannot make the server buffer arbitrary fields.
-                return Err(ApiError::invalid(
-                    &name,
-                    "is not a parameter of this endpoint",
-                ));
-            }
-            _ => {
-                let mut value = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
-                    value.extend_from_slice(&chunk);
-                    if value.len() > MAX_FIELD_BYTES {
-                        return Err(ApiError::invalid(&name, "is too long"));
-                    }
-                }
-                let value = String::from_utf8(value)
-                    .map_err(|_| ApiError::invalid(&name, "must be UTF-8 text"))?;
-                if fields.insert(name.clone(), value).is_some() {
-                    return Err(ApiError::invalid(&name, "was sent more than once"));
-                }
-            }
-        }
-    }
-    let missing = [("image", image.is_none()), ("audio", audio.is_none())];
-    let (Some(image), Some(audio)) = (image, audio) else {
-        let mut errors = Vec::new();
-        for (name, missing) in missing {
-            if missing {
-                errors.push(FieldError {
-                    field: name.to_owned(),
-                    message: "is required".to_owned(),
-                });
-            }
-        }
-        return Err(ApiError::Validation(errors));
-    };
+    let VideoUpload {
+        image,
+        audio,
+        fields,
+        dir,
+    } = upload;
     let submission = Submission {
         user: caller.user_id,
         tenant: caller.tenant_id,
         plan: caller.plan.clone(),
+        idempotency_key: idempotency_key(&headers)?,
         image,
         audio,
         fields,
-        idempotency_key,
     };
-    let submitted = videos.submit(&caller.audit_context(), submission).await?;
+    let submitted = state
+        .videos
+        .submit(&caller.audit_context(), submission)
+        .await?;
+    // The uploads were copied into the blob store (or refused): their temporary folder can go.
+    drop(dir);
     let (status, job) = match submitted {
         Submitted::Created(job) => (StatusCode::ACCEPTED, job),
         Submitted::Replayed(job) => (StatusCode::OK, job),
     };
-    let view = videos.view(&job).await?;
+    let view = state.videos.view_for(&job, audience(&caller)).await?;
     Ok((
         status,
         [(header::LOCATION, format!("/v1/videos/{}", job.id))],
         Json(view),
     )
         .into_response())
-}
-
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<JobRecord, ApiError> {
-    state
-        .store
-        .job(caller.job_scope(), parse_job_id(id)?)
-        .await?
-        .ok_or(ApiError::NotFound)
 }
 
 #[utoipa::path(get, path = "/v1/videos/{id}", tag = "videos", params(("id" = String, Path)),
@@ -309,23 +218,11 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = find(&state, &caller, &id).await?;
-    Ok(Json(for_caller(
-        state.videos.view(&job).await?,
-        &job,
-        &caller,
-    )))
-}
-
-/// A platform admin also sees the operator's detail of a failure (tool output, paths); everyone else
-/// sees the code and the one-line message.
-fn for_caller(mut view: JobView, job: &JobRecord, caller: &Caller) -> JobView {
-    if caller.role == crate::domain::Role::PlatformAdmin {
-        if let Some(error) = view.error.as_mut() {
-            error.detail = job.error_detail.clone();
-        }
-    }
-    view
+    let job = state
+        .videos
+        .find(caller.job_scope(), parse_job_id(&id)?)
+        .await?;
+    Ok(Json(state.videos.view_for(&job, audience(&caller)).await?))
 }
 
 /// Filters and paging of `GET /v1/videos`.
@@ -369,52 +266,44 @@ pub async fn list(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be 1 to 100"));
     }
-    let before = params
+    let after = params
         .cursor
         .as_deref()
         .map(|c| {
-            c.split_once('_')
-                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.parse::<JobId>().ok()?)))
+            JobCursor::parse(c)
                 .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this API returned"))
         })
         .transpose()?;
-    let jobs = state
-        .store
-        .list_jobs(caller.job_scope(), status, before, limit)
+    let page = state
+        .videos
+        .page(caller.job_scope(), status, after, limit)
         .await?;
-    let next_cursor = (jobs.len() as i64 == limit)
-        .then(|| jobs.last().map(|j| format!("{}_{}", j.created_at, j.id)))
-        .flatten();
-    let mut items = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        items.push(for_caller(state.videos.view(job).await?, job, &caller));
+    let mut items = Vec::with_capacity(page.jobs.len());
+    for job in &page.jobs {
+        items.push(state.videos.view_for(job, audience(&caller)).await?);
     }
-    Ok(Json(JobPage { items, next_cursor }))
+    Ok(Json(JobPage {
+        items,
+        next_cursor: page.next.map(|c| c.to_string()),
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/videos/{id}/cancel", tag = "videos", params(("id" = String, Path)),
     responses((status = 200, body = JobView), (status = 404, body = crate::http::error::Problem),
-        (status = 409, description = "already finished", body = crate::http::error::Problem)),
+        (status = 409, description = "job_finished", body = crate::http::error::Problem)),
     security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = find(&state, &caller, &id).await?;
-    let Some(cancelled) = state
-        .store
-        .cancel_job(caller.job_scope(), job.id, crate::time::now_ms())
-        .await?
-    else {
-        return Err(ApiError::Conflict {
-            code: "job_finished",
-            detail: format!("the job is {} and can no longer be cancelled", job.status),
-        });
-    };
-    state.videos.events.changed(job.id);
-    state.videos.finished(&cancelled).await;
-    Ok(Json(state.videos.view(&cancelled).await?))
+    let cancelled = state
+        .videos
+        .cancel(caller.job_scope(), parse_job_id(&id)?)
+        .await?;
+    Ok(Json(
+        state.videos.view_for(&cancelled, audience(&caller)).await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/videos/{id}", tag = "videos", params(("id" = String, Path)),
@@ -425,39 +314,21 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_job_id(&id)?;
-    let job = state
-        .store
-        .delete_job(caller.job_scope(), id, crate::time::now_ms())
-        .await?
-        .ok_or(ApiError::NotFound)?;
     state
         .videos
-        .blobs
-        .delete_prefix(&crate::videos::job_prefix(job.tenant_id, job.id))
-        .await?;
-    state.videos.events.changed(id);
-    state
-        .auditor
-        .record(
+        .delete(
             &caller.audit_context(),
-            crate::audit::AuditEvent::new("video.delete", crate::audit::Outcome::Success)
-                .target(id),
+            caller.job_scope(),
+            parse_job_id(&id)?,
         )
-        .await;
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-use crate::videos::admission::MAX_STREAMS_PER_USER;
-/// How often a stream re-reads its job when nothing in this process said it changed (changes made by
-/// other processes sharing the database). In-process changes arrive at once through the event bus.
-const STREAM_FALLBACK_POLL: Duration = Duration::from_secs(15);
-/// How often a stream checks that its token has not been revoked (an in-memory lookup).
-const STREAM_REVOCATION_CHECK: Duration = Duration::from_secs(2);
-
 /// Server-Sent Events: one `job` event with the whole job for each status or progress change, and a
-/// final `end` event when the job is finished, deleted, or the stream's token expires or is revoked
-/// (`{"reason": "token_expired" | "token_revoked"}`: reconnect with a fresh token).
+/// final `end` event when the job is finished (`{"status": ...}`), deleted (`{"reason":"deleted"}`),
+/// or the stream's token expires or is revoked (`{"reason": "token_expired" | "token_revoked"}`:
+/// reconnect with a fresh token). A user may hold a few streams open at once.
 #[utoipa::path(get, path = "/v1/videos/{id}/events", tag = "videos", params(("id" = String, Path)),
     responses((status = 200, content_type = "text/event-stream", description = "job events"),
         (status = 404, body = crate::http::error::Problem),
@@ -468,7 +339,8 @@ pub async fn events(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let job = find(&state, &caller, &id).await?;
+    let scope = caller.job_scope();
+    let job = state.videos.find(scope, parse_job_id(&id)?).await?;
     let slot = state
         .videos
         .streams
@@ -480,66 +352,24 @@ pub async fn events(
             ),
             retry_after: Duration::from_secs(5),
         })?;
-    let scope = caller.job_scope();
-    let claims = Arc::clone(&caller.claims);
-    let mut changes = state.videos.events.subscribe();
-    let stream = async_stream::stream! {
-        let _slot = slot;
-        let expires = tokio::time::Instant::now()
-            + Duration::from_secs(u64::try_from(claims.exp - crate::time::now_s()).unwrap_or(0));
-        let mut revocation_check = tokio::time::interval(STREAM_REVOCATION_CHECK);
-        let mut last: Option<(JobStatus, String, String, Option<i64>)> = None;
-        let mut current = Some(job);
-        loop {
-            let Some(job) = current.take() else {
-                yield Ok(Event::default().event("end").data("{\"reason\":\"deleted\"}"));
-                break;
-            };
-            if let Ok(view) = state.videos.view(&job).await {
-                let key = (view.status, view.stage.to_string(), format!("{:.3}", view.progress), view.queue_position);
-                if last.as_ref() != Some(&key) {
-                    last = Some(key);
-                    if let Ok(json) = serde_json::to_string(&view) {
-                        yield Ok(Event::default().event("job").data(json));
-                    }
-                }
-                if view.status.is_final() {
-                    yield Ok(Event::default().event("end").data(format!("{{\"status\":\"{}\"}}", view.status)));
-                    break;
-                }
-            }
-            let ended = tokio::select! {
-                () = wait_for_change(&mut changes, job.id) => None,
-                () = tokio::time::sleep(STREAM_FALLBACK_POLL) => None,
-                () = tokio::time::sleep_until(expires) => Some("token_expired"),
-                () = async {
-                    loop {
-                        revocation_check.tick().await;
-                        if state.tokens.revocations().is_revoked(&claims.jti) {
-                            break;
-                        }
-                    }
-                } => Some("token_revoked"),
-            };
-            if let Some(reason) = ended {
-                yield Ok(Event::default().event("end").data(format!("{{\"reason\":\"{reason}\"}}")));
-                break;
-            }
-            current = state.store.job(scope, job.id).await.ok().flatten();
-        }
+    let revocations = Arc::clone(state.tokens.revocations());
+    let jti = caller.claims.jti.clone();
+    let remaining = u64::try_from(caller.claims.exp - crate::time::now_s()).unwrap_or(0);
+    let credential = FollowerCredential {
+        expires_at: tokio::time::Instant::now() + Duration::from_secs(remaining),
+        is_revoked: Box::new(move || revocations.is_revoked(&jti)),
     };
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-/// Returns when this process reports a change of `job` (or when changes were missed).
-async fn wait_for_change(changes: &mut tokio::sync::broadcast::Receiver<JobId>, job: JobId) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match changes.recv().await {
-            Ok(changed) if changed == job => return,
-            Ok(_) => {}
-            Err(RecvError::Lagged(_)) => return,
-            Err(RecvError::Closed) => std::future::pending::<()>().await,
-        }
-    }
+    let events = Arc::clone(&state.videos)
+        .follow(scope, job, audience(&caller), credential)
+        .map(move |event| {
+            // The slot is held for as long as the stream lives.
+            let _held = &slot;
+            Ok(match event {
+                FollowEvent::Job(view) => Event::default()
+                    .event("job")
+                    .data(serde_json::to_string(&view).unwrap_or_default()),
+                FollowEvent::End(reason) => Event::default().event("end").data(reason.to_json()),
+            })
+        });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

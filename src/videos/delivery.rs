@@ -1,10 +1,32 @@
 //! Signed, expiring download links: an HMAC-SHA256 over the path and expiry, so a link works without a
-//! bearer token (like a CDN link, playable by a `<video>` tag) and any change to it is refused.
+//! bearer token (like a CDN link, playable by a `<video>` tag) and any change to it is refused. The
+//! links' path is written here once.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use crate::domain::JobId;
+use crate::storage::jobs::JobScope;
+use crate::storage::TenantScope;
+
+/// Where signed download links point: `{DOWNLOAD_PREFIX}{job}.mp4`.
+pub const DOWNLOAD_PREFIX: &str = "/v1/files/videos/";
+
+/// The path of a job's signed download link.
+pub fn download_path(job: JobId) -> String {
+    format!("{DOWNLOAD_PREFIX}{job}.mp4")
+}
+
+/// The scope a verified signed link reads its job in: any tenant's, because the signature over the
+/// path is the authority and names exactly one job. Only for links that passed `verify_download`.
+pub fn signed_link_scope() -> JobScope {
+    JobScope {
+        tenant: TenantScope::All,
+        user: None,
+    }
+}
 
 /// Why a link was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +80,20 @@ impl UrlSigner {
         }
         Ok(())
     }
+
+    /// Checks a download link whose last path segment is `file` (`<job>.mp4`) and returns the job.
+    pub fn verify_download(
+        &self,
+        file: &str,
+        expires: i64,
+        sig: &str,
+        now: i64,
+    ) -> Result<JobId, LinkRejection> {
+        self.verify(&format!("{DOWNLOAD_PREFIX}{file}"), expires, sig, now)?;
+        file.strip_suffix(".mp4")
+            .and_then(|id| id.parse().ok())
+            .ok_or(LinkRejection::BadSignature)
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +139,27 @@ mod tests {
         let other = UrlSigner::new(b"other".to_vec());
         assert_eq!(
             other.verify(&path, expires, &sig, 999),
+            Err(LinkRejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn download_links_name_their_job() {
+        let signer = UrlSigner::new(b"secret".to_vec());
+        let job = JobId::generate();
+        let (path, expires, sig) = parts(&signer.sign(&download_path(job), 1000));
+        let file = path.strip_prefix(DOWNLOAD_PREFIX).unwrap();
+        assert_eq!(signer.verify_download(file, expires, &sig, 999), Ok(job));
+        let other = format!("{}.mp4", JobId::generate());
+        assert_eq!(
+            signer.verify_download(&other, expires, &sig, 999),
+            Err(LinkRejection::BadSignature)
+        );
+        // A valid signature over a path that names no job is still refused.
+        let (path, expires, sig) = parts(&signer.sign(&format!("{DOWNLOAD_PREFIX}x.mp4"), 1000));
+        let file = path.strip_prefix(DOWNLOAD_PREFIX).unwrap();
+        assert_eq!(
+            signer.verify_download(file, expires, &sig, 999),
             Err(LinkRejection::BadSignature)
         );
     }

@@ -1,0 +1,164 @@
+//! The multipart body of `POST /v1/videos` as an extractor: `image` and `audio` stream to a temporary
+//! directory of the request's own (refused with 413 the moment one passes its limit, hashed as they
+//! stream), the text fields are Sonic's parameters (unknown names, repeats, over-long or non-UTF-8
+//! values are refused as they arrive, so a request cannot make the server buffer arbitrary data).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use axum::extract::multipart::{Field, MultipartError};
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::StatusCode;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::error::{ApiError, FieldError};
+use super::state::AppState;
+use crate::domain::params::PARAM_FIELDS;
+use crate::videos::intake::UploadedFile;
+
+/// Longest accepted text field.
+const MAX_FIELD_BYTES: usize = 4096;
+
+/// A received video submission. The files live in `dir`, removed when it is dropped.
+pub struct VideoUpload {
+    pub image: UploadedFile,
+    pub audio: UploadedFile,
+    /// Sonic's parameters as sent.
+    pub fields: HashMap<String, String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl FromRequest<AppState> for VideoUpload {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let mut multipart =
+            Multipart::from_request(request, state)
+                .await
+                .map_err(|e| ApiError::BadRequest {
+                    code: "invalid_multipart",
+                    detail: e.body_text(),
+                })?;
+        let settings = &state.videos.settings;
+        let uploads = settings.work_dir.join("uploads");
+        tokio::fs::create_dir_all(&uploads)
+            .await
+            .map_err(anyhow::Error::from)?;
+        // Removed with everything in it when the request ends, whatever happens.
+        let dir = tempfile::tempdir_in(&uploads).map_err(anyhow::Error::from)?;
+        let mut image = None;
+        let mut audio = None;
+        let mut fields = HashMap::new();
+        while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+            let name = field.name().unwrap_or_default().to_owned();
+            match name.as_str() {
+                "image" if image.is_none() => {
+                    let limit = settings.image_limits.max_bytes;
+                    let path = dir.path().join("image");
+                    image = Some(save_file(&mut field, "image", path, limit).await?);
+                }
+                "audio" if audio.is_none() => {
+                    let path = dir.path().join("audio");
+                    audio =
+                        Some(save_file(&mut field, "audio", path, settings.max_audio_bytes).await?);
+                }
+                "image" | "audio" => {
+                    return Err(ApiError::invalid(&name, "was sent more than once"))
+                }
+                _ if !PARAM_FIELDS.contains(&name.as_str()) => {
+                    return Err(ApiError::invalid(
+                        &name,
+                        "is not a parameter of this endpoint",
+                    ));
+                }
+                _ => {
+                    let value = read_text(&mut field, &name).await?;
+                    if fields.insert(name.clone(), value).is_some() {
+                        return Err(ApiError::invalid(&name, "was sent more than once"));
+                    }
+                }
+            }
+        }
+        match (image, audio) {
+            (Some(image), Some(audio)) => Ok(VideoUpload {
+                image,
+                audio,
+                fields,
+                dir,
+            }),
+            (image, audio) => Err(ApiError::Validation(
+                [("image", image.is_none()), ("audio", audio.is_none())]
+                    .into_iter()
+                    .filter(|(_, missing)| *missing)
+                    .map(|(name, _)| FieldError {
+                        field: name.to_owned(),
+                        message: "is required".to_owned(),
+                    })
+                    .collect(),
+            )),
+        }
+    }
+}
+
+/// Streams one file field to disk, refusing it (413) once it passes `limit` bytes.
+async fn save_file(
+    field: &mut Field<'_>,
+    name: &'static str,
+    path: PathBuf,
+    limit: u64,
+) -> Result<UploadedFile, ApiError> {
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let mut hasher = Sha256::new();
+    let mut written: u64 = 0;
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        written += chunk.len() as u64;
+        if written > limit {
+            return Err(ApiError::Rejected {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "file_too_large",
+                detail: format!("{name} is larger than {limit} bytes"),
+                errors: vec![FieldError {
+                    field: name.to_owned(),
+                    message: format!("at most {limit} bytes"),
+                }],
+            });
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(anyhow::Error::from)?;
+    }
+    file.flush().await.map_err(anyhow::Error::from)?;
+    Ok(UploadedFile {
+        path,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// A text field, at most [`MAX_FIELD_BYTES`] of UTF-8.
+async fn read_text(field: &mut Field<'_>, name: &str) -> Result<String, ApiError> {
+    let mut value = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        value.extend_from_slice(&chunk);
+        if value.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::invalid(name, "is too long"));
+        }
+    }
+    String::from_utf8(value).map_err(|_| ApiError::invalid(name, "must be UTF-8 text"))
+}
+
+fn multipart_error(err: MultipartError) -> ApiError {
+    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::Rejected {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "request_too_large",
+            detail: "the upload is larger than the server accepts".to_owned(),
+            errors: Vec::new(),
+        };
+    }
+    ApiError::BadRequest {
+        code: "invalid_multipart",
+        detail: err.body_text(),
+    }
+}
