@@ -45,12 +45,29 @@ fn main() {
 
 /// The sample photo and speech through `render_video`, encode included.
 fn whole_job() {
-    use sonicgw::engines::builtin::{crop_around_face, render_video, BuiltinParams};
+    use sonicgw::engines::builtin::{crop_for_render, render_video, BuiltinParams};
+    use sonicgw::media::face::{plan_crop, FaceDetector, Rect};
     let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples");
     let photo = image::open(samples.join("face_astronaut.png"))
         .unwrap()
         .to_rgb8();
-    let (crop, face) = crop_around_face(&photo, (173, 68, 99, 99), 512);
+    // Prepared as a job is: detect, plan the crop as intake does, crop as the engine does.
+    let found = FaceDetector::new().unwrap().detect(&photo);
+    let face = found.first().expect("the sample has a face");
+    let plan = plan_crop(face, photo.width(), photo.height(), 0.5, 512);
+    let rect = Rect {
+        x: face.x,
+        y: face.y,
+        width: face.width,
+        height: face.height,
+    };
+    let (crop, face) = crop_for_render(
+        &photo,
+        plan.crop,
+        rect,
+        plan.output_width,
+        plan.output_height,
+    );
     let audio = samples.join("speech_en.wav");
     let out = tempfile::tempdir().unwrap();
     let (samples, pcm) =

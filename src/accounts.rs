@@ -8,7 +8,7 @@ use crate::auth::password::Passwords;
 use crate::auth::revocation::Revocations;
 use crate::auth::sessions::revoke_all_user_tokens;
 use crate::domain::{
-    InvalidValue, Password, PasswordPolicy, PlanName, Plans, Role, TenantId, TenantName, UserId,
+    FieldError, Password, PasswordPolicy, PlanName, Plans, Role, TenantId, TenantName, UserId,
     Username,
 };
 use crate::storage::{Store, StoreError, TenantRecord, TenantScope, TenantUpdate, UserRecord};
@@ -53,7 +53,7 @@ impl Actor {
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
     #[error(transparent)]
-    Invalid(#[from] InvalidValue),
+    Invalid(#[from] FieldError),
     /// Absent, or outside the actor's tenant.
     #[error("not found")]
     NotFound,
@@ -193,11 +193,11 @@ impl Accounts {
             (Some(id), _) => id,
             (None, Actor::User { tenant, .. }) => tenant,
             (None, Actor::Operator) => {
-                return Err(InvalidValue::new("tenant_id", "is required").into())
+                return Err(FieldError::new("tenant_id", "is required").into())
             }
         };
         if self.store.tenant(actor.scope(), tenant_id).await?.is_none() {
-            return Err(InvalidValue::new("tenant_id", "no such tenant").into());
+            return Err(FieldError::new("tenant_id", "no such tenant").into());
         }
         let now = now_ms();
         let user = UserRecord {

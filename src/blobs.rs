@@ -15,7 +15,6 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn fetch_to(&self, key: &str, destination: &Path) -> anyhow::Result<()>;
     /// A local path to read the object from, when the store is local (used for range reads).
     fn local_path(&self, key: &str) -> Option<PathBuf>;
-    async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
     /// Removes one object; absent is fine.
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
     /// Removes every object under `prefix`.
@@ -73,14 +72,6 @@ impl BlobStore for LocalBlobs {
         self.path(key).ok()
     }
 
-    async fn size(&self, key: &str) -> anyhow::Result<Option<u64>> {
-        match tokio::fs::metadata(self.path(key)?).await {
-            Ok(meta) => Ok(Some(meta.len())),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(err.into()),
-        }
-    }
-
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         match tokio::fs::remove_file(self.path(key)?).await {
             Ok(()) => Ok(()),
@@ -113,8 +104,9 @@ mod tests {
         let source = dir.path().join("src.bin");
         std::fs::write(&source, b"hello").unwrap();
         assert_eq!(blobs.put_file("jobs/t/j/in.bin", &source).await.unwrap(), 5);
-        assert_eq!(blobs.size("jobs/t/j/in.bin").await.unwrap(), Some(5));
+        let stored = blobs.local_path("jobs/t/j/in.bin").unwrap();
+        assert_eq!(std::fs::read(&stored).unwrap(), b"hello");
         blobs.delete_prefix("jobs/t/j").await.unwrap();
-        assert_eq!(blobs.size("jobs/t/j/in.bin").await.unwrap(), None);
+        assert!(!stored.exists());
     }
 }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::InvalidValue;
+use super::FieldError;
 
 /// Identifies a video job.
 #[derive(
@@ -64,11 +64,11 @@ macro_rules! string_enum {
         }
 
         impl FromStr for $name {
-            type Err = InvalidValue;
+            type Err = FieldError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(InvalidValue::new(
+                    _ => Err(FieldError::new(
                         stringify!($name),
                         concat!("must be one of", $(" ", $text),+),
                     )),

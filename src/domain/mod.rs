@@ -9,23 +9,24 @@ pub mod user;
 
 pub use ids::{TenantId, UserId};
 pub use job::{JobId, JobStatus, Stage};
-pub use params::{ParamError, RawParams, SonicParams};
+pub use params::{ParamRejection, RawParams, SonicParams};
 pub use plan::{Plan, PlanName, Plans};
 pub use role::Role;
 pub use user::{Password, PasswordPolicy, TenantName, Username};
 
-/// A value that failed validation, with the reason a client can act on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A value that failed validation: the field (as the client named it) and the reason a client can act
+/// on. The one type for invalid input, from domain parsing to the API's problem documents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, utoipa::ToSchema)]
 #[error("{field}: {message}")]
-pub struct InvalidValue {
-    pub field: &'static str,
+pub struct FieldError {
+    pub field: String,
     pub message: String,
 }
 
-impl InvalidValue {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            field,
+            field: field.into(),
             message: message.into(),
         }
     }

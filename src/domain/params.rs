@@ -4,20 +4,29 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::Plan;
+use super::{FieldError, Plan};
 
-/// One invalid parameter.
+/// Why parameters were refused: every invalid field, and whether `duration` contradicted the audio's
+/// measured length (its own error code, since the fix is different: measure the file again).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParamError {
-    pub field: String,
-    pub message: String,
+pub struct ParamRejection {
+    pub errors: Vec<FieldError>,
+    pub duration_mismatch: bool,
 }
 
-fn error(field: &str, message: impl Into<String>) -> ParamError {
-    ParamError {
-        field: field.to_owned(),
-        message: message.into(),
+impl ParamRejection {
+    /// The stable error code: `duration_mismatch` or `validation_failed`.
+    pub fn code(&self) -> &'static str {
+        if self.duration_mismatch {
+            "duration_mismatch"
+        } else {
+            "validation_failed"
+        }
     }
+}
+
+fn error(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError::new(field, message)
 }
 
 /// Validated parameters of one video job (Sonic's, plus the gateway's own `motion_scale` and lip-sync offset).
@@ -66,7 +75,7 @@ pub const PARAM_FIELDS: &[&str] = &[
 fn number<T: std::str::FromStr>(
     raw: &RawParams,
     field: &str,
-    errors: &mut Vec<ParamError>,
+    errors: &mut Vec<FieldError>,
 ) -> Option<T> {
     let value = raw.get(field)?.trim();
     match value.parse::<T>() {
@@ -83,7 +92,7 @@ fn in_range_f64(
     field: &str,
     default: f64,
     (min, max): (f64, f64),
-    errors: &mut Vec<ParamError>,
+    errors: &mut Vec<FieldError>,
 ) -> f64 {
     match number::<f64>(raw, field, errors) {
         Some(v) if v.is_finite() && (min..=max).contains(&v) => v,
@@ -100,7 +109,7 @@ fn in_range_u32(
     field: &str,
     default: u32,
     (min, max): (u32, u32),
-    errors: &mut Vec<ParamError>,
+    errors: &mut Vec<FieldError>,
 ) -> u32 {
     match number::<i64>(raw, field, errors) {
         Some(v) if (i64::from(min)..=i64::from(max)).contains(&v) => v as u32,
@@ -121,8 +130,9 @@ impl SonicParams {
         raw: &RawParams,
         audio_duration: f64,
         default_engine: &str,
-    ) -> Result<Self, Vec<ParamError>> {
+    ) -> Result<Self, ParamRejection> {
         let mut errors = Vec::new();
+        let mut duration_mismatch = false;
         for name in raw.keys() {
             if !PARAM_FIELDS.contains(&name.as_str()) {
                 errors.push(error(name, "is not a parameter of this endpoint"));
@@ -130,9 +140,10 @@ impl SonicParams {
         }
         let duration = match number::<f64>(raw, "duration", &mut errors) {
             Some(d) if (d - audio_duration).abs() > 0.1 => {
+                duration_mismatch = true;
                 errors.push(error(
                     "duration",
-                    format!("duration_mismatch: {d} s was given but the audio is {audio_duration:.3} s long"),
+                    format!("{d} s was given but the audio is {audio_duration:.3} s long"),
                 ));
                 audio_duration
             }
@@ -184,7 +195,10 @@ impl SonicParams {
         if errors.is_empty() {
             Ok(params)
         } else {
-            Err(errors)
+            Err(ParamRejection {
+                errors,
+                duration_mismatch,
+            })
         }
     }
 
@@ -232,6 +246,7 @@ mod tests {
     fn field_errors(pairs: &[(&str, &str)]) -> Vec<String> {
         SonicParams::parse(&raw(pairs), 7.56, "builtin")
             .unwrap_err()
+            .errors
             .into_iter()
             .map(|e| e.field)
             .collect()
@@ -282,8 +297,16 @@ mod tests {
     #[test]
     fn duration_must_match_the_audio_within_a_tenth() {
         assert!(SonicParams::parse(&raw(&[("duration", "7.6")]), 7.56, "b").is_ok());
-        let errors = SonicParams::parse(&raw(&[("duration", "10")]), 7.56, "b").unwrap_err();
-        assert!(errors[0].message.contains("10") && errors[0].message.contains("7.560"));
+        let rejected = SonicParams::parse(&raw(&[("duration", "10")]), 7.56, "b").unwrap_err();
+        assert_eq!(rejected.code(), "duration_mismatch");
+        let message = &rejected.errors[0].message;
+        assert!(
+            message.contains("10") && message.contains("7.560"),
+            "{message}"
+        );
+        // Other invalid fields alone are plain validation failures.
+        let rejected = SonicParams::parse(&raw(&[("seed", "-1")]), 7.56, "b").unwrap_err();
+        assert_eq!(rejected.code(), "validation_failed");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::InvalidValue;
+use super::FieldError;
 
 /// The name of a plan that exists in the configuration.
 #[derive(
@@ -16,10 +16,10 @@ pub struct PlanName(String);
 
 impl PlanName {
     /// Parses a plan name and checks that the plan is configured.
-    pub fn parse(name: &str, plans: &Plans) -> Result<Self, InvalidValue> {
+    pub fn parse(name: &str, plans: &Plans) -> Result<Self, FieldError> {
         if plans.get(name).is_none() {
             let known: Vec<&str> = plans.names().collect();
-            return Err(InvalidValue::new(
+            return Err(FieldError::new(
                 "plan",
                 format!("unknown plan; known plans: {}", known.join(", ")),
             ));

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::InvalidValue;
+use super::FieldError;
 
 /// A user's role. Ordered by power: `User < Admin < PlatformAdmin`.
 #[derive(
@@ -53,13 +53,13 @@ impl fmt::Display for Role {
 }
 
 impl FromStr for Role {
-    type Err = InvalidValue;
+    type Err = FieldError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "user" => Ok(Role::User),
             "admin" => Ok(Role::Admin),
             "platform_admin" => Ok(Role::PlatformAdmin),
-            _ => Err(InvalidValue::new(
+            _ => Err(FieldError::new(
                 "role",
                 "must be one of user, admin, platform_admin",
             )),

@@ -5,19 +5,19 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::InvalidValue;
+use super::FieldError;
 
-fn parse_handle(field: &'static str, raw: &str, max: usize) -> Result<String, InvalidValue> {
+fn parse_handle(field: &'static str, raw: &str, max: usize) -> Result<String, FieldError> {
     let value = raw.trim();
     if value.is_empty() || value.len() > max {
-        return Err(InvalidValue::new(
+        return Err(FieldError::new(
             field,
             format!("must be 1 to {max} characters"),
         ));
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
     if !value.chars().all(allowed) {
-        return Err(InvalidValue::new(
+        return Err(FieldError::new(
             field,
             "may contain only letters, digits, '.', '_', '-' and '@'",
         ));
@@ -31,7 +31,7 @@ fn parse_handle(field: &'static str, raw: &str, max: usize) -> Result<String, In
 pub struct Username(String);
 
 impl Username {
-    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
         parse_handle("username", raw, 64).map(Self)
     }
 
@@ -57,7 +57,7 @@ impl fmt::Display for Username {
 pub struct TenantName(String);
 
 impl TenantName {
-    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
         parse_handle("name", raw, 64).map(Self)
     }
 
@@ -96,11 +96,11 @@ impl Default for PasswordPolicy {
 pub struct Password(Zeroizing<String>);
 
 impl Password {
-    pub fn parse(raw: String, policy: PasswordPolicy) -> Result<Self, InvalidValue> {
+    pub fn parse(raw: String, policy: PasswordPolicy) -> Result<Self, FieldError> {
         let raw = Zeroizing::new(raw);
         let length = raw.chars().count();
         if length < policy.min_length || length > policy.max_length {
-            return Err(InvalidValue::new(
+            return Err(FieldError::new(
                 "password",
                 format!(
                     "must be {} to {} characters",

@@ -8,15 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth::tokens::TokenRejection;
-use crate::domain::InvalidValue;
+pub use crate::domain::FieldError;
 use crate::storage::StoreError;
-
-/// One invalid field.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -89,10 +82,7 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        ApiError::Validation(vec![FieldError {
-            field: field.to_owned(),
-            message: message.into(),
-        }])
+        ApiError::Validation(vec![FieldError::new(field, message)])
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
@@ -150,9 +140,9 @@ impl ApiError {
     }
 }
 
-impl From<InvalidValue> for ApiError {
-    fn from(err: InvalidValue) -> Self {
-        ApiError::invalid(err.field, err.message)
+impl From<FieldError> for ApiError {
+    fn from(err: FieldError) -> Self {
+        ApiError::Validation(vec![err])
     }
 }
 

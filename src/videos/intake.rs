@@ -15,7 +15,7 @@ use super::view::{AudioInput, ImageInput, JobInput, OutputPlan};
 use super::{input_key, job_prefix, VideoService};
 use crate::audit::{AuditContext, AuditEvent, Outcome};
 use crate::domain::{
-    JobId, JobStatus, ParamError, PlanName, RawParams, SonicParams, Stage, TenantId, UserId,
+    FieldError, JobId, JobStatus, PlanName, RawParams, SonicParams, Stage, TenantId, UserId,
 };
 use crate::media::audio::{probe_audio, AudioInfo};
 use crate::media::face::plan_crop;
@@ -57,7 +57,7 @@ pub enum IntakeError {
     #[error("invalid parameters")]
     Params {
         code: &'static str,
-        errors: Vec<ParamError>,
+        errors: Vec<FieldError>,
     },
     /// The chosen engine cannot honour a parameter (422).
     #[error("engine {engine} does not support {parameters:?}")]
@@ -203,23 +203,14 @@ impl VideoService {
             audio.duration_s,
             &self.settings.default_engine,
         )
-        .map_err(|errors| {
-            let mismatch = errors
-                .iter()
-                .any(|e| e.message.starts_with("duration_mismatch"));
-            IntakeError::Params {
-                code: if mismatch {
-                    "duration_mismatch"
-                } else {
-                    "validation_failed"
-                },
-                errors,
-            }
+        .map_err(|rejection| IntakeError::Params {
+            code: rejection.code(),
+            errors: rejection.errors,
         })?;
         let Some(engine) = self.engines.get(&params.engine) else {
             return Err(IntakeError::Params {
                 code: "validation_failed",
-                errors: vec![ParamError {
+                errors: vec![FieldError {
                     field: "engine".into(),
                     message: format!(
                         "unknown engine; available: {}",
@@ -244,7 +235,7 @@ impl VideoService {
             {
                 return Err(IntakeError::Params {
                     code: "validation_failed",
-                    errors: vec![ParamError {
+                    errors: vec![FieldError {
                         field: "callback_url".into(),
                         message,
                     }],

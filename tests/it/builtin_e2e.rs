@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sonicgw::engines::builtin::{crop_around_face, features, render_video, BuiltinParams};
+use sonicgw::engines::builtin::{crop_for_render, features, render_video, BuiltinParams};
 use sonicgw::media::audio::{decode_for_render, PcmFile};
+use sonicgw::media::face::{plan_crop, FaceDetector, Rect};
 use sonicgw::media::ffmpeg;
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/samples");
@@ -64,11 +65,22 @@ fn params(offset: f64) -> BuiltinParams {
     }
 }
 
+/// The sample photo prepared as production prepares it: the face detector, intake's crop plan
+/// (default `expand_ratio` 0.5, `min_resolution` 512), then the engine's crop.
 fn sample_face() -> (image::RgbImage, (u32, u32, u32, u32)) {
     let img = image::open(Path::new(SAMPLES).join("face_astronaut.png"))
         .expect("sample photo")
         .to_rgb8();
-    crop_around_face(&img, (173, 68, 99, 99), 512)
+    let faces = FaceDetector::new().unwrap().detect(&img);
+    let face = faces.first().expect("the sample has a face");
+    let plan = plan_crop(face, img.width(), img.height(), 0.5, 512);
+    let face = Rect {
+        x: face.x,
+        y: face.y,
+        width: face.width,
+        height: face.height,
+    };
+    crop_for_render(&img, plan.crop, face, plan.output_width, plan.output_height)
 }
 
 /// Decodes the video as 128x128 greyscale frames.

@@ -5,9 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use image::imageops::FilterType;
 
-use super::{render_video, BuiltinParams};
+use super::{crop_for_render, render_video, BuiltinParams};
 use crate::domain::Stage;
 use crate::engines::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn};
 use crate::media::audio::decode_for_render;
@@ -85,20 +84,7 @@ impl Engine for BuiltinEngine {
         let (crop, face, width, height) = (job.crop, job.face, job.output_width, job.output_height);
         let prepared = tokio::task::spawn_blocking(move || {
             let photo = probe_image(&image_path, &limits).map_err(media_error)?;
-            let cropped =
-                image::imageops::crop_imm(&photo.image, crop.x, crop.y, crop.width, crop.height)
-                    .to_image();
-            let scaled = image::imageops::resize(&cropped, width, height, FilterType::Triangle);
-            let (sx, sy) = (
-                f64::from(width) / f64::from(crop.width.max(1)),
-                f64::from(height) / f64::from(crop.height.max(1)),
-            );
-            let face_in_crop = (
-                (f64::from(face.x.saturating_sub(crop.x)) * sx) as u32,
-                (f64::from(face.y.saturating_sub(crop.y)) * sy) as u32,
-                (f64::from(face.width) * sx) as u32,
-                (f64::from(face.height) * sy) as u32,
-            );
+            let (scaled, face_in_crop) = crop_for_render(&photo.image, crop, face, width, height);
             let (samples, pcm) =
                 decode_for_render(&audio_path, &pcm_path, 16_000).map_err(media_error)?;
             Ok::<_, EngineError>((scaled, face_in_crop, samples, pcm))
@@ -124,7 +110,7 @@ impl Engine for BuiltinEngine {
                 progress(Stage::Encoding, 0.98);
                 Ok(())
             }
-            Ok(Err(super::EngineError::InvalidInput(detail))) => Err(EngineError::input(
+            Ok(Err(super::RenderError::InvalidInput(detail))) => Err(EngineError::input(
                 "invalid_input",
                 "the recording or photo cannot be animated (too short, or its face box is unusable)",
                 detail,

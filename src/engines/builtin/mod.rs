@@ -19,6 +19,7 @@ use image::RgbImage;
 use tokio::sync::mpsc;
 
 use crate::media::audio::PcmFile;
+use crate::media::face::Rect;
 use crate::media::ffmpeg::{EncodeSpec, FfmpegError, Mp4Encoder};
 use features::FPS;
 use render::{AnimParams, Animator};
@@ -54,9 +55,10 @@ pub struct RenderStats {
     pub elapsed: Duration,
 }
 
-/// Errors of the built-in engine, with stable [`EngineError::code`]s.
+/// Errors of rendering (the built-in engine maps them to `engines::EngineError`), with stable
+/// [`RenderError::code`]s.
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub enum RenderError {
     /// The inputs cannot be rendered (empty audio, odd size, bad face box).
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -68,13 +70,13 @@ pub enum EngineError {
     Internal(String),
 }
 
-impl EngineError {
+impl RenderError {
     /// Stable machine-readable error code.
     pub fn code(&self) -> &'static str {
         match self {
-            EngineError::InvalidInput(_) => "invalid_input",
-            EngineError::Ffmpeg(e) => e.code(),
-            EngineError::Internal(_) => "internal",
+            RenderError::InvalidInput(_) => "invalid_input",
+            RenderError::Ffmpeg(e) => e.code(),
+            RenderError::Internal(_) => "internal",
         }
     }
 }
@@ -105,7 +107,7 @@ pub async fn render_video(
     params: BuiltinParams,
     out_path: &Path,
     mut progress: impl FnMut(f32),
-) -> Result<RenderStats, EngineError> {
+) -> Result<RenderStats, RenderError> {
     let started = Instant::now();
     let (width, height) = face_crop.dimensions();
     validate(width, height, face_in_crop, samples_16k)?;
@@ -162,9 +164,9 @@ pub async fn render_video(
     }
     renderer
         .await
-        .map_err(|e| EngineError::Internal(format!("renderer: {e}")))?;
+        .map_err(|e| RenderError::Internal(format!("renderer: {e}")))?;
     if written != frames {
-        return Err(EngineError::Internal(format!(
+        return Err(RenderError::Internal(format!(
             "renderer produced {written} of {frames} frames"
         )));
     }
@@ -178,40 +180,35 @@ pub async fn render_video(
     })
 }
 
-/// Crops a square around `face` (x, y, w, h in `photo` pixels) with room for
-/// chin and hair, scales it to `size`x`size`, and returns the crop plus the
-/// face box in crop pixels — the inputs [`render_video`] expects.
-pub fn crop_around_face(
+/// Cuts the planned `crop` (from `media::face::plan_crop`, as intake planned it) out of the upright
+/// `photo`, scales it to `width`x`height`, and maps the detected `face` into the scaled crop: the
+/// inputs [`render_video`] expects. The engine and every test use this one path.
+pub fn crop_for_render(
     photo: &RgbImage,
-    face: (u32, u32, u32, u32),
-    size: u32,
+    crop: Rect,
+    face: Rect,
+    width: u32,
+    height: u32,
 ) -> (RgbImage, (u32, u32, u32, u32)) {
-    let (pw, ph) = (photo.width() as f32, photo.height() as f32);
-    let (fx, fy, fw, fh) = (
-        face.0 as f32,
-        face.1 as f32,
-        face.2.max(1) as f32,
-        face.3.max(1) as f32,
+    let cropped =
+        image::imageops::crop_imm(photo, crop.x, crop.y, crop.width, crop.height).to_image();
+    let scaled = image::imageops::resize(
+        &cropped,
+        width,
+        height,
+        image::imageops::FilterType::Triangle,
     );
-    // 2.2x the face leaves the head recognisable and room for the jaw to
-    // move; the centre sits a little low because the chin moves, hair does not.
-    let side = (2.2 * fw.max(fh)).min(pw).min(ph).max(1.0);
-    let x0 = (fx + fw / 2.0 - side / 2.0).clamp(0.0, pw - side);
-    let y0 = (fy + 0.55 * fh - side / 2.0).clamp(0.0, ph - side);
-    let crop =
-        image::imageops::crop_imm(photo, x0 as u32, y0 as u32, side as u32, side as u32).to_image();
-    let scaled =
-        image::imageops::resize(&crop, size, size, image::imageops::FilterType::CatmullRom);
-    let s = size as f32 / side.floor();
-    let map = |v: f32| (v * s).round().max(0.0) as u32;
-    let face = (map(fx - x0.floor()), map(fy - y0.floor()), map(fw), map(fh));
-    let face = (
-        face.0.min(size - 1),
-        face.1.min(size - 1),
-        face.2.min(size - face.0.min(size - 1)),
-        face.3.min(size - face.1.min(size - 1)),
+    let (sx, sy) = (
+        f64::from(width) / f64::from(crop.width.max(1)),
+        f64::from(height) / f64::from(crop.height.max(1)),
     );
-    (scaled, face)
+    let face_in_crop = (
+        (f64::from(face.x.saturating_sub(crop.x)) * sx) as u32,
+        (f64::from(face.y.saturating_sub(crop.y)) * sy) as u32,
+        (f64::from(face.width) * sx) as u32,
+        (f64::from(face.height) * sy) as u32,
+    );
+    (scaled, face_in_crop)
 }
 
 fn validate(
@@ -219,25 +216,25 @@ fn validate(
     height: u32,
     face: (u32, u32, u32, u32),
     samples: &[f32],
-) -> Result<(), EngineError> {
+) -> Result<(), RenderError> {
     if width < 16 || height < 16 || width % 2 == 1 || height % 2 == 1 {
-        return Err(EngineError::InvalidInput(format!(
+        return Err(RenderError::InvalidInput(format!(
             "output size {width}x{height} must be even and at least 16x16"
         )));
     }
     let (x, y, w, h) = face;
     if w < 8 || h < 8 || x.saturating_add(w) > width || y.saturating_add(h) > height {
-        return Err(EngineError::InvalidInput(format!(
+        return Err(RenderError::InvalidInput(format!(
             "face box {face:?} must be at least 8x8 and inside the {width}x{height} crop"
         )));
     }
     if features::frame_count(samples.len()) == 0 {
-        return Err(EngineError::InvalidInput(
+        return Err(RenderError::InvalidInput(
             "audio is shorter than one frame".into(),
         ));
     }
     if samples.iter().any(|s| !s.is_finite()) {
-        return Err(EngineError::InvalidInput(
+        return Err(RenderError::InvalidInput(
             "audio contains non-finite samples".into(),
         ));
     }

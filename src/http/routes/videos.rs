@@ -80,13 +80,7 @@ impl From<IntakeError> for ApiError {
                     .first()
                     .map(|e| e.message.clone())
                     .unwrap_or_default(),
-                errors: errors
-                    .into_iter()
-                    .map(|e| FieldError {
-                        field: e.field,
-                        message: e.message,
-                    })
-                    .collect(),
+                errors,
             },
             IntakeError::UnsupportedParameter { parameters, .. } => ApiError::Rejected {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
