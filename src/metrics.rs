@@ -37,7 +37,14 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
-/// Counts a refused credential by reason (`expired`, `bad_signature`, `wrong_password`, ...).
-pub fn auth_failure(reason: &str) {
-    metrics::counter!("auth_failures_total", "reason" => reason.to_owned()).increment(1);
+/// Counts a refused credential by reason (`expired`, `bad_signature`, `wrong_password`, ...). Reasons are
+/// fixed codes, hence `&'static str`: never text from the request.
+pub fn auth_failure(reason: &'static str) {
+    metrics::counter!("auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// Counts a login refused by the throttle. Deliberately without labels (not the username, not the
+/// address): those are the attacker's to choose. Such refusals are not audited; this is their record.
+pub fn login_throttled() {
+    metrics::counter!("auth_login_throttled_total").increment(1);
 }

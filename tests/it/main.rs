@@ -10,6 +10,7 @@ mod builtin_render;
 mod ops;
 mod queue;
 mod redis_replicas;
+mod security_auth;
 mod sessions;
 mod storage;
 mod throttle;

@@ -1,0 +1,145 @@
+//! Findings of the authentication security review: throttled logins leave no audit rows, and an
+//! ambiguous username is no oracle.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+async fn metrics_text(server: &TestServer) -> String {
+    reqwest::get(format!("http://{}/metrics", server.metrics_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of an unlabelled counter (0 before its first increment). The recorder is process-wide, so
+/// other tests running at the same time may add to it too.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+async fn login_audit_rows(server: &TestServer, admin: &str) -> Vec<Value> {
+    let response = server
+        .get("/v1/audit?action=auth.login&limit=1000", admin)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    body["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn throttled_logins_are_counted_in_metrics_not_audited() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.login_ip_max_failures = 1000).await;
+    let admin = server.admin().await;
+    for _ in 0..10 {
+        let response = server.try_login("victim", "wrong password!!", None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    let rows_before = login_audit_rows(&server, &admin.access).await;
+    // The admin's login and the ten failures.
+    assert_eq!(rows_before.len(), 11);
+    let throttled_before = counter(&metrics_text(&server).await, "auth_login_throttled_total");
+    for _ in 0..25 {
+        let response = server.try_login("victim", "wrong password!!", None).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let rows_after = login_audit_rows(&server, &admin.access).await;
+    assert_eq!(
+        rows_after, rows_before,
+        "no audit row for a throttled login"
+    );
+    let metrics = metrics_text(&server).await;
+    let throttled_after = counter(&metrics, "auth_login_throttled_total");
+    assert!(
+        throttled_after >= throttled_before + 25,
+        "{throttled_before} -> {throttled_after}"
+    );
+    // One series, no caller-chosen label.
+    assert!(
+        metrics.contains("\nauth_login_throttled_total "),
+        "{metrics}"
+    );
+}
+
+/// Tenants `acme` and `globex`, each with a user `sam` (password `USER_PASSWORD`).
+async fn sam_in_two_tenants(server: &TestServer) {
+    let admin = server.admin().await;
+    for tenant in ["acme", "globex"] {
+        let id = server.create_tenant(&admin.access, tenant, "free").await;
+        server
+            .create_user(&admin.access, "sam", "user", Some(&id))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn an_ambiguous_username_with_a_wrong_password_answers_like_an_unknown_user() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.login_ip_max_failures = 1000).await;
+    sam_in_two_tenants(&server).await;
+    let mut answers = Vec::new();
+    for user in ["nobody", "sam"] {
+        let response = server.try_login(user, "wrong password!!", None).await;
+        answers.push((response.status(), response.text().await.unwrap()));
+    }
+    assert_eq!(answers[0].0, StatusCode::BAD_REQUEST);
+    assert!(answers[0].1.contains("invalid_grant"), "{}", answers[0].1);
+    assert_eq!(answers[1], answers[0]);
+
+    // Audited as a failure, without naming either user.
+    let admin = server.admin().await;
+    let rows = login_audit_rows(&server, &admin.access).await;
+    let failures: Vec<&Value> = rows.iter().filter(|r| r["outcome"] == "failure").collect();
+    assert_eq!(failures.len(), 2, "{rows:?}");
+    let sam = failures
+        .iter()
+        .find(|r| r["reason"] == "wrong_password")
+        .unwrap_or_else(|| panic!("{failures:?}"));
+    assert!(sam["target"].is_null(), "{sam}");
+    assert!(sam["actor_user_id"].is_null(), "{sam}");
+}
+
+#[tokio::test]
+async fn an_ambiguous_username_counts_toward_the_lockout() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.login_ip_max_failures = 1000).await;
+    sam_in_two_tenants(&server).await;
+    for _ in 0..10 {
+        let response = server.try_login("sam", "wrong password!!", None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    for tenant in [None, Some("acme")] {
+        let response = server.try_login("sam", USER_PASSWORD, tenant).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "{tenant:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_ambiguous_username_with_the_right_password_needs_the_tenant() {
+    let server = TestServer::start().await;
+    sam_in_two_tenants(&server).await;
+    let response = server.try_login("sam", USER_PASSWORD, None).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("tenant"),
+        "{body}"
+    );
+    // Neither a failure nor a success for the throttle: nine more failures do not lock the account.
+    for _ in 0..9 {
+        server.try_login("sam", "wrong password!!", None).await;
+    }
+    server.login_in("sam", USER_PASSWORD, Some("acme")).await;
+}
