@@ -1,5 +1,5 @@
-//! Findings of the authentication security review: throttled logins leave no audit rows, and an
-//! ambiguous username is no oracle.
+//! Findings of the authentication security review: throttled logins leave no audit rows, an ambiguous
+//! username is no oracle, and metrics labels are bounded.
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -142,4 +142,44 @@ async fn an_ambiguous_username_with_the_right_password_needs_the_tenant() {
         server.try_login("sam", "wrong password!!", None).await;
     }
     server.login_in("sam", USER_PASSWORD, Some("acme")).await;
+}
+
+#[tokio::test]
+async fn extension_methods_share_one_metrics_label() {
+    let server = TestServer::start().await;
+    let size_before = metrics_text(&server).await.len();
+    let names: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "XM{}{}",
+                uuid::Uuid::new_v4().simple(),
+                "Q".repeat(4096 + i)
+            )
+        })
+        .collect();
+    for name in &names {
+        let method = reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+        let response = server
+            .client
+            .request(method, server.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+    let metrics = metrics_text(&server).await;
+    assert!(metrics.contains("method=\"OTHER\""), "{metrics}");
+    for name in &names {
+        assert!(
+            !metrics.contains(&name[..34]),
+            "{:.40} became a label",
+            name
+        );
+    }
+    // 20 methods of over 4 KB each would have added more than 80 KB.
+    assert!(
+        metrics.len() < size_before + 32 * 1024,
+        "{size_before} -> {}",
+        metrics.len()
+    );
 }
