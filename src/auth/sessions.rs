@@ -22,13 +22,24 @@ use crate::time::{now_ms, now_s};
 /// each costs an Argon2 verification. Users past the first few need the tenant parameter.
 const MAX_LOGIN_CANDIDATES: usize = 8;
 
-/// What a successful grant returns.
-#[derive(Debug)]
+/// What a successful grant returns. `Debug` hides both tokens: they are bearer credentials.
 pub struct TokenPair {
     pub access_token: String,
     pub expires_in: i64,
     pub refresh_token: String,
     pub scope: String,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::config::Redacted;
+        f.debug_struct("TokenPair")
+            .field("access_token", &Redacted(&self.access_token))
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &Redacted(&self.refresh_token))
+            .field("scope", &self.scope)
+            .finish()
+    }
 }
 
 /// Why a grant failed, in RFC 6749 5.2 terms.
@@ -465,4 +476,23 @@ pub async fn revoke_all_user_tokens(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_pair_debug_hides_the_tokens() {
+        let pair = TokenPair {
+            access_token: "eyJ-access-token-value".to_owned(),
+            expires_in: 1800,
+            refresh_token: "refresh-token-value".to_owned(),
+            scope: "videos:write".to_owned(),
+        };
+        let text = format!("{pair:?}");
+        assert!(!text.contains("access-token-value"), "{text}");
+        assert!(!text.contains("refresh-token-value"), "{text}");
+        assert!(text.contains("videos:write"), "{text}");
+    }
 }
