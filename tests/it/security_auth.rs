@@ -1,5 +1,9 @@
 //! Findings of the authentication security review: throttled logins leave no audit rows, an ambiguous
-//! username is no oracle, and metrics labels are bounded.
+//! username is no oracle, metrics labels are bounded, and the SQLite database and data folders are
+//! owner-only.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -182,4 +186,53 @@ async fn extension_methods_share_one_metrics_label() {
         "{size_before} -> {}",
         metrics.len()
     );
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The database, with its `-wal` and `-shm` files (both exist while the server runs in WAL mode).
+fn database_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    ["sonicgw.db", "sonicgw.db-wal", "sonicgw.db-shm"]
+        .iter()
+        .map(|name| dir.join(name))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_sqlite_database_and_its_folders_are_owner_only() {
+    let server =
+        TestServer::start_with(Backend::Sqlite, |c| c.data_dir = c.data_dir.join("data")).await;
+    let data = server.config.data_dir.clone();
+    // Written to, so that the WAL is in use.
+    server.admin().await;
+    assert_eq!(mode(&data), 0o700, "data_dir");
+    assert_eq!(mode(&data.join("blobs")), 0o700, "blobs");
+    for file in database_files(&data) {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}
+
+#[tokio::test]
+async fn an_existing_sqlite_database_and_blob_folder_are_made_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs");
+    std::fs::create_dir(&blobs).unwrap();
+    std::fs::set_permissions(&blobs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // An empty file is an empty SQLite database; -wal and -shm as a crashed older version left them.
+    for file in database_files(dir.path()) {
+        std::fs::write(&file, b"").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let server = TestServer::start_on(dir, |_| {}).await;
+    server.admin().await;
+    assert_eq!(mode(&server.dir.path().join("blobs")), 0o700);
+    for file in database_files(server.dir.path()) {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
 }
