@@ -105,8 +105,9 @@ impl Sessions {
     /// same Argon2 work.
     ///
     /// The attempt is reserved in the throttle before anything is looked up, so concurrent guesses count
-    /// against the limit while they are being verified, and every answer that depends on the username
-    /// (including "this username is in several tenants") is throttled too.
+    /// against the limit while they are being verified (an attempt past the limit waits for one in flight
+    /// to settle), and every answer that depends on the username (including "this username is in
+    /// several tenants") is throttled too.
     pub async fn password_grant(
         &self,
         context: &AuditContext,
@@ -118,7 +119,7 @@ impl Sessions {
         // Keyed on the username alone: spelling the tenant differently, or leaving it out, must not buy
         // more attempts at the same account.
         let account = username.trim().to_ascii_lowercase();
-        let attempt = match self.throttle.begin(&account, &address) {
+        let attempt = match self.throttle.begin(&account, &address).await {
             Ok(attempt) => attempt,
             Err(retry_after) => {
                 // Counted, not audited: refusing costs nothing, so an unauthenticated flood of refused

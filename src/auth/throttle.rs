@@ -5,7 +5,10 @@
 //! entry lock: attempts still being verified count against the limit, so a burst of concurrent guesses
 //! cannot all pass a check made before any of them has failed. The returned [`Attempt`] is then settled
 //! as a failure or a success; dropped unsettled (an error, a cancelled request) it just gives its slot
-//! back.
+//! back. An attempt that finds every remaining slot taken by attempts in flight waits for one of them to
+//! settle rather than being refused at once: concurrent logins with the right password (a service
+//! starting many workers) must not get 429s merely for being concurrent, and guesses still wait their
+//! turn, so no more than the limit are ever verified.
 //!
 //! Keys are bounded: values longer than [`MAX_KEY_BYTES`] (a username can be as long as the form limit)
 //! are replaced by their SHA-256, IPv6 clients are counted per /64 (one subscriber's usual allocation,
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
 /// Longest key value kept as is; longer ones become `sha256:<hex>`.
 pub const MAX_KEY_BYTES: usize = 64;
@@ -31,9 +35,31 @@ pub const MAX_ENTRIES: usize = 100_000;
 /// run once per request.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Retry-After for an attempt refused only because others are still being verified: they end within
-/// about a second, locked or not.
+/// Retry-After for an attempt that waited [`BUSY_WAIT`] in vain for a slot.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// Longest an attempt waits for an attempt in flight to settle: a few Argon2 verifications, with room
+/// for a loaded server.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// Why an attempt cannot be reserved now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Locked out for this long.
+    Locked(Duration),
+    /// Failures plus attempts in flight have reached the limit; a slot may free up when one settles.
+    Busy,
+}
+
+impl Refusal {
+    /// What to put in Retry-After.
+    pub fn retry_after(self) -> Duration {
+        match self {
+            Refusal::Locked(wait) => wait,
+            Refusal::Busy => BUSY_RETRY,
+        }
+    }
+}
 
 /// Limits for one kind of key (account or address).
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +124,13 @@ pub struct LoginThrottle {
     entries: DashMap<String, Entry>,
     capacity: usize,
     last_sweep: Mutex<Option<Instant>>,
+    /// Held while both keys of an attempt are reserved, so that no other reservation sees one key taken
+    /// by an attempt that the other key then refuses (and so waits for a release nobody announces).
+    /// Microseconds per login; settling does not take it.
+    reserving: Mutex<()>,
+    /// Woken whenever an attempt settles, for attempts waiting for a slot.
+    settled: Notify,
+    busy_wait: Duration,
 }
 
 /// The throttle key of an account (the username as normalised by the caller).
@@ -160,36 +193,63 @@ impl LoginThrottle {
             entries: DashMap::new(),
             capacity,
             last_sweep: Mutex::new(None),
+            reserving: Mutex::new(()),
+            settled: Notify::new(),
+            busy_wait: BUSY_WAIT,
         }
     }
 
     /// Reserves a login attempt for `account` (the normalised username) from `address` (the client IP as
-    /// text), before its password is checked. `Err(retry_after)` while either key is locked out, or while
-    /// its failures plus the attempts still in flight have reached its limit.
+    /// text), before its password is checked. `Err(retry_after)` while either key is locked out. While
+    /// a key's failures plus its attempts in flight have reached its limit, waits (up to [`BUSY_WAIT`])
+    /// for one of them to settle, then tries again: a failure may lock the key, a success frees the slot.
     ///
     /// Once the map holds `capacity` entries (after sweeping expired ones), a client network seen for the
     /// first time is not tracked and the attempt is limited by its account alone. Accounts are always
     /// tracked: their count is what protects a password, and every tracked account attempt costs an
     /// Argon2 verification, which bounds how fast they can be added.
-    pub fn begin(&self, account: &str, address: &str) -> Result<Attempt<'_>, Duration> {
-        self.begin_at(account, address, Instant::now())
+    pub async fn begin(&self, account: &str, address: &str) -> Result<Attempt<'_>, Duration> {
+        let deadline = tokio::time::Instant::now() + self.busy_wait;
+        loop {
+            // Created before trying, so that a settle between the try and the wait is not missed.
+            let settled = self.settled.notified();
+            match self.try_begin(account, address) {
+                Ok(attempt) => return Ok(attempt),
+                Err(Refusal::Locked(wait)) => return Err(wait),
+                Err(Refusal::Busy) => {
+                    if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                        return Err(BUSY_RETRY);
+                    }
+                }
+            }
+        }
     }
 
-    fn begin_at(
+    /// `begin` without waiting.
+    pub fn try_begin(&self, account: &str, address: &str) -> Result<Attempt<'_>, Refusal> {
+        self.try_begin_at(account, address, Instant::now())
+    }
+
+    fn try_begin_at(
         &self,
         account: &str,
         address: &str,
         now: Instant,
-    ) -> Result<Attempt<'_>, Duration> {
+    ) -> Result<Attempt<'_>, Refusal> {
         let account = account_key(account);
         let address = address_key(address);
+        let _reserving = self
+            .reserving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.reserve(&account, self.account, now, true)?;
         let address = match self.reserve(&address, self.address, now, false) {
             Ok(true) => Some(address),
             Ok(false) => None,
-            Err(retry_after) => {
-                self.release(&account, false);
-                return Err(retry_after);
+            Err(refusal) => {
+                // Nobody saw this slot taken (reservations are serialised), so nobody waits for it.
+                self.settle(&account, false, |_| {});
+                return Err(refusal);
             }
         };
         Ok(Attempt {
@@ -200,12 +260,15 @@ impl LoginThrottle {
         })
     }
 
-    fn refuses(entry: &Entry, limits: ThrottleLimits, now: Instant) -> Option<Duration> {
+    fn refuses(entry: &Entry, limits: ThrottleLimits, now: Instant) -> Option<Refusal> {
         if let Some(until) = entry.locked_until {
-            return Some(until.saturating_duration_since(now).max(BUSY_RETRY));
+            let wait = until
+                .saturating_duration_since(now)
+                .max(Duration::from_secs(1));
+            return Some(Refusal::Locked(wait));
         }
         (entry.failures.saturating_add(entry.in_flight) >= limits.max_failures)
-            .then_some(BUSY_RETRY)
+            .then_some(Refusal::Busy)
     }
 
     /// Counts one more attempt in flight on `key`. `Ok(false)`: not tracked, the map is full.
@@ -215,7 +278,7 @@ impl LoginThrottle {
         limits: ThrottleLimits,
         now: Instant,
         must_track: bool,
-    ) -> Result<bool, Duration> {
+    ) -> Result<bool, Refusal> {
         // No entry reference may be held here: sweeping and `len` lock every shard.
         if !self.entries.contains_key(key) && self.entries.len() >= self.capacity {
             self.sweep_if_due(now);
@@ -228,8 +291,8 @@ impl LoginThrottle {
             .entry(key.to_owned())
             .or_insert_with(|| Entry::new(now));
         entry.refresh(now, limits);
-        if let Some(retry_after) = Self::refuses(&entry, limits, now) {
-            return Err(retry_after);
+        if let Some(refusal) = Self::refuses(&entry, limits, now) {
+            return Err(refusal);
         }
         entry.in_flight += 1;
         Ok(true)
@@ -237,7 +300,8 @@ impl LoginThrottle {
 
     /// Settles one in-flight attempt on `key` and forgets the entry if it no longer counts anything. An
     /// entry with attempts in flight is never removed (neither here nor by pruning), so it is there.
-    fn settle(&self, key: &str, update: impl FnOnce(&mut Entry)) {
+    /// With `wake`, attempts waiting for a slot try again.
+    fn settle(&self, key: &str, wake: bool, update: impl FnOnce(&mut Entry)) {
         if let MapEntry::Occupied(mut occupied) = self.entries.entry(key.to_owned()) {
             let entry = occupied.get_mut();
             entry.in_flight = entry.in_flight.saturating_sub(1);
@@ -246,11 +310,14 @@ impl LoginThrottle {
                 occupied.remove();
             }
         }
+        if wake {
+            self.settled.notify_waiters();
+        }
     }
 
     /// Gives an in-flight slot back; with `clear`, also forgets the key's failures and lockout.
     fn release(&self, key: &str, clear: bool) {
-        self.settle(key, |entry| {
+        self.settle(key, true, |entry| {
             if clear {
                 entry.failures = 0;
                 entry.locked_until = None;
@@ -262,7 +329,7 @@ impl LoginThrottle {
     /// Turns an in-flight attempt into a failure, locking the key when it reaches its limit.
     fn fail(&self, key: &str, limits: ThrottleLimits) {
         let now = Instant::now();
-        self.settle(key, |entry| {
+        self.settle(key, true, |entry| {
             entry.refresh(now, limits);
             entry.failures = entry.failures.saturating_add(1);
             if entry.failures >= limits.max_failures && entry.locked_until.is_none() {
@@ -366,87 +433,90 @@ mod tests {
     fn locks_account_after_max_failures_and_reports_retry_after() {
         let throttle = LoginThrottle::new(limits(3), limits(100));
         for _ in 0..3 {
-            throttle.begin("t/alice", "1.2.3.4").unwrap().failed();
+            throttle.try_begin("t/alice", "1.2.3.4").unwrap().failed();
         }
-        let wait = throttle.begin("t/alice", "5.6.7.8").err().unwrap();
-        assert!(wait > Duration::from_secs(800));
-        assert!(throttle.begin("t/bob", "1.2.3.4").is_ok());
+        let wait = throttle.try_begin("t/alice", "5.6.7.8").err().unwrap();
+        assert!(wait.retry_after() > Duration::from_secs(800), "{wait:?}");
+        assert!(throttle.try_begin("t/bob", "1.2.3.4").is_ok());
     }
 
     #[test]
     fn locks_address_across_accounts() {
         let throttle = LoginThrottle::new(limits(100), limits(3));
         for name in ["a", "b", "c"] {
-            throttle.begin(name, "9.9.9.9").unwrap().failed();
+            throttle.try_begin(name, "9.9.9.9").unwrap().failed();
         }
-        assert!(throttle.begin("d", "9.9.9.9").is_err());
-        assert!(throttle.begin("d", "8.8.8.8").is_ok());
+        assert!(throttle.try_begin("d", "9.9.9.9").is_err());
+        assert!(throttle.try_begin("d", "8.8.8.8").is_ok());
     }
 
     #[test]
     fn in_flight_attempts_count_against_the_limit() {
         let throttle = LoginThrottle::new(limits(3), limits(100));
         let held: Vec<_> = (0..3)
-            .map(|_| throttle.begin("a", "1.1.1.1").unwrap())
+            .map(|_| throttle.try_begin("a", "1.1.1.1").unwrap())
             .collect();
-        let busy = throttle.begin("a", "1.1.1.1").err().unwrap();
-        assert_eq!(busy, BUSY_RETRY, "refused while three are in flight");
+        let busy = throttle.try_begin("a", "1.1.1.1").err().unwrap();
+        assert_eq!(busy, Refusal::Busy, "refused while three are in flight");
         for attempt in held {
             attempt.failed();
         }
-        let locked = throttle.begin("a", "1.1.1.1").err().unwrap();
-        assert!(locked > Duration::from_secs(800), "{locked:?}");
+        let locked = throttle.try_begin("a", "1.1.1.1").err().unwrap();
+        assert!(
+            matches!(locked, Refusal::Locked(wait) if wait > Duration::from_secs(800)),
+            "{locked:?}"
+        );
     }
 
     #[test]
     fn dropping_an_unsettled_attempt_releases_it_without_a_failure() {
         let throttle = LoginThrottle::new(limits(1), limits(1));
-        let attempt = throttle.begin("a", "1.1.1.1").unwrap();
-        assert!(throttle.begin("a", "2.2.2.2").is_err());
+        let attempt = throttle.try_begin("a", "1.1.1.1").unwrap();
+        assert!(throttle.try_begin("a", "2.2.2.2").is_err());
         drop(attempt);
         assert!(throttle.is_empty(), "nothing counted, nothing kept");
-        throttle.begin("a", "1.1.1.1").unwrap().failed();
-        assert!(throttle.begin("a", "2.2.2.2").is_err());
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        assert!(throttle.try_begin("a", "2.2.2.2").is_err());
     }
 
     #[test]
     fn success_clears_account_failures_but_keeps_other_attempts_in_flight() {
         let throttle = LoginThrottle::new(limits(4), limits(100));
-        throttle.begin("a", "1.1.1.1").unwrap().failed();
-        throttle.begin("a", "1.1.1.1").unwrap().failed();
-        let pending = throttle.begin("a", "1.1.1.1").unwrap();
-        let winner = throttle.begin("a", "1.1.1.1").unwrap();
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        let pending = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let winner = throttle.try_begin("a", "1.1.1.1").unwrap();
         assert!(
-            throttle.begin("a", "1.1.1.1").is_err(),
+            throttle.try_begin("a", "1.1.1.1").is_err(),
             "2 failures + 2 in flight"
         );
         winner.succeeded();
         // The failures are gone, the pending attempt is not: three more fit, not four.
         let more: Vec<_> = (0..3)
-            .map(|_| throttle.begin("a", "1.1.1.1").unwrap())
+            .map(|_| throttle.try_begin("a", "1.1.1.1").unwrap())
             .collect();
-        assert!(throttle.begin("a", "1.1.1.1").is_err());
+        assert!(throttle.try_begin("a", "1.1.1.1").is_err());
         drop(more);
         pending.failed();
-        assert!(throttle.begin("a", "1.1.1.1").is_ok());
+        assert!(throttle.try_begin("a", "1.1.1.1").is_ok());
     }
 
     #[test]
     fn success_does_not_clear_the_address() {
         let throttle = LoginThrottle::new(limits(100), limits(2));
-        throttle.begin("a", "1.1.1.1").unwrap().failed();
-        throttle.begin("b", "1.1.1.1").unwrap().succeeded();
-        throttle.begin("c", "1.1.1.1").unwrap().failed();
-        assert!(throttle.begin("d", "1.1.1.1").is_err());
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        throttle.try_begin("b", "1.1.1.1").unwrap().succeeded();
+        throttle.try_begin("c", "1.1.1.1").unwrap().failed();
+        assert!(throttle.try_begin("d", "1.1.1.1").is_err());
     }
 
     #[test]
     fn a_refused_address_gives_the_account_slot_back() {
         let throttle = LoginThrottle::new(limits(1), limits(1));
-        let holder = throttle.begin("x", "1.1.1.1").unwrap();
+        let holder = throttle.try_begin("x", "1.1.1.1").unwrap();
         // The address is busy: this attempt is refused and must not keep its slot on account "a".
-        assert!(throttle.begin("a", "1.1.1.1").is_err());
-        assert!(throttle.begin("a", "2.2.2.2").is_ok());
+        assert!(throttle.try_begin("a", "1.1.1.1").is_err());
+        assert!(throttle.try_begin("a", "2.2.2.2").is_ok());
         drop(holder);
     }
 
@@ -458,9 +528,9 @@ mod tests {
             lockout: Duration::ZERO,
         };
         let throttle = LoginThrottle::new(short, limits(100));
-        throttle.begin("a", "1.1.1.1").unwrap().failed();
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
         // The lockout is over at once; the count must not keep refusing until the window ends.
-        assert!(throttle.begin("a", "1.1.1.1").is_ok());
+        assert!(throttle.try_begin("a", "1.1.1.1").is_ok());
     }
 
     #[test]
@@ -477,8 +547,8 @@ mod tests {
         assert!(address_key(&"x".repeat(1000)).len() <= "address:sha256:".len() + 64);
         // And they throttle like any other key.
         let throttle = LoginThrottle::new(limits(1), limits(100));
-        throttle.begin(&long, "1.1.1.1").unwrap().failed();
-        assert!(throttle.begin(&long, "1.1.1.1").is_err());
+        throttle.try_begin(&long, "1.1.1.1").unwrap().failed();
+        assert!(throttle.try_begin(&long, "1.1.1.1").is_err());
     }
 
     #[test]
@@ -497,38 +567,41 @@ mod tests {
         assert_ne!(address_key("192.0.2.1"), address_key("192.0.2.2"));
 
         let throttle = LoginThrottle::new(limits(100), limits(2));
-        throttle.begin("a", "2001:db8::1").unwrap().failed();
-        throttle.begin("b", "2001:db8::2:3").unwrap().failed();
-        assert!(throttle.begin("c", "2001:db8::ffff").is_err());
-        assert!(throttle.begin("c", "2001:db8:0:1::1").is_ok());
+        throttle.try_begin("a", "2001:db8::1").unwrap().failed();
+        throttle.try_begin("b", "2001:db8::2:3").unwrap().failed();
+        assert!(throttle.try_begin("c", "2001:db8::ffff").is_err());
+        assert!(throttle.try_begin("c", "2001:db8:0:1::1").is_ok());
     }
 
     #[test]
     fn a_full_map_stops_tracking_new_addresses_but_never_accounts() {
         let throttle = LoginThrottle::with_capacity(limits(1), limits(1), 4);
-        throttle.begin("a", "1.1.1.1").unwrap().failed();
-        throttle.begin("b", "2.2.2.2").unwrap().failed();
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        throttle.try_begin("b", "2.2.2.2").unwrap().failed();
         assert_eq!(throttle.len(), 4);
         // Full, nothing expired: the new address is not tracked, the new account is.
-        throttle.begin("c", "3.3.3.3").unwrap().failed();
+        throttle.try_begin("c", "3.3.3.3").unwrap().failed();
         assert_eq!(throttle.len(), 5);
-        assert!(throttle.begin("c", "4.4.4.4").is_err(), "account c counted");
         assert!(
-            throttle.begin("d", "3.3.3.3").is_ok(),
+            throttle.try_begin("c", "4.4.4.4").is_err(),
+            "account c counted"
+        );
+        assert!(
+            throttle.try_begin("d", "3.3.3.3").is_ok(),
             "address not counted"
         );
         // Known addresses are still counted.
-        assert!(throttle.begin("e", "1.1.1.1").is_err());
+        assert!(throttle.try_begin("e", "1.1.1.1").is_err());
     }
 
     #[test]
     fn a_full_map_is_swept_of_expired_entries_first() {
         let throttle = LoginThrottle::with_capacity(limits(5), limits(5), 2);
-        throttle.begin("a", "1.1.1.1").unwrap().failed();
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
         assert_eq!(throttle.len(), 2);
         // Later than both windows: the sweep makes room and the new address is tracked.
         let later = Instant::now() + Duration::from_secs(1000);
-        let attempt = throttle.begin_at("b", "2.2.2.2", later).unwrap();
+        let attempt = throttle.try_begin_at("b", "2.2.2.2", later).unwrap();
         assert!(attempt.address.is_some());
         assert_eq!(throttle.len(), 2);
     }
@@ -536,11 +609,56 @@ mod tests {
     #[test]
     fn prune_keeps_locked_and_in_flight_entries() {
         let throttle = LoginThrottle::new(limits(1), limits(100));
-        throttle.begin("a", "1.1.1.1").unwrap().failed();
-        let held = throttle.begin("b", "2.2.2.2").unwrap();
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        let held = throttle.try_begin("b", "2.2.2.2").unwrap();
         throttle.prune();
-        assert!(throttle.begin("a", "3.3.3.3").is_err());
-        assert!(throttle.begin("b", "3.3.3.3").is_err());
+        assert!(throttle.try_begin("a", "3.3.3.3").is_err());
+        assert!(throttle.try_begin("b", "3.3.3.3").is_err());
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_gets_the_slot_a_success_frees() {
+        let throttle = LoginThrottle::new(limits(2), limits(100));
+        let first = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let second = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let waiting = throttle.begin("a", "1.1.1.1");
+        let settle = async {
+            tokio::task::yield_now().await;
+            first.succeeded();
+            second.succeeded();
+        };
+        let (attempt, ()) = tokio::join!(waiting, settle);
+        assert!(
+            attempt.is_ok(),
+            "the third login proceeds once a slot is free"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_is_refused_when_the_attempts_in_flight_lock_the_key() {
+        let throttle = LoginThrottle::new(limits(2), limits(100));
+        let first = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let second = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let waiting = throttle.begin("a", "1.1.1.1");
+        let settle = async {
+            tokio::task::yield_now().await;
+            first.failed();
+            second.failed();
+        };
+        let (attempt, ()) = tokio::join!(waiting, settle);
+        let wait = attempt.err().unwrap();
+        assert!(wait > Duration::from_secs(800), "{wait:?}");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_gives_up_after_the_busy_wait() {
+        let mut throttle = LoginThrottle::new(limits(1), limits(100));
+        throttle.busy_wait = Duration::from_millis(20);
+        let _held = throttle.try_begin("a", "1.1.1.1").unwrap();
+        assert_eq!(
+            throttle.begin("a", "1.1.1.1").await.err().unwrap(),
+            BUSY_RETRY
+        );
     }
 }

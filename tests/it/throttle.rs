@@ -160,3 +160,13 @@ async fn an_overlong_username_is_throttled_like_any_other() {
     let response = server.try_login(&long, "wrong password!!", None).await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn concurrent_logins_with_the_right_password_are_not_refused() {
+    let server = TestServer::start().await;
+    // More than the limit of 10 at once: the attempts past it wait for a slot instead of getting 429.
+    let logins = (0..25).map(|_| server.try_login("admin", ADMIN_PASSWORD, None));
+    for response in futures::future::join_all(logins).await {
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
