@@ -38,8 +38,9 @@ pub struct Core {
 impl Core {
     /// Opens the database (applying migrations) and the revocation channel.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
+        create_private_dir(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        secure_sqlite_file(&config.database_url())?;
         let store = crate::storage::connect(&config.database_url()).await?;
         let revocations =
             Revocations::start(Arc::clone(&store), config.redis_url(), &config.redis_prefix)
@@ -103,6 +104,67 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// Creates a directory (and missing parents) readable by the owner only. An existing directory keeps its
+/// mode: `data_dir` may be one the operator chose and shares; the files in it that matter are tightened
+/// one by one.
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// The SQLite database holds password hashes and webhook secrets: its file is created owner-only before
+/// sqlx opens it (SQLite gives the `-wal` and `-shm` files the database file's mode), and an existing
+/// database and its `-wal`/`-shm` files are made owner-only on start. The process umask is left alone.
+fn secure_sqlite_file(database_url: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::str::FromStr;
+    if !database_url.starts_with("sqlite:") || database_url.contains("mode=memory") {
+        return Ok(());
+    }
+    // An invalid URL is reported by the store when it connects.
+    let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(database_url) else {
+        return Ok(());
+    };
+    let path = options.get_filename();
+    if path.to_string_lossy().starts_with("file:sqlx-in-memory-") {
+        return Ok(());
+    }
+    if !database_url.contains("mode=ro") {
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("creating database {}", path.display()))
+            }
+        }
+    }
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    for file in files {
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            // Not ours to change (another owner): say so rather than refuse to start.
+            Err(err) => {
+                tracing::warn!(file = %file.display(), error = %err, "cannot make the database file owner-only")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A random password of 24 URL-safe characters.

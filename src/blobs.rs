@@ -1,6 +1,7 @@
 //! File storage behind one trait: uploads and results are stored by key. The local filesystem backs the
 //! embedded default; an S3-compatible store can implement the same trait.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -21,14 +22,26 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete_prefix(&self, prefix: &str) -> anyhow::Result<()>;
 }
 
+/// Mode of blob folders: owner only.
+const DIR_MODE: u32 = 0o700;
+
 /// Blobs as files under a root directory.
 pub struct LocalBlobs {
     root: PathBuf,
 }
 
 impl LocalBlobs {
+    /// The root and every folder under it are owner-only: they hold the users' uploads and results. An
+    /// existing root (from an older version that made it 0755) is tightened, which also closes the folders
+    /// under it.
     pub fn new(root: PathBuf) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&root)
+            .with_context(|| format!("creating {}", root.display()))?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(DIR_MODE))
+            .with_context(|| format!("making {} owner-only", root.display()))?;
         Ok(Self { root })
     }
 
@@ -53,7 +66,11 @@ impl BlobStore for LocalBlobs {
     async fn put_file(&self, key: &str, source: &Path) -> anyhow::Result<u64> {
         let target = self.path(key)?;
         if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent).await?;
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(parent)
+                .await?;
         }
         if tokio::fs::rename(source, &target).await.is_err() {
             tokio::fs::copy(source, &target).await?;
@@ -93,6 +110,29 @@ impl BlobStore for LocalBlobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn folders_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blobs");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let blobs = LocalBlobs::new(root.clone()).unwrap();
+        assert_eq!(mode(&root), 0o700, "an existing root is tightened");
+        let source = dir.path().join("src.bin");
+        std::fs::write(&source, b"x").unwrap();
+        blobs.put_file("jobs/t/j/in.bin", &source).await.unwrap();
+        for folder in ["jobs", "jobs/t", "jobs/t/j"] {
+            assert_eq!(mode(&root.join(folder)), 0o700, "{folder}");
+        }
+        let fresh = dir.path().join("a/b/blobs");
+        LocalBlobs::new(fresh.clone()).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+    }
 
     #[tokio::test]
     async fn keys_cannot_escape_the_root() {

@@ -2,6 +2,7 @@
 //! Every key is documented in the README.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -11,8 +12,9 @@ use serde::Deserialize;
 use crate::auth::keys::SigningAlg;
 use crate::domain::{Plan, Plans};
 
-/// The whole configuration, with defaults for the embedded single-machine setup.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole configuration, with defaults for the embedded single-machine setup. Its `Debug` hides the
+/// secrets (see [`Redacted`] and [`redacted_url`]).
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -116,6 +118,148 @@ impl Default for Config {
             webhook_allow_private: false,
         }
     }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so that a new field cannot be added without deciding here how it is shown.
+        let Config {
+            listen,
+            metrics_listen,
+            data_dir,
+            database_url,
+            redis_url,
+            redis_prefix,
+            issuer,
+            audience,
+            signing_alg,
+            hs256_secret,
+            keys_dir,
+            access_token_ttl_s,
+            refresh_token_ttl_s,
+            token_leeway_s,
+            token_cache_size,
+            password_min_length,
+            password_max_length,
+            login_max_failures,
+            login_ip_max_failures,
+            login_window_s,
+            login_lockout_s,
+            log_format,
+            tls_cert,
+            tls_key,
+            require_https,
+            trusted_proxies,
+            plans,
+            workers,
+            default_engine,
+            max_image_bytes,
+            max_image_side,
+            max_audio_bytes,
+            job_lease_s,
+            job_max_attempts,
+            link_ttl_s,
+            url_signing_secret,
+            engine_timeout_s,
+            simulated_engine_ms,
+            webhook_allow_private,
+        } = self;
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("metrics_listen", metrics_listen)
+            .field("data_dir", data_dir)
+            .field("database_url", &redacted_url(database_url))
+            .field("redis_url", &redacted_url(redis_url))
+            .field("redis_prefix", redis_prefix)
+            .field("issuer", issuer)
+            .field("audience", audience)
+            .field("signing_alg", signing_alg)
+            .field("hs256_secret", &Redacted(hs256_secret))
+            .field("keys_dir", keys_dir)
+            .field("access_token_ttl_s", access_token_ttl_s)
+            .field("refresh_token_ttl_s", refresh_token_ttl_s)
+            .field("token_leeway_s", token_leeway_s)
+            .field("token_cache_size", token_cache_size)
+            .field("password_min_length", password_min_length)
+            .field("password_max_length", password_max_length)
+            .field("login_max_failures", login_max_failures)
+            .field("login_ip_max_failures", login_ip_max_failures)
+            .field("login_window_s", login_window_s)
+            .field("login_lockout_s", login_lockout_s)
+            .field("log_format", log_format)
+            .field("tls_cert", tls_cert)
+            // A path, not the key itself.
+            .field("tls_key", tls_key)
+            .field("require_https", require_https)
+            .field("trusted_proxies", trusted_proxies)
+            .field("plans", plans)
+            .field("workers", workers)
+            .field("default_engine", default_engine)
+            .field("max_image_bytes", max_image_bytes)
+            .field("max_image_side", max_image_side)
+            .field("max_audio_bytes", max_audio_bytes)
+            .field("job_lease_s", job_lease_s)
+            .field("job_max_attempts", job_max_attempts)
+            .field("link_ttl_s", link_ttl_s)
+            .field("url_signing_secret", &Redacted(url_signing_secret))
+            .field("engine_timeout_s", engine_timeout_s)
+            .field("simulated_engine_ms", simulated_engine_ms)
+            .field("webhook_allow_private", webhook_allow_private)
+            .finish()
+    }
+}
+
+/// A secret for `Debug` output: shows whether it is set (`""` when empty), never its value.
+pub struct Redacted<'a>(pub &'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"<redacted>\"")
+        }
+    }
+}
+
+/// What replaces a password inside a URL.
+const URL_PASSWORD_PLACEHOLDER: &str = "REDACTED";
+
+/// A database or Redis URL fit for logs: its password, and the value of any query parameter that looks
+/// like a credential (`password=`, `sslpassword=`, `token=`, ...), replaced. Text that does not parse as
+/// a URL is shown only if it cannot hold credentials (no `@`, no `=`).
+pub fn redacted_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return if raw.contains(['@', '=']) {
+            "<redacted>".to_owned()
+        } else {
+            raw.to_owned()
+        };
+    };
+    if url.password().is_some() && url.set_password(Some(URL_PASSWORD_PLACEHOLDER)).is_err() {
+        return "<redacted>".to_owned();
+    }
+    let secret_name = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        ["pass", "secret", "token", "key", "auth"]
+            .iter()
+            .any(|word| name.contains(word))
+    };
+    if url.query_pairs().any(|(name, _)| secret_name(&name)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if secret_name(&name) {
+                    URL_PASSWORD_PLACEHOLDER.to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 /// Keys settable through `SONICGW_<KEY>` (upper case). `plans` only in the file.
@@ -334,6 +478,51 @@ mod tests {
         );
         std::fs::write(&path, "no_such_key = 1\n").unwrap();
         assert!(Config::load(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets_and_url_passwords() {
+        let config = Config {
+            hs256_secret: "hs256-secret-value-0123456789abcdef".to_owned(),
+            url_signing_secret: "url-signing-secret-value-0123456789".to_owned(),
+            database_url: "postgres://gateway:db-password-42@db.internal:5432/sonicgw?sslmode=require&password=query-password-7".to_owned(),
+            redis_url: "redis://:redis-password-9@cache.internal:6379/0".to_owned(),
+            tls_key: "/etc/sonicgw/tls.key".to_owned(),
+            ..Config::default()
+        };
+        for text in [format!("{config:?}"), format!("{config:#?}")] {
+            for secret in [
+                "hs256-secret-value",
+                "url-signing-secret-value",
+                "db-password-42",
+                "query-password-7",
+                "redis-password-9",
+            ] {
+                assert!(!text.contains(secret), "{secret} leaked: {text}");
+            }
+            assert!(text.contains("hs256_secret: \"<redacted>\""), "{text}");
+            // What is not secret stays useful.
+            assert!(
+                text.contains("gateway:REDACTED@db.internal:5432/sonicgw"),
+                "{text}"
+            );
+            assert!(text.contains("sslmode=require"), "{text}");
+            assert!(text.contains("cache.internal:6379"), "{text}");
+            assert!(text.contains("/etc/sonicgw/tls.key"), "{text}");
+        }
+        let unset = format!("{:?}", Config::default());
+        assert!(unset.contains("hs256_secret: \"\""), "{unset}");
+    }
+
+    #[test]
+    fn urls_without_credentials_are_shown_as_they_are() {
+        assert_eq!(redacted_url(""), "");
+        assert_eq!(
+            redacted_url("sqlite:///var/lib/sonicgw/sonicgw.db"),
+            "sqlite:///var/lib/sonicgw/sonicgw.db"
+        );
+        assert_eq!(redacted_url("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redacted_url("not a url with user:pw@host"), "<redacted>");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use axum::http::{Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -29,17 +30,68 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
-/// Counts a request and records its latency.
-pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
-    metrics::counter!("http_requests_total", "route" => route.to_owned(), "method" => method.to_owned(), "status" => status.to_string())
-        .increment(1);
+/// Counts a request and records its latency. Every label has a small, fixed set of values: a label value
+/// taken from the request would let any client add series without bound (each kept until restart).
+///
+/// `route` must be a matched route template or `unmatched`, never the request path.
+pub fn http_request(route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+    metrics::counter!(
+        "http_requests_total",
+        "route" => route.to_owned(),
+        "method" => method_label(method),
+        "status" => status_label(status),
+    )
+    .increment(1);
     metrics::histogram!("http_request_duration_seconds", "route" => route.to_owned())
         .record(elapsed.as_secs_f64());
 }
 
-/// Counts a refused credential by reason (`expired`, `bad_signature`, `wrong_password`, ...).
-pub fn auth_failure(reason: &str) {
-    metrics::counter!("auth_failures_total", "reason" => reason.to_owned()).increment(1);
+/// The method as a label: the standard methods by name, any extension method as `OTHER`.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// The status code as a label (a `StatusCode` is always three digits, so at most 900 values).
+fn status_label(status: StatusCode) -> String {
+    status.as_u16().to_string()
+}
+
+/// Counts a refused credential by reason (`expired`, `bad_signature`, `wrong_password`, ...). Reasons are
+/// fixed codes, hence `&'static str`: never text from the request.
+pub fn auth_failure(reason: &'static str) {
+    metrics::counter!("auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// Counts a login refused by the throttle. Deliberately without labels (not the username, not the
+/// address): those are the attacker's to choose. Such refusals are not audited; this is their record.
+pub fn login_throttled() {
+    metrics::counter!("auth_login_throttled_total").increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extension_methods_are_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::TRACE), "TRACE");
+        for raw in ["PROPFIND", "get", "XYZZY", &"A".repeat(4096)] {
+            let method = Method::from_bytes(raw.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "OTHER", "{raw:.20}");
+        }
+    }
 }
 
 /// Counts a finished-video download by how it was authorised (`bearer` or `signed_link`).

@@ -11,20 +11,35 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::password::Passwords;
-use super::throttle::LoginThrottle;
+use super::throttle::{Attempt, LoginThrottle};
 use super::tokens::{AccessClaims, Tokens};
 use crate::audit::{AuditContext, AuditEvent, Auditor, Outcome};
 use crate::domain::{PlanName, TenantName, UserId, Username};
 use crate::storage::{RefreshTokenRecord, Store, TenantScope, TokenId, UserRecord};
 use crate::time::{now_ms, now_s};
 
-/// What a successful grant returns.
-#[derive(Debug)]
+/// Most same-named users (in different tenants) a login without a tenant checks its password against:
+/// each costs an Argon2 verification. Users past the first few need the tenant parameter.
+const MAX_LOGIN_CANDIDATES: usize = 8;
+
+/// What a successful grant returns. `Debug` hides both tokens: they are bearer credentials.
 pub struct TokenPair {
     pub access_token: String,
     pub expires_in: i64,
     pub refresh_token: String,
     pub scope: String,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::config::Redacted;
+        f.debug_struct("TokenPair")
+            .field("access_token", &Redacted(&self.access_token))
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &Redacted(&self.refresh_token))
+            .field("scope", &self.scope)
+            .finish()
+    }
 }
 
 /// Why a grant failed, in RFC 6749 5.2 terms.
@@ -88,6 +103,11 @@ impl Sessions {
 
     /// `grant_type=password`. Unknown user, wrong password and disabled user fail identically, after the
     /// same Argon2 work.
+    ///
+    /// The attempt is reserved in the throttle before anything is looked up, so concurrent guesses count
+    /// against the limit while they are being verified (an attempt past the limit waits for one in flight
+    /// to settle), and every answer that depends on the username (including "this username is in
+    /// several tenants") is throttled too.
     pub async fn password_grant(
         &self,
         context: &AuditContext,
@@ -99,79 +119,127 @@ impl Sessions {
         // Keyed on the username alone: spelling the tenant differently, or leaving it out, must not buy
         // more attempts at the same account.
         let account = username.trim().to_ascii_lowercase();
-        if let Err(retry_after) = self.throttle.check(&account, &address) {
-            self.auditor
-                .record(
-                    context,
-                    AuditEvent::new("auth.login", Outcome::Denied).reason("throttled"),
-                )
+        let attempt = match self.throttle.begin(&account, &address).await {
+            Ok(attempt) => attempt,
+            Err(retry_after) => {
+                // Counted, not audited: refusing costs nothing, so an unauthenticated flood of refused
+                // logins must not turn into audit rows written under the audit lock.
+                crate::metrics::login_throttled();
+                return Err(GrantError::Throttled(retry_after));
+            }
+        };
+        let candidates = self.login_candidates(username, tenant).await?;
+        if candidates.len() > 1 {
+            return self
+                .ambiguous_login(attempt, context, &candidates, password)
                 .await;
-            return Err(GrantError::Throttled(retry_after));
         }
-        let user = self.find_login_user(username, tenant).await?;
+        let user = candidates.into_iter().next();
         let verified = self
             .passwords
             .verify(user.as_ref().map(|u| u.password_hash.as_str()), password)
             .await?;
-        let failure = match &user {
-            None => Some("unknown_user"),
-            Some(_) if !verified => Some("wrong_password"),
-            Some(u) if u.disabled => Some("user_disabled"),
-            Some(_) => None,
+        let Some(user) = user else {
+            return Err(self
+                .login_failed(attempt, context, None, "unknown_user")
+                .await);
         };
-        let mut event_context = context.clone();
-        if let Some(user) = &user {
-            event_context = event_context.with_actor(user.id, user.tenant_id);
+        if !verified {
+            return Err(self
+                .login_failed(attempt, context, Some(&user), "wrong_password")
+                .await);
         }
-        if let Some(reason) = failure {
-            self.throttle.record_failure(&account, &address);
-            crate::metrics::auth_failure(reason);
-            // The target is the user id when known, never the submitted text: it may be a password typed
-            // into the wrong box.
-            let mut event = AuditEvent::new("auth.login", Outcome::Failure).reason(reason);
-            if let Some(user) = &user {
-                event = event.target(user.id);
-            }
-            self.auditor.record(&event_context, event).await;
-            return Err(GrantError::InvalidGrant);
+        if user.disabled {
+            return Err(self
+                .login_failed(attempt, context, Some(&user), "user_disabled")
+                .await);
         }
-        let user = user.expect("a successful login has a user");
-        self.throttle.record_success(&account);
+        attempt.succeeded();
         let family = uuid::Uuid::new_v4().simple().to_string();
         let pair = self.issue_pair(&user, &family).await?;
         self.auditor
             .record(
-                &event_context,
+                &context.clone().with_actor(user.id, user.tenant_id),
                 AuditEvent::new("auth.login", Outcome::Success).target(user.id),
             )
             .await;
         Ok(pair)
     }
 
-    async fn find_login_user(
+    /// A login without a tenant for a username that several tenants have. The password is checked against
+    /// each of them: when it matches none, the answer is that of any failed login, so the ambiguity (and
+    /// thus the username) is only disclosed to someone who knows a password. When it matches, the tenant
+    /// is required even if only one user matches, so that the answer never depends on other tenants'
+    /// passwords; such an attempt counts as neither failure nor success.
+    async fn ambiguous_login(
+        &self,
+        attempt: Attempt<'_>,
+        context: &AuditContext,
+        candidates: &[UserRecord],
+        password: &str,
+    ) -> Result<TokenPair, GrantError> {
+        let mut matched = false;
+        for candidate in candidates {
+            matched |= self
+                .passwords
+                .verify(Some(candidate.password_hash.as_str()), password)
+                .await?;
+        }
+        if !matched {
+            return Err(self
+                .login_failed(attempt, context, None, "wrong_password")
+                .await);
+        }
+        drop(attempt);
+        Err(GrantError::InvalidRequest(
+            "this username exists in several tenants: send the tenant parameter",
+        ))
+    }
+
+    /// Settles a failed login: throttle, metric and audit record. The target is the user id when one user
+    /// is known, never the submitted text: it may be a password typed into the wrong box.
+    async fn login_failed(
+        &self,
+        attempt: Attempt<'_>,
+        context: &AuditContext,
+        user: Option<&UserRecord>,
+        reason: &'static str,
+    ) -> GrantError {
+        attempt.failed();
+        crate::metrics::auth_failure(reason);
+        let mut event_context = context.clone();
+        let mut event = AuditEvent::new("auth.login", Outcome::Failure).reason(reason);
+        if let Some(user) = user {
+            event_context = event_context.with_actor(user.id, user.tenant_id);
+            event = event.target(user.id);
+        }
+        self.auditor.record(&event_context, event).await;
+        GrantError::InvalidGrant
+    }
+
+    /// The users a login may be for: those with the username, in the given tenant if any; at most
+    /// [`MAX_LOGIN_CANDIDATES`], in id order. Unparseable names and unknown tenants have none.
+    async fn login_candidates(
         &self,
         username: &str,
         tenant: Option<&str>,
-    ) -> Result<Option<UserRecord>, GrantError> {
+    ) -> Result<Vec<UserRecord>, GrantError> {
         let Ok(username) = Username::parse(username) else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let mut candidates = self.store.users_by_username(&username).await?;
         if let Some(tenant) = tenant {
             let Ok(name) = TenantName::parse(tenant) else {
-                return Ok(None);
+                return Ok(Vec::new());
             };
             let Some(tenant) = self.store.tenant_by_name(&name).await? else {
-                return Ok(None);
+                return Ok(Vec::new());
             };
             candidates.retain(|u| u.tenant_id == tenant.id);
         }
-        if candidates.len() > 1 {
-            return Err(GrantError::InvalidRequest(
-                "this username exists in several tenants: send the tenant parameter",
-            ));
-        }
-        Ok(candidates.pop())
+        candidates.sort_by_key(|u| u.id);
+        candidates.truncate(MAX_LOGIN_CANDIDATES);
+        Ok(candidates)
     }
 
     /// `grant_type=refresh_token`: rotates the token. A token presented twice revokes its whole family.
@@ -409,4 +477,23 @@ pub async fn revoke_all_user_tokens(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_pair_debug_hides_the_tokens() {
+        let pair = TokenPair {
+            access_token: "eyJ-access-token-value".to_owned(),
+            expires_in: 1800,
+            refresh_token: "refresh-token-value".to_owned(),
+            scope: "videos:write".to_owned(),
+        };
+        let text = format!("{pair:?}");
+        assert!(!text.contains("access-token-value"), "{text}");
+        assert!(!text.contains("refresh-token-value"), "{text}");
+        assert!(text.contains("videos:write"), "{text}");
+    }
 }

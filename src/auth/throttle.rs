@@ -1,9 +1,65 @@
-//! Login throttling: after too many failures for one account or one client address within a window,
+//! Login throttling: after too many failed logins for one account or one client network within a window,
 //! further attempts are refused for a cooling period, whatever the password.
+//!
+//! An attempt is *reserved* before its password is checked ([`LoginThrottle::begin`]), under the map's
+//! entry lock: attempts still being verified count against the limit, so a burst of concurrent guesses
+//! cannot all pass a check made before any of them has failed. The returned [`Attempt`] is then settled
+//! as a failure or a success; dropped unsettled (an error, a cancelled request) it just gives its slot
+//! back. An attempt that finds every remaining slot taken by attempts in flight waits for one of them to
+//! settle rather than being refused at once: concurrent logins with the right password (a service
+//! starting many workers) must not get 429s merely for being concurrent, and guesses still wait their
+//! turn, so no more than the limit are ever verified.
+//!
+//! Keys are bounded: values longer than [`MAX_KEY_BYTES`] (a username can be as long as the form limit)
+//! are replaced by their SHA-256, IPv6 clients are counted per /64 (one subscriber's usual allocation,
+//! whose 2^64 addresses would otherwise each get a fresh allowance), and the map holds about
+//! [`MAX_ENTRIES`] entries: see [`LoginThrottle::begin`] for what happens past that.
 
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+/// Longest key value kept as is; longer ones become `sha256:<hex>`.
+pub const MAX_KEY_BYTES: usize = 64;
+
+/// Entries past which new client networks are no longer tracked (accounts always are).
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// How often a full map may be swept for expired entries: a sweep walks the whole map, so it must not
+/// run once per request.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Retry-After for an attempt that waited [`BUSY_WAIT`] in vain for a slot.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// Longest an attempt waits for an attempt in flight to settle: a few Argon2 verifications, with room
+/// for a loaded server.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// Why an attempt cannot be reserved now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Locked out for this long.
+    Locked(Duration),
+    /// Failures plus attempts in flight have reached the limit; a slot may free up when one settles.
+    Busy,
+}
+
+impl Refusal {
+    /// What to put in Retry-After.
+    pub fn retry_after(self) -> Duration {
+        match self {
+            Refusal::Locked(wait) => wait,
+            Refusal::Busy => BUSY_RETRY,
+        }
+    }
+}
 
 /// Limits for one kind of key (account or address).
 #[derive(Debug, Clone, Copy)]
@@ -13,85 +69,351 @@ pub struct ThrottleLimits {
     pub lockout: Duration,
 }
 
+/// The counts of one key.
 #[derive(Debug)]
-struct Failures {
+struct Entry {
     window_start: Instant,
-    count: u32,
+    failures: u32,
+    /// Attempts reserved and not yet settled.
+    in_flight: u32,
     locked_until: Option<Instant>,
 }
 
-/// Counts failed logins per account and per client IP.
+impl Entry {
+    fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            failures: 0,
+            in_flight: 0,
+            locked_until: None,
+        }
+    }
+
+    /// Starts a new window once the current one, or the lockout, is over. In-flight attempts stay.
+    fn refresh(&mut self, now: Instant, limits: ThrottleLimits) {
+        let over = match self.locked_until {
+            Some(until) => until <= now,
+            None => now.duration_since(self.window_start) > limits.window,
+        };
+        if over {
+            self.window_start = now;
+            self.failures = 0;
+            self.locked_until = None;
+        }
+    }
+
+    /// Counts nothing: can be forgotten.
+    fn idle(&self) -> bool {
+        self.in_flight == 0 && self.failures == 0 && self.locked_until.is_none()
+    }
+
+    /// Nothing in flight and nothing that still counts at `now`.
+    fn expired(&self, now: Instant, window: Duration) -> bool {
+        self.in_flight == 0
+            && match self.locked_until {
+                Some(until) => until <= now,
+                None => now.duration_since(self.window_start) > window,
+            }
+    }
+}
+
+/// Counts failed logins per account and per client network.
 pub struct LoginThrottle {
     account: ThrottleLimits,
     address: ThrottleLimits,
-    entries: DashMap<String, Failures>,
+    entries: DashMap<String, Entry>,
+    capacity: usize,
+    last_sweep: Mutex<Option<Instant>>,
+    /// Held while both keys of an attempt are reserved, so that no other reservation sees one key taken
+    /// by an attempt that the other key then refuses (and so waits for a release nobody announces).
+    /// Microseconds per login; settling does not take it.
+    reserving: Mutex<()>,
+    /// Woken whenever an attempt settles, for attempts waiting for a slot.
+    settled: Notify,
+    busy_wait: Duration,
+}
+
+/// The throttle key of an account (the username as normalised by the caller).
+fn account_key(account: &str) -> String {
+    format!("account:{}", capped(account))
+}
+
+/// The throttle key of a client address: its network, see [`client_network`].
+fn address_key(address: &str) -> String {
+    match address.parse::<IpAddr>() {
+        Ok(ip) => format!("address:{}", client_network(ip)),
+        Err(_) => format!("address:{}", capped(address)),
+    }
+}
+
+/// A key value of at most [`MAX_KEY_BYTES`] (short values as they are, long ones as their hash), so that
+/// a 64 KB username costs no more memory than a short one.
+fn capped(value: &str) -> Cow<'_, str> {
+    if value.len() <= MAX_KEY_BYTES {
+        Cow::Borrowed(value)
+    } else {
+        Cow::Owned(format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(value.as_bytes()))
+        ))
+    }
+}
+
+/// What the address limit counts: an IPv4 address, or an IPv6 /64 (IPv4-mapped IPv6 as the IPv4 address).
+pub fn client_network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 impl LoginThrottle {
+    /// A `max_failures` of 0 is taken as 1 (configuration refuses 0 anyway).
     pub fn new(account: ThrottleLimits, address: ThrottleLimits) -> Self {
+        Self::with_capacity(account, address, MAX_ENTRIES)
+    }
+
+    /// `new` with another entry cap (tests).
+    pub fn with_capacity(
+        mut account: ThrottleLimits,
+        mut address: ThrottleLimits,
+        capacity: usize,
+    ) -> Self {
+        account.max_failures = account.max_failures.max(1);
+        address.max_failures = address.max_failures.max(1);
         Self {
             account,
             address,
             entries: DashMap::new(),
+            capacity,
+            last_sweep: Mutex::new(None),
+            reserving: Mutex::new(()),
+            settled: Notify::new(),
+            busy_wait: BUSY_WAIT,
         }
     }
 
-    fn keys(account: &str, address: &str) -> [String; 2] {
-        [format!("account:{account}"), format!("address:{address}")]
-    }
-
-    /// `Err(retry_after)` while either the account or the address is locked out.
-    pub fn check(&self, account: &str, address: &str) -> Result<(), Duration> {
-        let now = Instant::now();
-        let retry_after = Self::keys(account, address)
-            .iter()
-            .filter_map(|key| {
-                let entry = self.entries.get(key)?;
-                let until = entry.locked_until?;
-                (until > now).then(|| until - now)
-            })
-            .max();
-        match retry_after {
-            Some(wait) => Err(wait.max(Duration::from_secs(1))),
-            None => Ok(()),
-        }
-    }
-
-    /// Counts a failed attempt against both the account and the address.
-    pub fn record_failure(&self, account: &str, address: &str) {
-        let now = Instant::now();
-        let [account_key, address_key] = Self::keys(account, address);
-        for (key, limits) in [(account_key, self.account), (address_key, self.address)] {
-            let mut entry = self.entries.entry(key).or_insert_with(|| Failures {
-                window_start: now,
-                count: 0,
-                locked_until: None,
-            });
-            if now.duration_since(entry.window_start) > limits.window {
-                entry.window_start = now;
-                entry.count = 0;
-                entry.locked_until = None;
+    /// Reserves a login attempt for `account` (the normalised username) from `address` (the client IP as
+    /// text), before its password is checked. `Err(retry_after)` while either key is locked out. While
+    /// a key's failures plus its attempts in flight have reached its limit, waits (up to [`BUSY_WAIT`])
+    /// for one of them to settle, then tries again: a failure may lock the key, a success frees the slot.
+    ///
+    /// Once the map holds `capacity` entries (after sweeping expired ones), a client network seen for the
+    /// first time is not tracked and the attempt is limited by its account alone. Accounts are always
+    /// tracked: their count is what protects a password, and every tracked account attempt costs an
+    /// Argon2 verification, which bounds how fast they can be added.
+    pub async fn begin(&self, account: &str, address: &str) -> Result<Attempt<'_>, Duration> {
+        let deadline = tokio::time::Instant::now() + self.busy_wait;
+        loop {
+            // Created before trying, so that a settle between the try and the wait is not missed.
+            let settled = self.settled.notified();
+            match self.try_begin(account, address) {
+                Ok(attempt) => return Ok(attempt),
+                Err(Refusal::Locked(wait)) => return Err(wait),
+                Err(Refusal::Busy) => {
+                    if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                        return Err(BUSY_RETRY);
+                    }
+                }
             }
-            entry.count += 1;
-            if entry.count >= limits.max_failures {
+        }
+    }
+
+    /// `begin` without waiting.
+    pub fn try_begin(&self, account: &str, address: &str) -> Result<Attempt<'_>, Refusal> {
+        self.try_begin_at(account, address, Instant::now())
+    }
+
+    fn try_begin_at(
+        &self,
+        account: &str,
+        address: &str,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Refusal> {
+        let account = account_key(account);
+        let address = address_key(address);
+        let _reserving = self
+            .reserving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.reserve(&account, self.account, now, true)?;
+        let address = match self.reserve(&address, self.address, now, false) {
+            Ok(true) => Some(address),
+            Ok(false) => None,
+            Err(refusal) => {
+                // Nobody saw this slot taken (reservations are serialised), so nobody waits for it.
+                self.settle(&account, false, |_| {});
+                return Err(refusal);
+            }
+        };
+        Ok(Attempt {
+            throttle: self,
+            account,
+            address,
+            settled: false,
+        })
+    }
+
+    fn refuses(entry: &Entry, limits: ThrottleLimits, now: Instant) -> Option<Refusal> {
+        if let Some(until) = entry.locked_until {
+            let wait = until
+                .saturating_duration_since(now)
+                .max(Duration::from_secs(1));
+            return Some(Refusal::Locked(wait));
+        }
+        (entry.failures.saturating_add(entry.in_flight) >= limits.max_failures)
+            .then_some(Refusal::Busy)
+    }
+
+    /// Counts one more attempt in flight on `key`. `Ok(false)`: not tracked, the map is full.
+    fn reserve(
+        &self,
+        key: &str,
+        limits: ThrottleLimits,
+        now: Instant,
+        must_track: bool,
+    ) -> Result<bool, Refusal> {
+        // No entry reference may be held here: sweeping and `len` lock every shard.
+        if !self.entries.contains_key(key) && self.entries.len() >= self.capacity {
+            self.sweep_if_due(now);
+            if !must_track && self.entries.len() >= self.capacity {
+                return Ok(false);
+            }
+        }
+        let mut entry = self
+            .entries
+            .entry(key.to_owned())
+            .or_insert_with(|| Entry::new(now));
+        entry.refresh(now, limits);
+        if let Some(refusal) = Self::refuses(&entry, limits, now) {
+            return Err(refusal);
+        }
+        entry.in_flight += 1;
+        Ok(true)
+    }
+
+    /// Settles one in-flight attempt on `key` and forgets the entry if it no longer counts anything. An
+    /// entry with attempts in flight is never removed (neither here nor by pruning), so it is there.
+    /// With `wake`, attempts waiting for a slot try again.
+    fn settle(&self, key: &str, wake: bool, update: impl FnOnce(&mut Entry)) {
+        if let MapEntry::Occupied(mut occupied) = self.entries.entry(key.to_owned()) {
+            let entry = occupied.get_mut();
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            update(entry);
+            if entry.idle() {
+                occupied.remove();
+            }
+        }
+        if wake {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Gives an in-flight slot back; with `clear`, also forgets the key's failures and lockout.
+    fn release(&self, key: &str, clear: bool) {
+        self.settle(key, true, |entry| {
+            if clear {
+                entry.failures = 0;
+                entry.locked_until = None;
+                entry.window_start = Instant::now();
+            }
+        });
+    }
+
+    /// Turns an in-flight attempt into a failure, locking the key when it reaches its limit.
+    fn fail(&self, key: &str, limits: ThrottleLimits) {
+        let now = Instant::now();
+        self.settle(key, true, |entry| {
+            entry.refresh(now, limits);
+            entry.failures = entry.failures.saturating_add(1);
+            if entry.failures >= limits.max_failures && entry.locked_until.is_none() {
                 entry.locked_until = Some(now + limits.lockout);
             }
+        });
+    }
+
+    /// A full sweep at most once per [`SWEEP_INTERVAL`].
+    fn sweep_if_due(&self, now: Instant) {
+        {
+            let mut last = self
+                .last_sweep
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|at| now.duration_since(at) < SWEEP_INTERVAL) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.prune_at(now);
+    }
+
+    /// Forgets entries whose window and lockout are over and that have nothing in flight.
+    pub fn prune(&self) {
+        self.prune_at(Instant::now());
+    }
+
+    fn prune_at(&self, now: Instant) {
+        let longest = self.account.window.max(self.address.window);
+        self.entries.retain(|_, entry| !entry.expired(now, longest));
+    }
+
+    /// How many keys are tracked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A reserved login attempt. Settle it with [`Attempt::failed`] or [`Attempt::succeeded`]; dropped
+/// unsettled, it just gives its slot back (no failure, no success).
+#[must_use = "a reserved attempt is settled with failed() or succeeded()"]
+pub struct Attempt<'a> {
+    throttle: &'a LoginThrottle,
+    account: String,
+    /// `None` when the client network was not tracked (the map was full).
+    address: Option<String>,
+    settled: bool,
+}
+
+impl Attempt<'_> {
+    /// The password was wrong (or the user unknown or disabled): counts against the account and the
+    /// client network.
+    pub fn failed(mut self) {
+        self.settled = true;
+        self.throttle.fail(&self.account, self.throttle.account);
+        if let Some(address) = &self.address {
+            self.throttle.fail(address, self.throttle.address);
         }
     }
 
-    /// A successful login clears the account's failures (the address keeps its count).
-    pub fn record_success(&self, account: &str) {
-        self.entries.remove(&format!("account:{account}"));
+    /// The login succeeded: clears the account's failures (attempts still in flight stay counted); the
+    /// client network keeps its count.
+    pub fn succeeded(mut self) {
+        self.settled = true;
+        self.throttle.release(&self.account, true);
+        if let Some(address) = &self.address {
+            self.throttle.release(address, false);
+        }
     }
+}
 
-    /// Forgets entries whose window and lockout are over.
-    pub fn prune(&self) {
-        let now = Instant::now();
-        let longest = self.account.window.max(self.address.window);
-        self.entries.retain(|_, f| {
-            f.locked_until.is_some_and(|until| until > now)
-                || now.duration_since(f.window_start) <= longest
-        });
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.throttle.release(&self.account, false);
+            if let Some(address) = &self.address {
+                self.throttle.release(address, false);
+            }
+        }
     }
 }
 
@@ -111,30 +433,232 @@ mod tests {
     fn locks_account_after_max_failures_and_reports_retry_after() {
         let throttle = LoginThrottle::new(limits(3), limits(100));
         for _ in 0..3 {
-            assert!(throttle.check("t/alice", "1.2.3.4").is_ok());
-            throttle.record_failure("t/alice", "1.2.3.4");
+            throttle.try_begin("t/alice", "1.2.3.4").unwrap().failed();
         }
-        let wait = throttle.check("t/alice", "5.6.7.8").unwrap_err();
-        assert!(wait > Duration::from_secs(800));
-        assert!(throttle.check("t/bob", "1.2.3.4").is_ok());
+        let wait = throttle.try_begin("t/alice", "5.6.7.8").err().unwrap();
+        assert!(wait.retry_after() > Duration::from_secs(800), "{wait:?}");
+        assert!(throttle.try_begin("t/bob", "1.2.3.4").is_ok());
     }
 
     #[test]
     fn locks_address_across_accounts() {
         let throttle = LoginThrottle::new(limits(100), limits(3));
         for name in ["a", "b", "c"] {
-            throttle.record_failure(name, "9.9.9.9");
+            throttle.try_begin(name, "9.9.9.9").unwrap().failed();
         }
-        assert!(throttle.check("d", "9.9.9.9").is_err());
-        assert!(throttle.check("d", "8.8.8.8").is_ok());
+        assert!(throttle.try_begin("d", "9.9.9.9").is_err());
+        assert!(throttle.try_begin("d", "8.8.8.8").is_ok());
     }
 
     #[test]
-    fn success_clears_account_failures() {
+    fn in_flight_attempts_count_against_the_limit() {
+        let throttle = LoginThrottle::new(limits(3), limits(100));
+        let held: Vec<_> = (0..3)
+            .map(|_| throttle.try_begin("a", "1.1.1.1").unwrap())
+            .collect();
+        let busy = throttle.try_begin("a", "1.1.1.1").err().unwrap();
+        assert_eq!(busy, Refusal::Busy, "refused while three are in flight");
+        for attempt in held {
+            attempt.failed();
+        }
+        let locked = throttle.try_begin("a", "1.1.1.1").err().unwrap();
+        assert!(
+            matches!(locked, Refusal::Locked(wait) if wait > Duration::from_secs(800)),
+            "{locked:?}"
+        );
+    }
+
+    #[test]
+    fn dropping_an_unsettled_attempt_releases_it_without_a_failure() {
+        let throttle = LoginThrottle::new(limits(1), limits(1));
+        let attempt = throttle.try_begin("a", "1.1.1.1").unwrap();
+        assert!(throttle.try_begin("a", "2.2.2.2").is_err());
+        drop(attempt);
+        assert!(throttle.is_empty(), "nothing counted, nothing kept");
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        assert!(throttle.try_begin("a", "2.2.2.2").is_err());
+    }
+
+    #[test]
+    fn success_clears_account_failures_but_keeps_other_attempts_in_flight() {
+        let throttle = LoginThrottle::new(limits(4), limits(100));
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        let pending = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let winner = throttle.try_begin("a", "1.1.1.1").unwrap();
+        assert!(
+            throttle.try_begin("a", "1.1.1.1").is_err(),
+            "2 failures + 2 in flight"
+        );
+        winner.succeeded();
+        // The failures are gone, the pending attempt is not: three more fit, not four.
+        let more: Vec<_> = (0..3)
+            .map(|_| throttle.try_begin("a", "1.1.1.1").unwrap())
+            .collect();
+        assert!(throttle.try_begin("a", "1.1.1.1").is_err());
+        drop(more);
+        pending.failed();
+        assert!(throttle.try_begin("a", "1.1.1.1").is_ok());
+    }
+
+    #[test]
+    fn success_does_not_clear_the_address() {
+        let throttle = LoginThrottle::new(limits(100), limits(2));
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        throttle.try_begin("b", "1.1.1.1").unwrap().succeeded();
+        throttle.try_begin("c", "1.1.1.1").unwrap().failed();
+        assert!(throttle.try_begin("d", "1.1.1.1").is_err());
+    }
+
+    #[test]
+    fn a_refused_address_gives_the_account_slot_back() {
+        let throttle = LoginThrottle::new(limits(1), limits(1));
+        let holder = throttle.try_begin("x", "1.1.1.1").unwrap();
+        // The address is busy: this attempt is refused and must not keep its slot on account "a".
+        assert!(throttle.try_begin("a", "1.1.1.1").is_err());
+        assert!(throttle.try_begin("a", "2.2.2.2").is_ok());
+        drop(holder);
+    }
+
+    #[test]
+    fn lockout_ends_with_a_fresh_window() {
+        let short = ThrottleLimits {
+            max_failures: 1,
+            window: Duration::from_secs(900),
+            lockout: Duration::ZERO,
+        };
+        let throttle = LoginThrottle::new(short, limits(100));
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        // The lockout is over at once; the count must not keep refusing until the window ends.
+        assert!(throttle.try_begin("a", "1.1.1.1").is_ok());
+    }
+
+    #[test]
+    fn long_values_are_hashed_into_short_keys() {
+        let long = "u".repeat(64 * 1024);
+        let key = account_key(&long);
+        assert_eq!(key.len(), "account:sha256:".len() + 64, "{key}");
+        assert!(key.starts_with("account:sha256:"));
+        assert_ne!(key, account_key(&"u".repeat(64 * 1024 - 1)));
+        assert_eq!(
+            account_key(&"v".repeat(64)),
+            format!("account:{}", "v".repeat(64))
+        );
+        assert!(address_key(&"x".repeat(1000)).len() <= "address:sha256:".len() + 64);
+        // And they throttle like any other key.
+        let throttle = LoginThrottle::new(limits(1), limits(100));
+        throttle.try_begin(&long, "1.1.1.1").unwrap().failed();
+        assert!(throttle.try_begin(&long, "1.1.1.1").is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(
+            address_key("2001:db8:1:2:aaaa::1"),
+            address_key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(address_key("2001:db8:1:2::7"), "address:2001:db8:1:2::/64");
+        assert_ne!(
+            address_key("2001:db8:1:2::1"),
+            address_key("2001:db8:1:3::1")
+        );
+        assert_eq!(address_key("::ffff:192.0.2.1"), address_key("192.0.2.1"));
+        assert_eq!(address_key("192.0.2.1"), "address:192.0.2.1");
+        assert_ne!(address_key("192.0.2.1"), address_key("192.0.2.2"));
+
+        let throttle = LoginThrottle::new(limits(100), limits(2));
+        throttle.try_begin("a", "2001:db8::1").unwrap().failed();
+        throttle.try_begin("b", "2001:db8::2:3").unwrap().failed();
+        assert!(throttle.try_begin("c", "2001:db8::ffff").is_err());
+        assert!(throttle.try_begin("c", "2001:db8:0:1::1").is_ok());
+    }
+
+    #[test]
+    fn a_full_map_stops_tracking_new_addresses_but_never_accounts() {
+        let throttle = LoginThrottle::with_capacity(limits(1), limits(1), 4);
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        throttle.try_begin("b", "2.2.2.2").unwrap().failed();
+        assert_eq!(throttle.len(), 4);
+        // Full, nothing expired: the new address is not tracked, the new account is.
+        throttle.try_begin("c", "3.3.3.3").unwrap().failed();
+        assert_eq!(throttle.len(), 5);
+        assert!(
+            throttle.try_begin("c", "4.4.4.4").is_err(),
+            "account c counted"
+        );
+        assert!(
+            throttle.try_begin("d", "3.3.3.3").is_ok(),
+            "address not counted"
+        );
+        // Known addresses are still counted.
+        assert!(throttle.try_begin("e", "1.1.1.1").is_err());
+    }
+
+    #[test]
+    fn a_full_map_is_swept_of_expired_entries_first() {
+        let throttle = LoginThrottle::with_capacity(limits(5), limits(5), 2);
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        assert_eq!(throttle.len(), 2);
+        // Later than both windows: the sweep makes room and the new address is tracked.
+        let later = Instant::now() + Duration::from_secs(1000);
+        let attempt = throttle.try_begin_at("b", "2.2.2.2", later).unwrap();
+        assert!(attempt.address.is_some());
+        assert_eq!(throttle.len(), 2);
+    }
+
+    #[test]
+    fn prune_keeps_locked_and_in_flight_entries() {
+        let throttle = LoginThrottle::new(limits(1), limits(100));
+        throttle.try_begin("a", "1.1.1.1").unwrap().failed();
+        let held = throttle.try_begin("b", "2.2.2.2").unwrap();
+        throttle.prune();
+        assert!(throttle.try_begin("a", "3.3.3.3").is_err());
+        assert!(throttle.try_begin("b", "3.3.3.3").is_err());
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_gets_the_slot_a_success_frees() {
         let throttle = LoginThrottle::new(limits(2), limits(100));
-        throttle.record_failure("a", "1.1.1.1");
-        throttle.record_success("a");
-        throttle.record_failure("a", "1.1.1.1");
-        assert!(throttle.check("a", "1.1.1.1").is_ok());
+        let first = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let second = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let waiting = throttle.begin("a", "1.1.1.1");
+        let settle = async {
+            tokio::task::yield_now().await;
+            first.succeeded();
+            second.succeeded();
+        };
+        let (attempt, ()) = tokio::join!(waiting, settle);
+        assert!(
+            attempt.is_ok(),
+            "the third login proceeds once a slot is free"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_is_refused_when_the_attempts_in_flight_lock_the_key() {
+        let throttle = LoginThrottle::new(limits(2), limits(100));
+        let first = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let second = throttle.try_begin("a", "1.1.1.1").unwrap();
+        let waiting = throttle.begin("a", "1.1.1.1");
+        let settle = async {
+            tokio::task::yield_now().await;
+            first.failed();
+            second.failed();
+        };
+        let (attempt, ()) = tokio::join!(waiting, settle);
+        let wait = attempt.err().unwrap();
+        assert!(wait > Duration::from_secs(800), "{wait:?}");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_gives_up_after_the_busy_wait() {
+        let mut throttle = LoginThrottle::new(limits(1), limits(100));
+        throttle.busy_wait = Duration::from_millis(20);
+        let _held = throttle.try_begin("a", "1.1.1.1").unwrap();
+        assert_eq!(
+            throttle.begin("a", "1.1.1.1").await.err().unwrap(),
+            BUSY_RETRY
+        );
     }
 }

@@ -96,8 +96,8 @@ impl TokenRejection {
     }
 }
 
-/// Settings for issuing and verifying access tokens.
-#[derive(Debug, Clone)]
+/// Settings for issuing and verifying access tokens. `Debug` hides the HS256 secret.
+#[derive(Clone)]
 pub struct TokenSettings {
     pub issuer: String,
     pub audience: String,
@@ -108,6 +108,24 @@ pub struct TokenSettings {
     pub hs256_secret: Option<String>,
     /// How many verified tokens to remember (0 disables the cache).
     pub cache_capacity: usize,
+}
+
+impl std::fmt::Debug for TokenSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSettings")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("ttl_s", &self.ttl_s)
+            .field("leeway_s", &self.leeway_s)
+            .field("keys_dir", &self.keys_dir)
+            .field("alg", &self.alg)
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_deref().map(crate::config::Redacted),
+            )
+            .field("cache_capacity", &self.cache_capacity)
+            .finish()
+    }
 }
 
 /// A freshly signed access token.
@@ -358,4 +376,27 @@ fn checked_header(token: &str) -> Result<CheckedHeader, TokenRejection> {
         alg: alg.to_owned(),
         kid: kid.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_hs256_secret() {
+        let settings = TokenSettings {
+            issuer: "https://gw.example".to_owned(),
+            audience: "sonicgw".to_owned(),
+            ttl_s: 600,
+            leeway_s: 30,
+            keys_dir: PathBuf::from("/keys"),
+            alg: SigningAlg::HS256,
+            hs256_secret: Some("hs256-secret-value-0123456789abcdef".to_owned()),
+            cache_capacity: 10,
+        };
+        let text = format!("{settings:?}");
+        assert!(!text.contains("hs256-secret-value"), "{text}");
+        assert!(text.contains("Some(\"<redacted>\")"), "{text}");
+        assert!(text.contains("https://gw.example"), "{text}");
+    }
 }

@@ -48,7 +48,9 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
 
     let elapsed = started.elapsed();
     let status = response.status();
-    crate::metrics::http_request(&route, method.as_str(), status.as_u16(), elapsed);
+    crate::metrics::http_request(&route, &method, status, elapsed);
+    // The normalised method: an extension method can be kilobytes long.
+    let method = crate::metrics::method_label(&method);
     if let Some(cause) = response.extensions().get::<InternalCause>() {
         tracing::error!(%request_id, %method, %route, status = status.as_u16(), cause = %cause.0, "request failed");
     } else {

@@ -12,6 +12,7 @@ mod hostile_media;
 mod ops;
 mod queue;
 mod redis_replicas;
+mod security_auth;
 mod sessions;
 mod storage;
 mod throttle;

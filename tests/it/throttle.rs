@@ -96,3 +96,77 @@ async fn failures_below_the_limit_do_not_lock() {
         StatusCode::OK
     );
 }
+
+/// `(invalid_grant answers, 429 answers)` of `count` concurrent wrong-password logins; `username(i)` names
+/// the account of the i-th. Every answer must be one of the two.
+async fn concurrent_wrong_logins(
+    server: &TestServer,
+    count: usize,
+    username: impl Fn(usize) -> String,
+) -> (usize, usize) {
+    let names: Vec<String> = (0..count).map(username).collect();
+    let answers = futures::future::join_all(
+        names
+            .iter()
+            .map(|name| server.try_login(name, "wrong password!!", None)),
+    )
+    .await;
+    let (mut invalid, mut throttled) = (0, 0);
+    for response in answers {
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        match (status, body["error"].as_str()) {
+            (StatusCode::BAD_REQUEST, Some("invalid_grant")) => invalid += 1,
+            (StatusCode::TOO_MANY_REQUESTS, Some("too_many_attempts")) => throttled += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    (invalid, throttled)
+}
+
+#[tokio::test]
+async fn concurrent_wrong_passwords_cannot_outrun_the_account_limit() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.login_ip_max_failures = 1000).await;
+    let (invalid, throttled) = concurrent_wrong_logins(&server, 50, |_| "admin".to_owned()).await;
+    // Slots are only given back by failures, so exactly the limit is verified and failed.
+    assert_eq!((invalid, throttled), (10, 40));
+    let response = server.try_login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 800, "{retry_after}");
+}
+
+#[tokio::test]
+async fn concurrent_wrong_passwords_cannot_outrun_the_address_limit() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.login_max_failures = 1000).await;
+    let (invalid, throttled) = concurrent_wrong_logins(&server, 50, |i| format!("user{i}")).await;
+    assert_eq!((invalid, throttled), (10, 40));
+    let response = server.try_login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn an_overlong_username_is_throttled_like_any_other() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.login_ip_max_failures = 1000).await;
+    let long = "u".repeat(60 * 1024);
+    for _ in 0..10 {
+        let response = server.try_login(&long, "wrong password!!", None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    let response = server.try_login(&long, "wrong password!!", None).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn concurrent_logins_with_the_right_password_are_not_refused() {
+    let server = TestServer::start().await;
+    // More than the limit of 10 at once: the attempts past it wait for a slot instead of getting 429.
+    let logins = (0..25).map(|_| server.try_login("admin", ADMIN_PASSWORD, None));
+    for response in futures::future::join_all(logins).await {
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
