@@ -79,6 +79,11 @@ pub fn login_throttled() {
     metrics::counter!("auth_login_throttled_total").increment(1);
 }
 
+/// Counts a finished-video download by how it was authorised (`bearer` or `signed_link`).
+pub fn video_download(via: &'static str) {
+    metrics::counter!("video_downloads_total", "via" => via).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,9 +97,4 @@ mod tests {
             assert_eq!(method_label(&method), "OTHER", "{raw:.20}");
         }
     }
-}
-
-/// Counts a finished-video download by how it was authorised (`bearer` or `signed_link`).
-pub fn video_download(via: &'static str) {
-    metrics::counter!("video_downloads_total", "via" => via).increment(1);
 }
