@@ -181,13 +181,19 @@ pub struct RunningServer {
     pub state: AppState,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
+    background: tokio_util::task::TaskTracker,
 }
 
+/// How long shutdown waits for background work in flight (webhook deliveries, progress writes).
+const BACKGROUND_GRACE: Duration = Duration::from_secs(10);
+
 impl RunningServer {
-    /// Stops accepting connections and waits for the server to finish.
+    /// Stops accepting connections, waits for the server to finish, then for background work.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        self.task.await?
+        let served = self.task.await?;
+        Self::drain(self.background).await;
+        served
     }
 
     /// Runs until the server fails or the process is asked to stop (Ctrl-C or SIGTERM).
@@ -197,7 +203,23 @@ impl RunningServer {
             wait_for_signal().await;
             let _ = shutdown.send(true);
         });
-        self.task.await?
+        let served = self.task.await?;
+        Self::drain(self.background).await;
+        served
+    }
+
+    /// Workers and housekeeping stop on the shutdown signal; deliveries in flight get a grace period.
+    async fn drain(background: tokio_util::task::TaskTracker) {
+        background.close();
+        if tokio::time::timeout(BACKGROUND_GRACE, background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = background.len(),
+                "background work still running at shutdown; abandoned"
+            );
+        }
     }
 }
 
@@ -302,7 +324,14 @@ pub async fn start_with_admin_password(
         Some(start_metrics(&config.metrics_listen).await?)
     };
 
-    tokio::spawn(housekeeping(Arc::clone(&tokens), Arc::clone(&sessions)));
+    let mut stop_housekeeping = shutdown.subscribe();
+    let housekeeping = housekeeping(Arc::clone(&tokens), Arc::clone(&sessions));
+    videos.tasks.spawn(async move {
+        tokio::select! {
+            () = housekeeping => {}
+            _ = stop_housekeeping.wait_for(|stop| *stop) => {}
+        }
+    });
 
     let app = crate::http::router(state.clone());
     let task = if config.tls_enabled() {
@@ -327,6 +356,7 @@ pub async fn start_with_admin_password(
         state,
         shutdown,
         task,
+        background: videos.tasks.clone(),
     })
 }
 
@@ -410,6 +440,7 @@ async fn video_service(
         events: crate::videos::JobEvents::new(),
         admission: crate::videos::admission::IntakeGate::for_this_machine(),
         download_audit: crate::videos::download_audit::DownloadAudit::new(),
+        tasks: tokio_util::task::TaskTracker::new(),
         streams: crate::videos::admission::PerUserSlots::new(
             crate::videos::admission::MAX_STREAMS_PER_USER,
         ),

@@ -6,7 +6,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
 use serde::Deserialize;
 
 use crate::auth::keys::SigningAlg;
@@ -19,19 +21,28 @@ use crate::domain::{Plan, Plans};
 pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus metrics listener; empty disables it.
+    #[serde(deserialize_with = "text")]
     pub metrics_listen: String,
     pub data_dir: PathBuf,
     /// `sqlite://...` or `postgres://...`; empty means `sqlite://<data_dir>/sonicgw.db`.
+    #[serde(deserialize_with = "text")]
     pub database_url: String,
     /// Empty: revocations live in the database and process memory.
+    #[serde(deserialize_with = "text")]
     pub redis_url: String,
+    #[serde(deserialize_with = "text")]
     pub redis_prefix: String,
     /// `iss` of issued tokens; empty means `http://<listen>`.
+    #[serde(deserialize_with = "text")]
     pub issuer: String,
+    #[serde(deserialize_with = "text")]
     pub audience: String,
+    #[serde(deserialize_with = "text")]
     pub signing_alg: String,
+    #[serde(deserialize_with = "text")]
     pub hs256_secret: String,
     /// Directory of signing keys; empty means `<data_dir>/keys`.
+    #[serde(deserialize_with = "text")]
     pub keys_dir: String,
     pub access_token_ttl_s: i64,
     pub refresh_token_ttl_s: i64,
@@ -44,16 +55,22 @@ pub struct Config {
     pub login_window_s: u64,
     pub login_lockout_s: u64,
     /// `text` or `json`.
+    #[serde(deserialize_with = "text")]
     pub log_format: String,
+    #[serde(deserialize_with = "text")]
     pub tls_cert: String,
+    #[serde(deserialize_with = "text")]
     pub tls_key: String,
     pub require_https: bool,
-    /// Addresses whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed.
+    /// Addresses whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (a list, or in the
+    /// environment a comma-separated string).
+    #[serde(deserialize_with = "addresses")]
     pub trusted_proxies: Vec<IpAddr>,
     pub plans: BTreeMap<String, Plan>,
     /// In-process video workers of `serve` (0: this process only serves the API).
     pub workers: usize,
     /// Engine used when a job names none.
+    #[serde(deserialize_with = "text")]
     pub default_engine: String,
     pub max_image_bytes: u64,
     pub max_image_side: u32,
@@ -65,6 +82,7 @@ pub struct Config {
     /// Lifetime of signed download links.
     pub link_ttl_s: i64,
     /// HMAC key of signed links; empty: generated once under `keys_dir`.
+    #[serde(deserialize_with = "text")]
     pub url_signing_secret: String,
     /// Longest an engine may take for one job.
     pub engine_timeout_s: u64,
@@ -305,26 +323,19 @@ const ENV_KEYS: &[&str] = &[
 ];
 
 impl Config {
-    /// Reads the file (if any), then the environment, then checks the result.
+    /// Layers the defaults, the file (if any) and the `SONICGW_<KEY>` environment, then checks the
+    /// result. Errors name the key and where its value came from.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                text.parse::<toml::Table>()
-                    .with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => toml::Table::new(),
-        };
-        for key in ENV_KEYS {
-            let name = format!("SONICGW_{}", key.to_ascii_uppercase());
-            if let Ok(raw) = std::env::var(&name) {
-                table.insert((*key).to_owned(), env_value(key, &raw));
-            }
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            anyhow::ensure!(path.is_file(), "reading {}: no such file", path.display());
+            figment = figment.merge(Toml::file_exact(path));
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .context("invalid configuration")?;
+        let env = Env::prefixed("SONICGW_").only(ENV_KEYS);
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -409,75 +420,87 @@ impl Config {
     }
 }
 
-/// An environment value as TOML: lists are comma-separated, numbers and booleans parsed, the rest strings.
-fn env_value(key: &str, raw: &str) -> toml::Value {
-    if key == "trusted_proxies" {
-        return toml::Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_owned()))
-                .collect(),
-        );
+/// Text, also when the environment's value looks like a number or a boolean (`SONICGW_HS256_SECRET=
+/// 12345` is the string "12345": figment reads environment values as typed).
+fn text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Bool(bool),
     }
-    let numeric = key == "workers"
-        || [
-            "_s",
-            "_ms",
-            "_size",
-            "_length",
-            "_failures",
-            "_bytes",
-            "_side",
-            "_attempts",
-        ]
-        .iter()
-        .any(|suffix| key.ends_with(suffix));
-    let boolean = matches!(key, "require_https" | "webhook_allow_private");
-    match (numeric, boolean) {
-        (true, _) => raw
-            .parse::<i64>()
-            .map(toml::Value::Integer)
-            .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
-        (_, true) => raw
-            .parse::<bool>()
-            .map(toml::Value::Boolean)
-            .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
-        _ => toml::Value::String(raw.to_owned()),
+    Ok(match Scalar::deserialize(deserializer)? {
+        Scalar::Text(s) => s,
+        Scalar::Unsigned(n) => n.to_string(),
+        Scalar::Signed(n) => n.to_string(),
+        Scalar::Float(n) => n.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    })
+}
+
+/// A list of IP addresses, or one string of comma-separated addresses.
+fn addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Addresses {
+        List(Vec<IpAddr>),
+        Text(String),
+    }
+    match Addresses::deserialize(deserializer)? {
+        Addresses::List(list) => Ok(list),
+        Addresses::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .collect(),
     }
 }
 
 #[cfg(test)]
+// figment's `Jail` closures return its (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
     #[test]
     fn defaults_are_the_embedded_setup() {
-        let config = Config::load(None).unwrap();
-        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert!(config.database_url().starts_with("sqlite://"));
-        assert_eq!(config.signing_alg().unwrap(), SigningAlg::RS256);
+        // In a jail: another test sets SONICGW_ variables.
+        figment::Jail::expect_with(|_| {
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+            assert!(config.database_url().starts_with("sqlite://"));
+            assert_eq!(config.signing_alg().unwrap(), SigningAlg::RS256);
+            Ok(())
+        });
     }
 
     #[test]
     fn file_values_and_plans_are_read_and_unknown_keys_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            "access_token_ttl_s = 600\n[plans.team]\nmax_resolution = 768\nmax_duration_s = 60\n\
-             max_inference_steps = 30\nvideos_per_day = 20\nmax_concurrent_jobs = 2\npriority_weight = 2\n\
-             allow_lip_sync_correction = true\n",
-        )
-        .unwrap();
-        let config = Config::load(Some(&path)).unwrap();
-        assert_eq!(config.access_token_ttl_s, 600);
-        assert_eq!(
-            config.plans().unwrap().get("team").unwrap().max_resolution,
-            768
-        );
-        std::fs::write(&path, "no_such_key = 1\n").unwrap();
-        assert!(Config::load(Some(&path)).is_err());
+        figment::Jail::expect_with(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(
+                &path,
+                "access_token_ttl_s = 600\n[plans.team]\nmax_resolution = 768\nmax_duration_s = 60\n\
+                 max_inference_steps = 30\nvideos_per_day = 20\nmax_concurrent_jobs = 2\npriority_weight = 2\n\
+                 allow_lip_sync_correction = true\n",
+            )
+            .unwrap();
+            let config = Config::load(Some(&path)).unwrap();
+            assert_eq!(config.access_token_ttl_s, 600);
+            assert_eq!(
+                config.plans().unwrap().get("team").unwrap().max_resolution,
+                768
+            );
+            std::fs::write(&path, "no_such_key = 1\n").unwrap();
+            assert!(Config::load(Some(&path)).is_err());
+
+            Ok(())
+        });
     }
 
     #[test]
@@ -526,22 +549,32 @@ mod tests {
     }
 
     #[test]
-    fn env_values_are_typed() {
-        assert_eq!(
-            env_value("login_max_failures", "5"),
-            toml::Value::Integer(5)
-        );
-        assert_eq!(
-            env_value("require_https", "true"),
-            toml::Value::Boolean(true)
-        );
-        assert_eq!(
-            env_value("hs256_secret", "12345"),
-            toml::Value::String("12345".into())
-        );
-        assert_eq!(
-            env_value("trusted_proxies", "10.0.0.1, 10.0.0.2"),
-            toml::Value::Array(vec!["10.0.0.1".into(), "10.0.0.2".into()])
-        );
+    fn environment_overrides_the_file_with_typed_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "login_max_failures = 3\nredis_prefix = \"file\"\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SONICGW_LOGIN_MAX_FAILURES", "5");
+            jail.set_env("SONICGW_REQUIRE_HTTPS", "true");
+            jail.set_env("SONICGW_HS256_SECRET", "12345");
+            jail.set_env("SONICGW_TRUSTED_PROXIES", "10.0.0.1, 10.0.0.2");
+            let config = Config::load(Some(&path)).map_err(|e| e.to_string())?;
+            assert_eq!(config.login_max_failures, 5);
+            assert_eq!(config.redis_prefix, "file");
+            assert!(config.require_https);
+            assert_eq!(config.hs256_secret, "12345");
+            assert_eq!(
+                config.trusted_proxies,
+                [
+                    "10.0.0.1".parse::<IpAddr>().unwrap(),
+                    "10.0.0.2".parse().unwrap()
+                ]
+            );
+            jail.set_env("SONICGW_WORKERS", "many");
+            let err = Config::load(None).unwrap_err().to_string();
+            // The error names the key and where the value came from.
+            assert!(err.contains("WORKERS") && err.contains("SONICGW_"), "{err}");
+            Ok(())
+        });
     }
 }

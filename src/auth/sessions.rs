@@ -128,7 +128,7 @@ impl Sessions {
                 return Err(GrantError::Throttled(retry_after));
             }
         };
-        let candidates = self.login_candidates(username, tenant).await?;
+        let (candidates, shared_name) = self.login_candidates(username, tenant).await?;
         if candidates.len() > 1 {
             return self
                 .ambiguous_login(attempt, context, &candidates, password)
@@ -154,7 +154,13 @@ impl Sessions {
                 .login_failed(attempt, context, Some(&user), "user_disabled")
                 .await);
         }
-        attempt.succeeded();
+        // The throttle counts failures by username alone; when other tenants have the name, this
+        // success must not wipe failures that were guesses at their accounts.
+        if shared_name {
+            attempt.succeeded_keeping_failures();
+        } else {
+            attempt.succeeded();
+        }
         let family = uuid::Uuid::new_v4().simple().to_string();
         let pair = self.issue_pair(&user, &family).await?;
         self.auditor
@@ -218,28 +224,30 @@ impl Sessions {
     }
 
     /// The users a login may be for: those with the username, in the given tenant if any; at most
-    /// [`MAX_LOGIN_CANDIDATES`], in id order. Unparseable names and unknown tenants have none.
+    /// [`MAX_LOGIN_CANDIDATES`], in id order. Unparseable names and unknown tenants have none. The
+    /// flag says whether the username exists in more than one tenant.
     async fn login_candidates(
         &self,
         username: &str,
         tenant: Option<&str>,
-    ) -> Result<Vec<UserRecord>, GrantError> {
+    ) -> Result<(Vec<UserRecord>, bool), GrantError> {
         let Ok(username) = Username::parse(username) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
         let mut candidates = self.store.users_by_username(&username).await?;
+        let shared_name = candidates.len() > 1;
         if let Some(tenant) = tenant {
             let Ok(name) = TenantName::parse(tenant) else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), shared_name));
             };
             let Some(tenant) = self.store.tenant_by_name(&name).await? else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), shared_name));
             };
             candidates.retain(|u| u.tenant_id == tenant.id);
         }
         candidates.sort_by_key(|u| u.id);
         candidates.truncate(MAX_LOGIN_CANDIDATES);
-        Ok(candidates)
+        Ok((candidates, shared_name))
     }
 
     /// `grant_type=refresh_token`: rotates the token. A token presented twice revokes its whole family.

@@ -406,6 +406,19 @@ impl Attempt<'_> {
     }
 }
 
+impl Attempt<'_> {
+    /// The login succeeded for a username that other tenants also have: the failures counted under
+    /// the name may be guesses at one of those other accounts, so they stay; only this attempt's slot
+    /// is given back.
+    pub fn succeeded_keeping_failures(mut self) {
+        self.settled = true;
+        self.throttle.release(&self.account, false);
+        if let Some(address) = &self.address {
+            self.throttle.release(address, false);
+        }
+    }
+}
+
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.settled {
@@ -477,6 +490,22 @@ mod tests {
         assert!(throttle.is_empty(), "nothing counted, nothing kept");
         throttle.try_begin("a", "1.1.1.1").unwrap().failed();
         assert!(throttle.try_begin("a", "2.2.2.2").is_err());
+    }
+
+    #[test]
+    fn success_for_a_shared_username_keeps_its_failures() {
+        let throttle = LoginThrottle::new(limits(3), limits(100));
+        throttle.try_begin("bob", "1.1.1.1").unwrap().failed();
+        throttle.try_begin("bob", "1.1.1.1").unwrap().failed();
+        throttle
+            .try_begin("bob", "2.2.2.2")
+            .unwrap()
+            .succeeded_keeping_failures();
+        // Two failures still count: one more attempt fits, not three.
+        let last = throttle.try_begin("bob", "1.1.1.1").unwrap();
+        assert!(throttle.try_begin("bob", "1.1.1.1").is_err());
+        last.failed();
+        assert!(throttle.try_begin("bob", "3.3.3.3").is_err(), "locked");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct VideoService {
     pub events: JobEvents,
     /// Bounds how many submissions are probed at once.
     pub admission: admission::IntakeGate,
+    /// Background work (workers, the lease reaper, progress writes, webhook deliveries): shutdown
+    /// closes it and waits, bounded, for what is in flight.
+    pub tasks: tokio_util::task::TaskTracker,
     /// Open event streams per user.
     pub streams: admission::PerUserSlots,
     /// Which downloads were audited recently (repeats are only counted).

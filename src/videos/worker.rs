@@ -18,15 +18,16 @@ use crate::time::now_ms;
 /// How often the progress of a running job is written to the database at most.
 const PROGRESS_INTERVAL_MS: u64 = 500;
 
-/// Starts `count` workers and the lease reaper. They stop when `shutdown` turns true; a job being run
-/// then stays `running` until its lease expires and another worker takes it over.
+/// Starts `count` workers and the lease reaper on the service's task tracker. They stop when
+/// `shutdown` turns true; a job being run then stays `running` until its lease expires and another
+/// worker takes it over.
 pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::Receiver<bool>) {
     let instance = uuid::Uuid::new_v4().simple().to_string();
     for index in 0..count {
         let worker_id = format!("{}-{index}", &instance[..12]);
         let mut stop = shutdown.clone();
         let worker = Arc::clone(&service).work(worker_id);
-        tokio::spawn(async move {
+        service.tasks.spawn(async move {
             tokio::select! {
                 () = worker => {}
                 _ = stop.wait_for(|stop| *stop) => {}
@@ -34,7 +35,8 @@ pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::
         });
     }
     let mut stop = shutdown;
-    tokio::spawn(async move {
+    let tasks = service.tasks.clone();
+    tasks.spawn(async move {
         tokio::select! {
             () = service.reap_expired_leases() => {}
             _ = stop.wait_for(|stop| *stop) => {}
@@ -229,6 +231,7 @@ impl VideoService {
     fn progress_reporter(&self, worker_id: &str, job: &JobRecord) -> ProgressFn {
         let store = Arc::clone(&self.store);
         let events = self.events.clone();
+        let tasks = self.tasks.clone();
         let worker_id = worker_id.to_owned();
         let id = job.id;
         let last_write = Arc::new(AtomicU64::new(0));
@@ -250,7 +253,7 @@ impl VideoService {
             let store = Arc::clone(&store);
             let events = events.clone();
             let worker_id = worker_id.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let progress = progress.clamp(0.0, 1.0);
                 if let Ok(true) = store
                     .set_progress(id, &worker_id, stage, progress, now as i64)
@@ -290,7 +293,7 @@ impl VideoService {
             let store = Arc::clone(&self.store);
             let (tenant, message_id) = (job.tenant_id, format!("msg_{}_{}", job.id, job.status));
             let allow_private = self.settings.webhook_allow_private;
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 super::webhook::deliver(
                     store.as_ref(),
                     tenant,

@@ -126,6 +126,30 @@ async fn an_ambiguous_username_counts_toward_the_lockout() {
     }
 }
 
+/// Someone guessing at sam@globex must not get a fresh count each time the sam of acme signs in.
+#[tokio::test]
+async fn a_namesake_signing_in_does_not_reset_guesses_at_another_tenant() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.login_ip_max_failures = 1000).await;
+    sam_in_two_tenants(&server).await;
+    for round in 0..3 {
+        for _ in 0..3 {
+            let response = server
+                .try_login("sam", "wrong password!!", Some("globex"))
+                .await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "round {round}");
+        }
+        let namesake = server.try_login("sam", USER_PASSWORD, Some("acme")).await;
+        assert_eq!(namesake.status(), StatusCode::OK, "round {round}");
+    }
+    // Nine failures so far: the tenth locks the name.
+    let response = server
+        .try_login("sam", "wrong password!!", Some("globex"))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = server.try_login("sam", USER_PASSWORD, Some("globex")).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
 #[tokio::test]
 async fn an_ambiguous_username_with_the_right_password_needs_the_tenant() {
     let server = TestServer::start().await;
