@@ -46,12 +46,6 @@ pub enum ApiError {
     /// A unique name is taken, or the state forbids the change (409).
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
-    /// Rate limited (429 with `Retry-After`).
-    #[error("too many requests")]
-    TooManyRequests {
-        code: &'static str,
-        retry_after: Duration,
-    },
     /// A refusal with its own status and code, and optionally the fields involved
     /// (`duration_mismatch`, `no_face_detected`, `plan_limit`, `file_too_large`, ...).
     #[error("{detail}")]
@@ -100,9 +94,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::TooManyRequests { .. } | ApiError::Limited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Rejected { status, .. } => *status,
             ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,7 +107,6 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Forbidden { code, .. }
             | ApiError::Conflict { code, .. }
-            | ApiError::TooManyRequests { code, .. }
             | ApiError::Rejected { code, .. }
             | ApiError::Limited { code, .. }
             | ApiError::Busy { code, .. } => code,
@@ -131,9 +122,6 @@ impl ApiError {
             ApiError::Validation(_) => "one or more fields are invalid".to_owned(),
             ApiError::Unauthorized(reason) => reason.to_string(),
             ApiError::NotFound => "no such resource".to_owned(),
-            ApiError::TooManyRequests { retry_after, .. } => {
-                format!("try again in {} seconds", retry_after.as_secs().max(1))
-            }
             ApiError::Internal(_) => "an internal error occurred".to_owned(),
             other => other.to_string(),
         }
@@ -214,9 +202,7 @@ impl IntoResponse for ApiError {
                     headers.insert(header::WWW_AUTHENTICATE, value);
                 }
             }
-            ApiError::TooManyRequests { retry_after, .. }
-            | ApiError::Limited { retry_after, .. }
-            | ApiError::Busy { retry_after, .. } => {
+            ApiError::Limited { retry_after, .. } | ApiError::Busy { retry_after, .. } => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after.as_secs().max(1)),
