@@ -390,11 +390,6 @@ impl Sessions {
         Ok(())
     }
 
-    /// Revokes every token of a user: on disable, delete and password change.
-    pub async fn revoke_user(&self, user: UserId) -> anyhow::Result<()> {
-        revoke_all_user_tokens(self.store.as_ref(), self.tokens.revocations(), user).await
-    }
-
     /// `POST /v1/auth/logout`: the presented access token and its refresh family.
     pub async fn logout(
         &self,
