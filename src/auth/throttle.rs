@@ -201,7 +201,7 @@ impl LoginThrottle {
 
     /// Reserves a login attempt for `account` (the normalised username) from `address` (the client IP as
     /// text), before its password is checked. `Err(retry_after)` while either key is locked out. While
-    /// a key's failures plus its attempts in flight have reached its limit, waits (up to [`BUSY_WAIT`])
+    /// a key's failures plus its attempts in flight have reached its limit, waits (up to `BUSY_WAIT`)
     /// for one of them to settle, then tries again: a failure may lock the key, a success frees the slot.
     ///
     /// Once the map holds `capacity` entries (after sweeping expired ones), a client network seen for the

@@ -102,7 +102,7 @@ pub struct FollowerCredential {
 impl VideoService {
     /// The job's changes as they happen, until it ends, is deleted, or the credential expires or is
     /// revoked. Wakes on this process's event bus; re-reads the job at most every
-    /// [`FOLLOW_FALLBACK_POLL`] otherwise.
+    /// `FOLLOW_FALLBACK_POLL` (15 s) otherwise.
     pub fn follow(
         self: Arc<Self>,
         scope: JobScope,
