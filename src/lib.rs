@@ -18,6 +18,7 @@ pub mod engines;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod net;
 pub mod storage;
 pub mod time;
 pub mod videos;

@@ -2,7 +2,6 @@
 //! fetched in a loop (players re-request, or someone floods an anonymous signed link) must not grow
 //! the audit chain, whose appends are serialised. Every download is still counted in metrics.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
@@ -48,20 +47,6 @@ impl Default for DownloadAudit {
     }
 }
 
-/// A client address as one downloader: IPv4 as is, IPv6 by its /64 (one subscriber's whole prefix).
-pub fn address_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,18 +59,5 @@ mod tests {
         assert!(!audit.first_in_window(a, "user-1"));
         assert!(audit.first_in_window(a, "203.0.113.7"));
         assert!(audit.first_in_window(b, "user-1"));
-    }
-
-    #[test]
-    fn ipv6_downloaders_are_keyed_by_prefix() {
-        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(address_key(a), address_key(b));
-        assert_ne!(address_key(a), address_key(c));
-        assert_eq!(
-            address_key("::ffff:192.0.2.1".parse().unwrap()),
-            "192.0.2.1"
-        );
     }
 }

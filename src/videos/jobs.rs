@@ -204,8 +204,7 @@ impl VideoService {
             Downloader::User(user) => ("bearer", user.to_string(), None),
             Downloader::LinkHolder(ip) => (
                 "signed_link",
-                ip.map(super::download_audit::address_key)
-                    .unwrap_or_default(),
+                ip.map(crate::net::client_network).unwrap_or_default(),
                 Some("signed_link"),
             ),
         };
