@@ -19,10 +19,11 @@ macro_rules! impl_sql_store {
 
         use crate::domain::{PlanName, TenantId, TenantName, UserId, Username};
         use crate::storage::sql::parse_stored;
-        use crate::storage::GENESIS_HASH;
+        use crate::storage::chain::{chain_hash, GENESIS_HASH};
         use crate::storage::{
-            AuditQuery, AuditRecord, NewAuditRecord, RefreshTokenRecord, RevokedToken, Store,
-            StoreError, StoreResult, TenantRecord, TenantScope, TenantUpdate, TokenId, UserRecord,
+            AuditQuery, AuditRecord, AuditStore, HealthCheck, NewAuditRecord, RefreshTokenRecord,
+            RevokedToken, StoreError, StoreResult, TenantRecord, TenantScope, TenantStore, TenantUpdate,
+            TokenId, TokenStore, UserRecord, UserStore, WebhookSecretStore,
         };
 
         const TENANT_COLUMNS: &str = "id, name, plan, created_at, updated_at";
@@ -106,12 +107,16 @@ macro_rules! impl_sql_store {
         }
 
         #[async_trait]
-        impl Store for $store {
+        impl HealthCheck for $store {
             async fn ping(&self) -> StoreResult<()> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
             }
 
+        }
+
+        #[async_trait]
+        impl TenantStore for $store {
             async fn count_tenants(&self) -> StoreResult<i64> {
                 let row = sqlx::query("SELECT COUNT(*) AS n FROM tenants")
                     .fetch_one(&self.pool)
@@ -192,6 +197,10 @@ macro_rules! impl_sql_store {
                     .transpose()
             }
 
+        }
+
+        #[async_trait]
+        impl UserStore for $store {
             async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
                 let sql = format!(
                     "INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -286,6 +295,10 @@ macro_rules! impl_sql_store {
                 Ok(done.rows_affected() == 1)
             }
 
+        }
+
+        #[async_trait]
+        impl TokenStore for $store {
             async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> StoreResult<()> {
                 let sql = format!(
                     "INSERT INTO refresh_tokens ({REFRESH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -450,6 +463,10 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
+        }
+
+        #[async_trait]
+        impl AuditStore for $store {
             async fn append_audit(&self, event: &NewAuditRecord) -> StoreResult<AuditRecord> {
                 let _local = self.audit_lock.lock().await;
                 // Rolled back if dropped before commit, so an abandoned append never holds the lock.
@@ -466,7 +483,7 @@ macro_rules! impl_sql_store {
                         None => (0, GENESIS_HASH.to_owned()),
                     };
                     let seq = prev_seq + 1;
-                    let hash = crate::audit::chain_hash(seq, &prev_hash, event);
+                    let hash = chain_hash(seq, &prev_hash, event);
                     let sql = format!(
                         "INSERT INTO audit_log ({AUDIT_COLUMNS}) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -522,6 +539,23 @@ macro_rules! impl_sql_store {
                     .collect()
             }
 
+            async fn audit_chain_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditRecord>> {
+                let sql = format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+                );
+                sqlx::query(&sql)
+                    .bind(after_seq)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(audit_from_row)
+                    .collect()
+            }
+        }
+
+        #[async_trait]
+        impl WebhookSecretStore for $store {
             async fn webhook_secret(&self, tenant: TenantId) -> StoreResult<Option<String>> {
                 let row = sqlx::query("SELECT secret FROM webhook_secrets WHERE tenant_id = $1")
                     .bind(tenant.to_string())
@@ -554,20 +588,6 @@ macro_rules! impl_sql_store {
                     .webhook_secret(tenant)
                     .await?
                     .ok_or_else(|| StoreError::Corrupt("webhook secret vanished".into()))?)
-            }
-
-            async fn audit_chain_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditRecord>> {
-                let sql = format!(
-                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
-                );
-                sqlx::query(&sql)
-                    .bind(after_seq)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-                    .iter()
-                    .map(audit_from_row)
-                    .collect()
             }
         }
     };
