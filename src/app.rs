@@ -50,7 +50,7 @@ impl Core {
             store: Arc::clone(&store),
             passwords: Passwords::new(),
             revocations: Arc::clone(&revocations),
-            auditor: Auditor::new(Arc::clone(&store)),
+            auditor: Auditor::new(store.clone()),
             plans: plans.clone(),
             policy: PasswordPolicy {
                 min_length: config.password_min_length,

@@ -4,34 +4,11 @@
 mod recorder;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::storage::{NewAuditRecord, Store, StoreResult};
+use crate::storage::chain::{chain_hash, GENESIS_HASH};
+use crate::storage::{AuditStore, StoreResult};
 
 pub use recorder::{AuditContext, AuditEvent, Auditor, Outcome};
-
-/// The hash of a record: SHA-256 over the previous hash and a canonical JSON array of every field.
-pub fn chain_hash(seq: i64, prev_hash: &str, event: &NewAuditRecord) -> String {
-    let canonical = serde_json::json!([
-        seq,
-        event.at,
-        event.request_id,
-        event.actor_user_id,
-        event.actor_tenant_id,
-        event.tenant_id,
-        event.client_ip,
-        event.user_agent,
-        event.action,
-        event.target,
-        event.outcome,
-        event.reason,
-    ]);
-    let mut hasher = Sha256::new();
-    hasher.update(prev_hash.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(canonical.to_string().as_bytes());
-    hex::encode(hasher.finalize())
-}
 
 /// What `verify_chain` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -55,10 +32,10 @@ pub struct BrokenLink {
 }
 
 /// Walks the whole chain in order and reports the first broken link.
-pub async fn verify_chain(store: &dyn Store) -> StoreResult<ChainReport> {
+pub async fn verify_chain(store: &dyn AuditStore) -> StoreResult<ChainReport> {
     const PAGE: i64 = 1000;
     let mut expected_seq = 1;
-    let mut prev_hash = crate::storage::GENESIS_HASH.to_owned();
+    let mut prev_hash = GENESIS_HASH.to_owned();
     let mut records = 0;
     loop {
         let page = store.audit_chain_page(expected_seq - 1, PAGE).await?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::domain::{TenantId, UserId};
-use crate::storage::{NewAuditRecord, Store};
+use crate::storage::{AuditStore, NewAuditRecord};
 use crate::time::now_ms;
 
 /// Who did something, from where, in which request.
@@ -53,7 +53,7 @@ impl Outcome {
 /// Appends audit events. An event that cannot be written is logged loudly; the request still completes.
 #[derive(Clone)]
 pub struct Auditor {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AuditStore>,
 }
 
 /// One event to record.
@@ -95,7 +95,7 @@ impl<'a> AuditEvent<'a> {
 }
 
 impl Auditor {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn AuditStore>) -> Self {
         Self { store }
     }
 

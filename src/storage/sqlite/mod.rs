@@ -1,10 +1,21 @@
-//! The embedded default: one SQLite file in WAL mode.
+//! The embedded default: one SQLite file in WAL mode. SQLite has one writer; a transaction that reads
+//! before it writes (the audit chain's head, a user's quota) begins with `BEGIN IMMEDIATE`, so it holds
+//! the write lock from its first read and what it read cannot go stale before it writes.
+
+mod accounts;
+mod audit;
+mod jobs;
+mod tokens;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-use sqlx::SqlitePool;
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use super::{HealthCheck, StoreError, StoreResult};
 
 /// `Store` on a SQLite database file.
 pub struct SqliteStore {
@@ -14,13 +25,7 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// SQLite's single writer lock already serialises audit appends.
-    const AUDIT_LOCK: Option<&'static str> = None;
-    const USER_LOCK: Option<&'static str> = None;
-    /// A single UPDATE ... WHERE id = (SELECT ...) is atomic under SQLite's one writer.
-    const SKIP_LOCKED: &'static str = "";
-
-    pub async fn connect(url: &str) -> Result<Self, crate::storage::StoreError> {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -37,11 +42,8 @@ impl SqliteStore {
         })
     }
 
-    /// `BEGIN IMMEDIATE` takes the write lock up front, so reads inside the transaction (the chain head, quota
-    /// counts) cannot go stale before its writes.
-    async fn write_transaction(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    /// A transaction holding the write lock from the start. Rolled back if dropped before commit.
+    async fn begin_immediate(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
@@ -51,5 +53,10 @@ impl SqliteStore {
     }
 }
 
-super::sql::impl_sql_store!(SqliteStore, SqliteRow);
-super::jobs_sql::impl_job_store!(SqliteStore, SqliteRow);
+#[async_trait]
+impl HealthCheck for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

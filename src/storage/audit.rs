@@ -1,0 +1,44 @@
+//! The audit log as stored: appending to the hash chain and reading it back.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use super::chain::NewAuditRecord;
+use super::{StoreResult, TenantScope};
+
+/// A chained audit record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub event: NewAuditRecord,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Filters for reading the audit log, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Only records with `seq` below this (the cursor).
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// Audit log storage.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends to the audit chain atomically: the new record links to the current head.
+    async fn append_audit(&self, event: &NewAuditRecord) -> StoreResult<AuditRecord>;
+    async fn query_audit(
+        &self,
+        scope: TenantScope,
+        query: &AuditQuery,
+    ) -> StoreResult<Vec<AuditRecord>>;
+    /// Records in chain order, after `after_seq`, for verification.
+    async fn audit_chain_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditRecord>>;
+}

@@ -1,0 +1,92 @@
+//! The audit chain in SQLite: appends serialise on the database's write lock.
+
+use async_trait::async_trait;
+
+use super::SqliteStore;
+use crate::storage::shared::{audit_from_row, chain_after, AUDIT_COLUMNS};
+use crate::storage::{
+    AuditQuery, AuditRecord, AuditStore, NewAuditRecord, StoreResult, TenantScope,
+};
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append_audit(&self, event: &NewAuditRecord) -> StoreResult<AuditRecord> {
+        let _local = self.audit_lock.lock().await;
+        // `BEGIN IMMEDIATE` already serialises appends across processes: the head read below cannot
+        // go stale before the insert. Rolled back if dropped before commit.
+        let mut tx = self.begin_immediate().await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let record = chain_after(head.as_ref(), event)?;
+        let sql = format!(
+            "INSERT INTO audit_log ({AUDIT_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        sqlx::query(&sql)
+            .bind(record.seq)
+            .bind(event.at)
+            .bind(&event.request_id)
+            .bind(&event.actor_user_id)
+            .bind(&event.actor_tenant_id)
+            .bind(&event.tenant_id)
+            .bind(&event.client_ip)
+            .bind(&event.user_agent)
+            .bind(&event.action)
+            .bind(&event.target)
+            .bind(&event.outcome)
+            .bind(&event.reason)
+            .bind(&record.prev_hash)
+            .bind(&record.hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn query_audit(
+        &self,
+        scope: TenantScope,
+        query: &AuditQuery,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log
+             WHERE ($1 IS NULL OR tenant_id = $1)
+               AND ($2 IS NULL OR actor_user_id = $2)
+               AND ($3 IS NULL OR action = $3)
+               AND ($4 IS NULL OR outcome = $4)
+               AND ($5 IS NULL OR at >= $5)
+               AND ($6 IS NULL OR at <= $6)
+               AND ($7 IS NULL OR seq < $7)
+             ORDER BY seq DESC
+             LIMIT $8"
+        );
+        sqlx::query(&sql)
+            .bind(scope.tenant_filter())
+            .bind(&query.actor)
+            .bind(&query.action)
+            .bind(&query.outcome)
+            .bind(query.since)
+            .bind(query.until)
+            .bind(query.before_seq)
+            .bind(query.limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(audit_from_row)
+            .collect()
+    }
+
+    async fn audit_chain_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditRecord>> {
+        let sql =
+            format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
+        sqlx::query(&sql)
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(audit_from_row)
+            .collect()
+    }
+}
