@@ -139,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
 
     let store = std::sync::Arc::clone(&server.state.store);
     let scope = JobScope {
-        tenant: TenantScope::All,
+        tenant: TenantScope::operator(),
         user: None,
     };
     let jobs: Vec<JobRecord> = loop {

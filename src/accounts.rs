@@ -38,9 +38,10 @@ impl Actor {
     fn scope(self) -> TenantScope {
         match self {
             Actor::User { role, tenant, .. } if role != Role::PlatformAdmin => {
-                TenantScope::Tenant(tenant)
+                TenantScope::tenant(tenant)
             }
-            _ => TenantScope::All,
+            Actor::User { .. } => TenantScope::platform_admin(),
+            Actor::Operator => TenantScope::operator(),
         }
     }
 

@@ -286,7 +286,10 @@ impl Sessions {
                 .await;
             return Err(GrantError::InvalidGrant);
         }
-        let user = self.store.user(TenantScope::All, record.user_id).await?;
+        let user = self
+            .store
+            .user(TenantScope::by_trusted_id(), record.user_id)
+            .await?;
         let Some(user) = user.filter(|u| !u.disabled) else {
             self.revoke_family(&record.family_id).await?;
             return Err(refused("user_unavailable").await);
@@ -371,7 +374,7 @@ impl Sessions {
         }
         let tenant = self
             .store
-            .tenant(TenantScope::All, user.tenant_id)
+            .tenant(TenantScope::by_trusted_id(), user.tenant_id)
             .await?
             .ok_or_else(|| anyhow::anyhow!("user {} has no tenant", user.id))?;
         Ok(tenant.plan)

@@ -101,9 +101,9 @@ impl Caller {
     /// The tenants this caller's queries may see: all for a platform admin, else their own.
     pub fn scope(&self) -> TenantScope {
         if self.role == Role::PlatformAdmin {
-            TenantScope::All
+            TenantScope::platform_admin()
         } else {
-            TenantScope::Tenant(self.tenant_id)
+            TenantScope::tenant(self.tenant_id)
         }
     }
 

@@ -78,7 +78,7 @@ impl Directory {
                 return Ok(Some(names));
             }
         }
-        let scope = TenantScope::Tenant(tenant);
+        let scope = TenantScope::tenant(tenant);
         let Some(record) = store.user(scope, user).await? else {
             return Ok(None);
         };

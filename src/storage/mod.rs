@@ -53,27 +53,63 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Which tenants a query may see. Built from the authenticated caller (`http::caller`) or, for the
-/// operator's CLI and internal jobs, explicitly as `All`. Every query on tenant-owned rows takes one.
+/// Which tenants a query may see. Every query on tenant-owned rows takes one. One tenant is the
+/// normal case (`TenantScope::tenant`, built from the authenticated caller in `http::caller`); every
+/// way to reach all tenants is a named constructor that says why, so a search for them lists each
+/// place that crosses tenants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TenantScope {
+pub struct TenantScope(Reach);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
     All,
     Tenant(TenantId),
 }
 
 impl TenantScope {
+    /// One tenant's rows.
+    pub fn tenant(id: TenantId) -> Self {
+        Self(Reach::Tenant(id))
+    }
+
+    /// A platform admin administers every tenant.
+    pub fn platform_admin() -> Self {
+        Self(Reach::All)
+    }
+
+    /// The operator's `sonicgw admin` commands work on the database directly, across tenants.
+    pub fn operator() -> Self {
+        Self(Reach::All)
+    }
+
+    /// A lookup by an id the system itself holds and trusts (a refresh token's user, that user's
+    /// tenant, an audit record's actor): the id, not the caller, decides the row.
+    pub fn by_trusted_id() -> Self {
+        Self(Reach::All)
+    }
+
+    /// A signed download link that verified: its signature names exactly one job, in any tenant.
+    pub fn signed_link() -> Self {
+        Self(Reach::All)
+    }
+
     pub fn allows(&self, tenant: TenantId) -> bool {
-        match self {
-            TenantScope::All => true,
-            TenantScope::Tenant(own) => *own == tenant,
+        match self.0 {
+            Reach::All => true,
+            Reach::Tenant(own) => own == tenant,
+        }
+    }
+
+    /// The tenant the scope is limited to, if it is.
+    pub fn only(&self) -> Option<TenantId> {
+        match self.0 {
+            Reach::All => None,
+            Reach::Tenant(id) => Some(id),
         }
     }
 
     fn tenant_filter(&self) -> Option<String> {
-        match self {
-            TenantScope::All => None,
-            TenantScope::Tenant(id) => Some(id.to_string()),
-        }
+        self.only().map(|id| id.to_string())
     }
 }
 

@@ -396,12 +396,12 @@ mod tests {
         let tenant = TenantId::generate();
         let user = UserId::generate();
         let all = JobScope {
-            tenant: TenantScope::All,
+            tenant: TenantScope::platform_admin(),
             user: None,
         };
         assert_eq!(job_scope_binds(all), (None, None));
         let own = JobScope {
-            tenant: TenantScope::Tenant(tenant),
+            tenant: TenantScope::tenant(tenant),
             user: Some(user),
         };
         assert_eq!(

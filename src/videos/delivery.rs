@@ -23,7 +23,7 @@ pub fn download_path(job: JobId) -> String {
 /// path is the authority and names exactly one job. Only for links that passed `verify_download`.
 pub fn signed_link_scope() -> JobScope {
     JobScope {
-        tenant: TenantScope::All,
+        tenant: TenantScope::signed_link(),
         user: None,
     }
 }

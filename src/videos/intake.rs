@@ -277,7 +277,7 @@ impl VideoService {
                 IdempotencyState::Mismatch => return Err(IntakeError::IdempotencyMismatch),
                 IdempotencyState::Existing(id) => {
                     let scope = crate::storage::jobs::JobScope {
-                        tenant: crate::storage::TenantScope::Tenant(submission.tenant),
+                        tenant: crate::storage::TenantScope::tenant(submission.tenant),
                         user: Some(submission.user),
                     };
                     if let Some(job) = self.store.job(scope, id).await? {

@@ -145,7 +145,7 @@ async fn daily_quota_counts_and_refunds(db: Db) {
     let store = db.store.as_ref();
     let (tenant, user) = tenant_with_user(store, "daily").await;
     let scope = JobScope {
-        tenant: TenantScope::All,
+        tenant: TenantScope::operator(),
         user: None,
     };
     let first = store
@@ -452,7 +452,7 @@ async fn scoping_and_idempotency(db: Db) {
         .unwrap()
         .unwrap();
     let other_tenant = JobScope {
-        tenant: TenantScope::Tenant(b),
+        tenant: TenantScope::tenant(b),
         user: None,
     };
     assert!(store.job(other_tenant, created.id).await.unwrap().is_none());
@@ -467,7 +467,7 @@ async fn scoping_and_idempotency(db: Db) {
         .unwrap()
         .is_none());
     let own = JobScope {
-        tenant: TenantScope::Tenant(a),
+        tenant: TenantScope::tenant(a),
         user: Some(a_user),
     };
     assert_eq!(store.list_jobs(own, None, None, 10).await.unwrap().len(), 1);

@@ -51,14 +51,21 @@ async fn tenants_and_users_are_scoped(store: &dyn Store) {
     ));
     store.insert_user(&user(b.id, "alice")).await.unwrap();
 
-    let in_a = TenantScope::Tenant(a.id);
+    let in_a = TenantScope::tenant(a.id);
     assert_eq!(
         store.user(in_a, alice.id).await.unwrap(),
         Some(alice.clone())
     );
     assert_eq!(store.user(in_a, bob.id).await.unwrap(), None);
     assert_eq!(store.list_users(in_a).await.unwrap().len(), 1);
-    assert_eq!(store.list_users(TenantScope::All).await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .list_users(TenantScope::operator())
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(
         store
             .users_by_username(&Username::parse("alice").unwrap())
@@ -77,15 +84,22 @@ async fn tenants_and_users_are_scoped(store: &dyn Store) {
         "out of scope"
     );
     assert!(store
-        .update_user(TenantScope::Tenant(b.id), &changed)
+        .update_user(TenantScope::tenant(b.id), &changed)
         .await
         .unwrap());
     assert_eq!(
-        store.user(TenantScope::All, bob.id).await.unwrap().unwrap(),
+        store
+            .user(TenantScope::operator(), bob.id)
+            .await
+            .unwrap()
+            .unwrap(),
         changed
     );
     assert!(!store.delete_user(in_a, bob.id).await.unwrap());
-    assert!(store.delete_user(TenantScope::All, bob.id).await.unwrap());
+    assert!(store
+        .delete_user(TenantScope::operator(), bob.id)
+        .await
+        .unwrap());
 
     let update = TenantUpdate {
         name: None,

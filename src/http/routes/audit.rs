@@ -164,7 +164,7 @@ async fn hide_platform_staff(
                 let platform_admin = match actor.parse::<UserId>() {
                     Ok(id) => state
                         .store
-                        .user(TenantScope::All, id)
+                        .user(TenantScope::by_trusted_id(), id)
                         .await?
                         .is_some_and(|u| u.role == Role::PlatformAdmin),
                     Err(_) => false,
