@@ -242,7 +242,7 @@ impl Tokens {
     /// Verifies a bearer token completely: size, header, key, signature, claims and revocation.
     ///
     /// The span records the outcome, the rejection reason or the subject's user id: never the token,
-    /// and no other claim (the `jti` would let a log reader revoke or correlate sessions).
+    /// and no other claim (the `jti` names the token itself).
     #[tracing::instrument(
         name = "token.verify",
         skip_all,

@@ -330,22 +330,19 @@ impl VideoService {
             let store = Arc::clone(&self.store);
             let (tenant, message_id) = (job.tenant_id, format!("msg_{}_{}", job.id, job.status));
             let allow_private = self.settings.webhook_allow_private;
-            // In the current span (the job's run, or the cancelling request), so the delivery's events
-            // can be traced back to what caused them.
-            tokio::spawn(
-                async move {
-                    super::webhook::deliver(
-                        store.as_ref(),
-                        tenant,
-                        &url,
-                        &message_id,
-                        body,
-                        allow_private,
-                    )
-                    .await;
-                }
-                .in_current_span(),
-            );
+            // Its own span, not a child of this one: a child would hold the job's run (or the cancelling
+            // request) open for the whole retry schedule. The message id names the job.
+            tokio::spawn(async move {
+                super::webhook::deliver(
+                    store.as_ref(),
+                    tenant,
+                    &url,
+                    &message_id,
+                    body,
+                    allow_private,
+                )
+                .await;
+            });
         }
     }
 }
