@@ -21,6 +21,13 @@ pub fn recorder() -> PrometheusHandle {
                     ],
                 )
                 .expect("valid buckets")
+                .set_buckets_for_metric(
+                    Matcher::Full("ffmpeg_process_duration_seconds".to_owned()),
+                    &[
+                        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                    ],
+                )
+                .expect("valid buckets")
                 .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; ours then stays unused.
@@ -82,6 +89,31 @@ pub fn login_throttled() {
 /// Counts a finished-video download by how it was authorised (`bearer` or `signed_link`).
 pub fn video_download(via: &'static str) {
     metrics::counter!("video_downloads_total", "via" => via).increment(1);
+}
+
+/// Counts an ended ffmpeg/ffprobe process and records how long it ran. `program` (`ffmpeg`, `ffprobe`),
+/// `what` (the step: `encode`, `probe`, ...) and `outcome` (`success`, `failure`, `timeout`, `killed`)
+/// are fixed names from `media::ffmpeg`, never arguments or paths.
+pub fn ffmpeg_process(
+    program: &'static str,
+    what: &'static str,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
+    metrics::counter!(
+        "ffmpeg_processes_total",
+        "program" => program,
+        "what" => what,
+        "outcome" => outcome,
+    )
+    .increment(1);
+    metrics::histogram!(
+        "ffmpeg_process_duration_seconds",
+        "program" => program,
+        "what" => what,
+        "outcome" => outcome,
+    )
+    .record(elapsed.as_secs_f64());
 }
 
 #[cfg(test)]

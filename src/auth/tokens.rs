@@ -10,6 +10,7 @@ use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
+use tracing::{field, field::Empty, Span};
 
 use super::keys::{KeyRing, SigningAlg};
 use super::revocation::Revocations;
@@ -275,7 +276,21 @@ impl Tokens {
     }
 
     /// Verifies a bearer token completely: size, header, key, signature, claims and revocation.
+    ///
+    /// The span records the outcome, the rejection reason or the subject's user id: never the token,
+    /// and no other claim (the `jti` names the token itself).
+    #[tracing::instrument(
+        name = "token.verify",
+        skip_all,
+        fields(outcome = Empty, reason = Empty, user_id = Empty)
+    )]
     pub fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
+        let verified = self.verify_unrecorded(token);
+        record_verification(verified.as_ref().map(|claims| claims.sub));
+        verified
+    }
+
+    fn verify_unrecorded(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenRejection::Oversized);
         }
@@ -300,11 +315,19 @@ impl Tokens {
 
     /// Verifies signature and claims, ignoring revocation; `Err` for any token we did not sign.
     /// RFC 7009 revocation of an expired token is pointless, so expiry is still checked.
+    #[tracing::instrument(
+        name = "token.verify",
+        skip_all,
+        fields(outcome = Empty, reason = Empty, user_id = Empty)
+    )]
     pub fn verify_signature_and_claims(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenRejection::Oversized);
-        }
-        self.verify_uncached(token)
+        let verified = if token.len() > MAX_TOKEN_BYTES {
+            Err(TokenRejection::Oversized)
+        } else {
+            self.verify_uncached(token)
+        };
+        record_verification(verified.as_ref().map(|claims| claims.sub));
+        verified
     }
 
     fn check_times(&self, claims: &AccessClaims) -> Result<(), TokenRejection> {
@@ -357,6 +380,22 @@ impl Tokens {
         let claims = data.claims.complete().ok_or(TokenRejection::MissingClaim)?;
         self.check_times(&claims)?;
         Ok(claims)
+    }
+}
+
+/// Records a verification's outcome on the current `token.verify` span: the reason of a rejection, the
+/// subject of an acceptance.
+fn record_verification(verified: Result<UserId, &TokenRejection>) {
+    let span = Span::current();
+    match verified {
+        Ok(user) => {
+            span.record("outcome", "accepted");
+            span.record("user_id", field::display(user));
+        }
+        Err(reason) => {
+            span.record("outcome", "rejected");
+            span.record("reason", reason.code());
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::error::{ApiError, InternalCause};
 use super::state::AppState;
@@ -24,6 +25,10 @@ fn well_formed_request_id(value: &str) -> bool {
 }
 
 /// Assigns the request id, records metrics and logs the request. Outermost layer.
+///
+/// The request runs inside a `request` span with the request id, the normalised method and the matched
+/// route template. Never the path or the query: paths carry ids, signed links carry their signature,
+/// and an extension method is the caller's to choose.
 pub async fn observe(mut request: Request, next: Next) -> Response {
     let request_id = request
         .headers()
@@ -42,9 +47,17 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = crate::metrics::method_label(&method),
+        route = %route,
+    );
     let started = Instant::now();
 
-    let mut response = next.run(request).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
+    // Nothing below awaits, so the guard cannot leak the span into other tasks; the access log is in it.
+    let _in_span = span.enter();
 
     let elapsed = started.elapsed();
     let status = response.status();
@@ -119,11 +132,114 @@ pub fn method_not_allowed() -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use axum::Router;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
     #[test]
     fn request_id_must_be_short_and_plain() {
         assert!(super::well_formed_request_id("abc-123_x.y:z"));
         assert!(!super::well_formed_request_id(""));
         assert!(!super::well_formed_request_id("a b"));
         assert!(!super::well_formed_request_id(&"a".repeat(129)));
+    }
+
+    /// This thread's log lines, as the JSON formatter of `log_format = "json"` writes them.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+
+        fn event(&self, message: &str) -> Value {
+            self.text()
+                .lines()
+                .map(|line| serde_json::from_str::<Value>(line).unwrap())
+                .find(|event| event["fields"]["message"] == message)
+                .unwrap_or_else(|| panic!("no event {message:?} in {}", self.text()))
+        }
+    }
+
+    /// Sends `request` through a router with `observe` as in `http::router`, capturing every event.
+    async fn traced(request: Request<Body>) -> (axum::response::Response, Captured) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app = Router::new()
+            .route(
+                "/v1/files/videos/{file}",
+                get(|| async {
+                    tracing::info!("inside the handler");
+                    "ok"
+                }),
+            )
+            .layer(axum::middleware::from_fn(super::observe));
+        let response = app.oneshot(request).await.unwrap();
+        (response, captured)
+    }
+
+    #[tokio::test]
+    async fn handler_events_are_inside_the_request_span() {
+        let request = Request::get("/v1/files/videos/0190a1b2.mp4")
+            .header("x-request-id", "req-span-1")
+            .body(Body::empty())
+            .unwrap();
+        let (response, captured) = traced(request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-request-id"], "req-span-1");
+        for message in ["inside the handler", "request"] {
+            let span = &captured.event(message)["span"];
+            assert_eq!(span["name"], "request", "{message}");
+            assert_eq!(span["request_id"], "req-span-1", "{message}");
+            assert_eq!(span["method"], "GET", "{message}");
+            assert_eq!(span["route"], "/v1/files/videos/{file}", "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn request_span_never_holds_the_path_query_or_a_raw_method() {
+        let signed = "/v1/files/videos/0190a1b2.mp4?expires=1900000000&sig=c2VjcmV0LXNpZ25hdHVyZQ";
+        let (response, captured) = traced(Request::get(signed).body(Body::empty()).unwrap()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let span = &captured.event("inside the handler")["span"];
+        assert_eq!(span["route"], "/v1/files/videos/{file}");
+        assert!(span["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+        let text = captured.text();
+        for leak in ["sig=", "c2VjcmV0", "expires=", "0190a1b2"] {
+            assert!(!text.contains(leak), "{leak} was logged: {text}");
+        }
+
+        let odd = Request::builder()
+            .method("PROPFIND-XYZZY")
+            .uri("/v1/files/videos/0190a1b2.mp4")
+            .body(Body::empty())
+            .unwrap();
+        let (response, captured) = traced(odd).await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(captured.event("request")["span"]["method"], "OTHER");
+        assert!(!captured.text().contains("XYZZY"), "{}", captured.text());
     }
 }

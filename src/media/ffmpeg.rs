@@ -7,6 +7,10 @@
 //! number of CPUs, because x264 saturates a core per encode and running more
 //! encodes than cores only makes all of them slower.
 //!
+//! Every child also carries a [`ProcessGuard`], as pict-rs does: a `process` span for its lifetime and
+//! the `ffmpeg_processes_total` / `ffmpeg_process_duration_seconds` metrics, recorded when the process
+//! ends however it ends, so slow and failing runs show up in traces and on dashboards.
+//!
 //! ffmpeg never reads an upload. Its format detection skips ID3 tags and
 //! follows references (an HLS playlist or `concat` list names other files,
 //! which the `file` protocol then opens), so a crafted "MP3" could make it mux
@@ -26,6 +30,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::media::audio::PcmFile;
 
@@ -111,6 +116,84 @@ fn command(program: &str) -> Command {
     cmd
 }
 
+/// How a child process ended, as the `outcome` label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Exited with status 0.
+    Success,
+    /// Exited with an error, or could not be waited for.
+    Failure,
+    /// Ran past its time budget and was killed.
+    Timeout,
+    /// The future that owned it was dropped (a cancelled job, a gone client), which killed it.
+    Killed,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Timeout => "timeout",
+            Outcome::Killed => "killed",
+        }
+    }
+}
+
+/// The span and metrics of one running child. Created right after the spawn; the first
+/// [`ProcessGuard::end`] records the outcome, and a guard dropped without one records
+/// [`Outcome::Killed`]: its owner was dropped, and with it the child (`kill_on_drop`).
+struct ProcessGuard {
+    program: &'static str,
+    what: &'static str,
+    started: std::time::Instant,
+    span: tracing::Span,
+    ended: bool,
+}
+
+impl ProcessGuard {
+    /// `program` and `what` are fixed names (metric labels), never arguments or paths.
+    fn new(program: &'static str, what: &'static str, child: &Child) -> Self {
+        let span = tracing::info_span!(
+            "process",
+            program,
+            what,
+            pid = child.id(),
+            outcome = tracing::field::Empty,
+        );
+        Self {
+            program,
+            what,
+            started: std::time::Instant::now(),
+            span,
+            ended: false,
+        }
+    }
+
+    /// Records how the process ended; only the first call counts.
+    fn end(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        crate::metrics::ffmpeg_process(self.program, self.what, outcome.as_str(), elapsed);
+        self.span.record("outcome", outcome.as_str());
+        self.span.in_scope(|| {
+            tracing::debug!(
+                outcome = outcome.as_str(),
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                "process ended"
+            );
+        });
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        self.end(Outcome::Killed);
+    }
+}
+
 /// Maps a spawn error, turning "not found" into the dedicated variant.
 fn spawn_error(program: &str, e: std::io::Error) -> FfmpegError {
     if e.kind() == std::io::ErrorKind::NotFound {
@@ -128,27 +211,43 @@ fn tail(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[start..]).trim().to_string()
 }
 
-/// Runs `program args` to completion, returning stdout on success.
+/// Runs `program args` to completion, returning stdout on success. `what` names the step (a metric
+/// label: a fixed name such as `probe`).
 async fn run_capture(
-    program: &str,
+    program: &'static str,
     args: &[OsString],
-    what: &str,
+    what: &'static str,
     timeout: Duration,
 ) -> Result<Vec<u8>, FfmpegError> {
     let child = command(program)
         .args(args)
         .spawn()
         .map_err(|e| spawn_error(program, e))?;
+    let mut guard = ProcessGuard::new(program, what, &child);
+    let step = format!("{program} {what}");
     // On timeout the future owning `child` is dropped, which kills it.
-    let out = tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .map_err(|_| FfmpegError::Timeout {
-            what: what.to_string(),
-            after: timeout,
-        })??;
+    let waited = tokio::time::timeout(timeout, child.wait_with_output())
+        .instrument(guard.span.clone())
+        .await;
+    let out = match waited {
+        Err(_) => {
+            guard.end(Outcome::Timeout);
+            return Err(FfmpegError::Timeout {
+                what: step,
+                after: timeout,
+            });
+        }
+        Ok(Err(e)) => {
+            guard.end(Outcome::Failure);
+            return Err(e.into());
+        }
+        Ok(Ok(out)) => out,
+    };
     if !out.status.success() {
-        return Err(FfmpegError::failed(what, tail(&out.stderr)));
+        guard.end(Outcome::Failure);
+        return Err(FfmpegError::failed(&step, tail(&out.stderr)));
     }
+    guard.end(Outcome::Success);
     Ok(out.stdout)
 }
 
@@ -157,14 +256,8 @@ pub async fn check_available() -> Result<String, FfmpegError> {
     check_available_with(FFMPEG).await
 }
 
-async fn check_available_with(program: &str) -> Result<String, FfmpegError> {
-    let out = run_capture(
-        program,
-        &words("-version"),
-        "ffmpeg -version",
-        SHORT_TIMEOUT,
-    )
-    .await?;
+async fn check_available_with(program: &'static str) -> Result<String, FfmpegError> {
+    let out = run_capture(program, &words("-version"), "version", SHORT_TIMEOUT).await?;
     let text = String::from_utf8_lossy(&out);
     Ok(text.lines().next().unwrap_or_default().trim().to_string())
 }
@@ -183,7 +276,7 @@ pub async fn decode_audio_16k(path: &Path) -> Result<Vec<f32>, FfmpegError> {
     let mut args = words("-nostdin -v error -protocol_whitelist file -f mov -i");
     args.push(file_input(path));
     args.extend(words("-vn -ac 1 -ar 16000 -f f32le -"));
-    let raw = run_capture(FFMPEG, &args, "audio decode", SHORT_TIMEOUT).await?;
+    let raw = run_capture(FFMPEG, &args, "decode_audio", SHORT_TIMEOUT).await?;
     Ok(raw
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -220,6 +313,8 @@ pub struct Mp4Encoder {
     frame_len: usize,
     deadline: Instant,
     timeout: Duration,
+    // Declared after `child`, so a drop kills ffmpeg before it is counted as killed.
+    guard: ProcessGuard,
     // Held for the encoder's lifetime; released on finish or drop.
     _permit: OwnedSemaphorePermit,
 }
@@ -247,6 +342,7 @@ impl Mp4Encoder {
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| spawn_error(FFMPEG, e))?;
+        let guard = ProcessGuard::new(FFMPEG, "encode", &child);
         let stdin = child.stdin.take();
         let mut stderr = child.stderr.take().expect("stderr is piped");
         // stderr must be drained concurrently: if its pipe fills, ffmpeg blocks
@@ -272,6 +368,7 @@ impl Mp4Encoder {
             frame_len: spec.width as usize * spec.height as usize * 3,
             deadline: Instant::now() + spec.timeout,
             timeout: spec.timeout,
+            guard,
             _permit: permit,
         })
     }
@@ -302,17 +399,23 @@ impl Mp4Encoder {
         }
         let status = match tokio::time::timeout_at(self.deadline, self.child.wait()).await {
             Err(_) => return Err(self.timeout_error()),
-            Ok(status) => status?,
+            Ok(Err(e)) => {
+                self.guard.end(Outcome::Failure);
+                return Err(e.into());
+            }
+            Ok(Ok(status)) => status,
         };
         if status.success() {
+            self.guard.end(Outcome::Success);
             Ok(())
         } else {
             Err(self.collect_failure().await)
         }
     }
 
-    fn timeout_error(&self) -> FfmpegError {
+    fn timeout_error(&mut self) -> FfmpegError {
         // The child is killed when `self` is dropped by the caller.
+        self.guard.end(Outcome::Timeout);
         FfmpegError::Timeout {
             what: "mp4 encode".into(),
             after: self.timeout,
@@ -321,6 +424,7 @@ impl Mp4Encoder {
 
     /// Kills ffmpeg (if still running) and returns its stderr tail as error.
     async fn collect_failure(&mut self) -> FfmpegError {
+        self.guard.end(Outcome::Failure);
         self.stdin = None;
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
@@ -386,6 +490,125 @@ fn words(s: &str) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ffmpeg_processes_total` for one label set, read from the Prometheus rendering.
+    fn processes(program: &str, what: &str, outcome: &str) -> u64 {
+        let series = format!(
+            "ffmpeg_processes_total{{program=\"{program}\",what=\"{what}\",outcome=\"{outcome}\"}} "
+        );
+        crate::metrics::recorder()
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0, |count| count.trim().parse().unwrap())
+    }
+
+    /// Runs `run` and asserts it added one process with these labels, with its duration.
+    async fn counts_one<T>(
+        program: &str,
+        what: &str,
+        outcome: &str,
+        run: impl std::future::Future<Output = T>,
+    ) -> T {
+        let before = processes(program, what, outcome);
+        let result = run.await;
+        // Other tests run ffmpeg concurrently, so "at least one more".
+        assert!(
+            processes(program, what, outcome) > before,
+            "{program} {what} {outcome}"
+        );
+        let labels = format!("{{program=\"{program}\",what=\"{what}\",outcome=\"{outcome}\"");
+        let rendered = crate::metrics::recorder().render();
+        for series in ["_count", "_sum", "_bucket"] {
+            let name = format!("ffmpeg_process_duration_seconds{series}{labels}");
+            assert!(rendered.contains(&name), "{name} missing from\n{rendered}");
+        }
+        result
+    }
+
+    /// A short encode: 16x16 frames, a second of silent 16 kHz audio.
+    fn small_encode(dir: &Path) -> EncodeSpec {
+        let audio = dir.join("audio.f32le");
+        std::fs::write(&audio, vec![0u8; 16_000 * 4]).unwrap();
+        EncodeSpec {
+            width: 16,
+            height: 16,
+            fps: 25,
+            audio: PcmFile {
+                path: audio,
+                sample_rate: 16_000,
+                channels: 1,
+            },
+            audio_offset_s: 0.0,
+            out_path: dir.join("out.mp4"),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn ended_processes_are_counted_by_program_step_and_outcome() {
+        counts_one("ffmpeg", "version", "success", check_available())
+            .await
+            .unwrap();
+        let missing = Path::new("/nonexistent/sonicgw/none.mp4");
+        let err = counts_one(
+            "ffmpeg",
+            "decode_audio",
+            "failure",
+            decode_audio_16k(missing),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), "encode_failed");
+        let err = counts_one("ffprobe", "probe", "failure", probe(missing))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "encode_failed");
+    }
+
+    #[tokio::test]
+    async fn a_process_past_its_budget_is_counted_as_timeout() {
+        // An endless silent source: only the timeout ends it.
+        let args = words("-nostdin -v error -f lavfi -i anullsrc -f null -");
+        let run = run_capture(FFMPEG, &args, "test_endless", Duration::from_millis(300));
+        let err = counts_one("ffmpeg", "test_endless", "timeout", run)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "encode_timeout");
+    }
+
+    #[tokio::test]
+    async fn finished_encode_is_counted_as_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let encode = async {
+            let mut encoder = Mp4Encoder::start(small_encode(dir.path())).await?;
+            for _ in 0..5 {
+                encoder.write_frame(&[128; 16 * 16 * 3]).await?;
+            }
+            encoder.finish().await
+        };
+        counts_one("ffmpeg", "encode", "success", encode)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn encode_dropped_midway_is_counted_as_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let encode = async {
+            let mut encoder = Mp4Encoder::start(small_encode(dir.path())).await.unwrap();
+            for _ in 0..5 {
+                encoder.write_frame(&[128; 16 * 16 * 3]).await.unwrap();
+            }
+            // Mid-way: ffmpeg waits for more frames until the future is dropped.
+            std::future::pending::<()>().await;
+        };
+        let dropped = counts_one("ffmpeg", "encode", "killed", async {
+            tokio::time::timeout(Duration::from_millis(500), encode).await
+        })
+        .await;
+        assert!(dropped.is_err(), "the encode was cut off, not finished");
+    }
 
     #[tokio::test]
     async fn missing_program_has_clear_error() {

@@ -12,6 +12,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+use tracing::Instrument;
 
 use crate::domain::TenantId;
 use crate::storage::Store;
@@ -163,7 +164,14 @@ pub async fn resolve_target(
     Ok((parsed, first))
 }
 
-/// Delivers `body` to `url` with retries; logs the outcome.
+/// Delivers `body` to `url` with retries; logs the outcome. The span names the tenant and the message;
+/// each attempt's span adds its number and the receiver's host. Never the URL's path or query (a
+/// receiver's own token often travels there), the secret, the signature or the body.
+#[tracing::instrument(
+    name = "webhook.deliver",
+    skip_all,
+    fields(tenant_id = %tenant, message_id = %message_id)
+)]
 pub async fn deliver(
     store: &dyn Store,
     tenant: TenantId,
@@ -183,7 +191,12 @@ pub async fn deliver(
         if attempt > 0 {
             tokio::time::sleep(RETRY_DELAYS[attempt - 1]).await;
         }
-        match send_once(&secret, url, message_id, &body, allow_private).await {
+        let span = tracing::info_span!("webhook.attempt", attempt, host = tracing::field::Empty);
+        let sent = send_once(&secret, url, message_id, &body, allow_private)
+            .instrument(span.clone())
+            .await;
+        let _in_span = span.enter();
+        match sent {
             Ok(()) => {
                 tracing::info!(message_id, attempt, "webhook delivered");
                 return;
@@ -210,6 +223,7 @@ async fn send_once(
         .await
         .map_err(|e| (e, false))?;
     let host = parsed.host_str().unwrap_or_default().to_owned();
+    tracing::Span::current().record("host", host.as_str());
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::{field, field::Empty, Instrument, Span};
 
 use super::view::{JobInput, OutputPlan};
 use super::{input_key, result_key, VideoService};
@@ -13,6 +14,7 @@ use crate::audit::{AuditContext, AuditEvent, Outcome};
 use crate::domain::{JobStatus, SonicParams, Stage};
 use crate::engines::{EngineError, EngineJob, ProgressFn};
 use crate::storage::jobs::{JobOutcome, JobRecord};
+use crate::storage::StoreResult;
 use crate::time::now_ms;
 
 /// How often the progress of a running job is written to the database at most.
@@ -48,13 +50,7 @@ impl VideoService {
     async fn work(self: Arc<Self>, worker_id: String) {
         let engines = self.engines.names();
         loop {
-            let now = now_ms();
-            let lease_until = now + self.settings.lease.as_millis() as i64;
-            match self
-                .store
-                .claim_job(&worker_id, &engines, now, lease_until)
-                .await
-            {
+            match self.claim(&worker_id, &engines).await {
                 Ok(Some(job)) => {
                     self.events.changed(job.id);
                     self.run(&worker_id, job).await;
@@ -71,6 +67,28 @@ impl VideoService {
                 }
             }
         }
+    }
+
+    /// Claims the next job for `worker_id`, with a lease.
+    #[tracing::instrument(
+        name = "worker.claim",
+        skip_all,
+        fields(worker_id = %worker_id, job_id = Empty, engine = Empty, attempt = Empty)
+    )]
+    async fn claim(&self, worker_id: &str, engines: &[String]) -> StoreResult<Option<JobRecord>> {
+        let now = now_ms();
+        let lease_until = now + self.settings.lease.as_millis() as i64;
+        let job = self
+            .store
+            .claim_job(worker_id, engines, now, lease_until)
+            .await?;
+        if let Some(job) = &job {
+            let span = Span::current();
+            span.record("job_id", field::display(job.id));
+            span.record("engine", job.engine.as_str());
+            span.record("attempt", job.attempts);
+        }
+        Ok(job)
     }
 
     async fn reap_expired_leases(self: Arc<Self>) {
@@ -98,6 +116,17 @@ impl VideoService {
         }
     }
 
+    #[tracing::instrument(
+        name = "job.run",
+        skip_all,
+        fields(
+            worker_id = %worker_id,
+            job_id = %job.id,
+            engine = %job.engine,
+            attempt = job.attempts,
+            outcome = Empty,
+        )
+    )]
     async fn run(self: &Arc<Self>, worker_id: &str, job: JobRecord) {
         let workdir = self.settings.work_dir.join("jobs").join(job.id.to_string());
         let outcome = tokio::select! {
@@ -107,10 +136,18 @@ impl VideoService {
         let _ = tokio::fs::remove_dir_all(&workdir).await;
         let Some(outcome) = outcome else {
             // Cancelled, deleted or taken over: dropping the engine's future stopped it.
+            Span::current().record("outcome", "stopped");
             tracing::info!(job = %job.id, "job stopped: no longer ours to run");
             self.events.changed(job.id);
             return;
         };
+        Span::current().record(
+            "outcome",
+            match &outcome {
+                Ok(_) => "succeeded",
+                Err(err) => err.code,
+            },
+        );
         let outcome = match outcome {
             Ok(bytes) => JobOutcome::Succeeded {
                 result_key: result_key(job.tenant_id, job.id),
@@ -217,8 +254,11 @@ impl VideoService {
         };
         let out = workdir.join("video.mp4");
         let progress = self.progress_reporter(worker_id, job);
+        // Here rather than in each engine, so that every engine's work has the same span.
+        let span = tracing::info_span!("engine.generate", engine = %job.engine, job_id = %job.id);
         engine
             .generate(&engine_job, &out, Arc::clone(&progress))
+            .instrument(span)
             .await?;
         progress(Stage::Storing, 1.0);
         self.blobs
@@ -293,6 +333,8 @@ impl VideoService {
             let store = Arc::clone(&self.store);
             let (tenant, message_id) = (job.tenant_id, format!("msg_{}_{}", job.id, job.status));
             let allow_private = self.settings.webhook_allow_private;
+            // Its own span, not a child of this one: a child would hold the job's run (or the cancelling
+            // request) open for the whole retry schedule. The message id names the job.
             self.tasks.spawn(async move {
                 super::webhook::deliver(
                     store.as_ref(),

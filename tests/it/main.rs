@@ -2,6 +2,7 @@
 //! PostgreSQL database) and speaks HTTP to it.
 
 mod helpers;
+mod traces;
 
 mod admin;
 mod audit;

@@ -4,6 +4,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::*;
+use crate::traces::{span, Traces};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -273,4 +274,63 @@ async fn internal_details_never_reach_the_client() {
     assert_eq!(body["code"], "internal");
     assert_eq!(body["detail"], "an internal error occurred");
     assert!(!body.to_string().to_lowercase().contains("users"), "{body}");
+}
+
+#[tokio::test]
+async fn handler_events_carry_the_request_id_and_route_template_never_the_path() {
+    let server = TestServer::start().await;
+    let traces = Traces::capture();
+    let job = "0190f0e0-1111-7000-8000-00000000beef";
+    let response = server
+        .client
+        .get(server.url(&format!("/v1/videos/{job}")))
+        .header("x-request-id", "trace-ops-1")
+        .bearer_auth("not-a-jwt-but-secret-looking")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["x-request-id"], "trace-ops-1");
+
+    // Logged by the `Caller` extractor, inside the handler's route.
+    let refused = traces.event("bearer token refused");
+    let request = span(&refused, "request");
+    assert_eq!(request["request_id"], "trace-ops-1");
+    assert_eq!(request["method"], "GET");
+    assert_eq!(request["route"], "/v1/videos/{id}");
+    let access = traces.event("request");
+    assert_eq!(access["span"]["request_id"], "trace-ops-1");
+    let verify = &traces.closed("token.verify")[0];
+    assert_eq!(verify["span"]["outcome"], "rejected");
+    assert_eq!(verify["span"]["reason"], "malformed");
+    assert_eq!(span(verify, "request")["request_id"], "trace-ops-1");
+    let text = traces.text();
+    for leak in [job, "not-a-jwt"] {
+        assert!(!text.contains(leak), "{leak} was logged:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn token_verification_records_its_outcome_and_subject_never_the_token_or_its_jti() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let claims = decode_part(&admin.access, 1);
+    let traces = Traces::capture();
+    let response = server.get("/v1/me", &admin.access).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let verify = &traces.closed("token.verify")[0];
+    assert_eq!(verify["span"]["outcome"], "accepted");
+    assert_eq!(verify["span"]["user_id"], claims["sub"]);
+    assert!(verify["span"].get("reason").is_none(), "{verify}");
+    assert_eq!(span(verify, "request")["route"], "/v1/me");
+    let text = traces.text();
+    let signature = admin.access.rsplit('.').next().unwrap();
+    for leak in [
+        admin.access.as_str(),
+        signature,
+        claims["jti"].as_str().unwrap(),
+    ] {
+        assert!(!text.contains(leak), "{leak} was logged:\n{text}");
+    }
 }

@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use crate::traces::{span, Traces};
 
 pub fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -946,4 +947,102 @@ async fn demo_command_writes_a_playable_mp4() {
     let streams = probe["streams"].as_array().unwrap();
     assert!(streams.iter().any(|s| s["codec_name"] == "h264"));
     assert!(streams.iter().any(|s| s["codec_name"] == "aac"));
+}
+
+#[tokio::test]
+async fn job_is_traced_from_claim_through_the_engine_to_its_ffmpeg_process() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let traces = Traces::capture();
+    let created = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    let id = &created["id"];
+    let events = follow(&server, &admin.access, id.as_str().unwrap()).await;
+    assert_eq!(events.last().unwrap()["status"], "succeeded");
+    let within = Duration::from_secs(10);
+
+    let claim = traces
+        .wait_closed("worker.claim", "job_id", id, within)
+        .await;
+    assert_eq!(claim["span"]["engine"], "builtin");
+    assert_eq!(claim["span"]["attempt"], 1);
+    let worker = &claim["span"]["worker_id"];
+    assert!(worker.as_str().is_some_and(|w| !w.is_empty()), "{claim}");
+    let run = traces.wait_closed("job.run", "job_id", id, within).await;
+    assert_eq!(&run["span"]["worker_id"], worker);
+    assert_eq!(run["span"]["engine"], "builtin");
+    assert_eq!(run["span"]["attempt"], 1);
+    assert_eq!(run["span"]["outcome"], "succeeded");
+    let generate = traces
+        .wait_closed("engine.generate", "job_id", id, within)
+        .await;
+    assert_eq!(generate["span"]["engine"], "builtin");
+    assert_eq!(span(&generate, "job.run")["job_id"], *id);
+    let encode = traces
+        .closed("process")
+        .into_iter()
+        .find(|line| span(line, "engine.generate")["job_id"] == *id)
+        .unwrap_or_else(|| panic!("no ffmpeg process span in\n{}", traces.text()));
+    assert_eq!(encode["span"]["program"], "ffmpeg");
+    assert_eq!(encode["span"]["what"], "encode");
+    assert_eq!(encode["span"]["outcome"], "success");
+
+    let metrics = reqwest::get(format!("http://{}/metrics", server.metrics_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = r#"{program="ffmpeg",what="encode",outcome="success""#;
+    for series in [
+        "ffmpeg_processes_total",
+        "ffmpeg_process_duration_seconds_bucket",
+    ] {
+        assert!(
+            metrics.contains(&format!("{series}{labels}")),
+            "{series}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn signed_link_signature_never_reaches_the_logs() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.simulated_engine_ms = 20;
+        c.default_engine = "simulated".to_owned();
+    })
+    .await;
+    let admin = server.admin().await;
+    let created = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    let id = created["id"].as_str().unwrap();
+    follow(&server, &admin.access, id).await;
+    let job: Value = server
+        .get(&format!("/v1/videos/{id}"), &admin.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let url = job["result"]["url"].as_str().unwrap().to_owned();
+    let sig = url.split_once("sig=").unwrap().1.to_owned();
+
+    let traces = Traces::capture();
+    let played = server.client.get(server.url(&url)).send().await.unwrap();
+    assert_eq!(played.status(), StatusCode::OK);
+    let tampered = server
+        .client
+        .get(server.url(&url.replace("sig=", "sig=A")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tampered.status(), StatusCode::FORBIDDEN);
+
+    let requests = traces.events("request");
+    assert_eq!(requests.len(), 2, "{}", traces.text());
+    for request in &requests {
+        assert_eq!(request["span"]["route"], "/v1/files/videos/{file}");
+        assert_eq!(request["fields"]["route"], "/v1/files/videos/{file}");
+    }
+    let text = traces.text();
+    for leak in ["sig=", sig.as_str(), "expires="] {
+        assert!(!text.contains(leak), "{leak} was logged:\n{text}");
+    }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::helpers::*;
+use crate::traces::{span, Traces};
 use crate::videos::{form, submit, submit_ok};
 
 /// A receiver on port 0 that records each delivery.
@@ -168,4 +169,71 @@ async fn webhook_secret_is_for_admins() {
             .status(),
         StatusCode::FORBIDDEN
     );
+}
+
+#[tokio::test]
+async fn delivery_is_traced_by_tenant_message_and_attempt_never_the_query_secret_or_signature() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.webhook_allow_private = true;
+        c.simulated_engine_ms = 20;
+        c.default_engine = "simulated".to_owned();
+    })
+    .await;
+    let admin = server.admin().await;
+    let tenant = decode_part(&admin.access, 1)["tid"].clone();
+    let (url, mut deliveries) = receiver().await;
+    let secret: Value = server
+        .get("/v1/webhook-secret", &admin.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = secret["secret"].as_str().unwrap().to_owned();
+
+    let traces = Traces::capture();
+    let callback = format!("{url}?token=the-receivers-own-token");
+    let job = submit_ok(
+        &server,
+        &admin.access,
+        form("speech_en.wav", &[("callback_url", &callback)]),
+    )
+    .await;
+    let (headers, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(60), deliveries.recv())
+            .await
+            .expect("a delivery")
+            .unwrap();
+    let delivered = traces
+        .wait_for("webhook delivered", std::time::Duration::from_secs(10))
+        .await;
+
+    let deliver = span(&delivered, "webhook.deliver");
+    assert_eq!(deliver["tenant_id"], tenant);
+    assert_eq!(
+        deliver["message_id"],
+        headers["webhook-id"].to_str().unwrap()
+    );
+    let attempt = span(&delivered, "webhook.attempt");
+    assert_eq!(attempt["attempt"], 0);
+    assert_eq!(attempt["host"], "127.0.0.1");
+    // A span of its own, not kept open by (or keeping open) the job's run; the message id names the job.
+    assert_eq!(
+        delivered["spans"].as_array().unwrap().len(),
+        2,
+        "{delivered}"
+    );
+    let job_id = job["id"].as_str().unwrap();
+    assert!(deliver["message_id"].as_str().unwrap().contains(job_id));
+    let text = traces.text();
+    let escaped_body = serde_json::to_string(&body).unwrap();
+    for leak in [
+        "the-receivers-own-token",
+        "/hook",
+        secret.as_str(),
+        headers["webhook-signature"].to_str().unwrap(),
+        body.as_str(),
+        escaped_body.trim_matches('"'),
+    ] {
+        assert!(!text.contains(leak), "{leak} was logged:\n{text}");
+    }
 }
