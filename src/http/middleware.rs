@@ -114,9 +114,15 @@ pub async fn https_policy(State(state): State<AppState>, request: Request, next:
     response
 }
 
-/// The answer for unknown paths, as a problem document.
+/// The answer for unknown paths: a 404 `not_found` like a missing resource, with a detail that says
+/// no route matched, so the two can be told apart.
 pub async fn not_found() -> impl IntoResponse {
-    ApiError::NotFound
+    ApiError::Rejected {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        detail: "no route matches this path".to_owned(),
+        errors: Vec::new(),
+    }
 }
 
 /// The answer for a known path with the wrong method.

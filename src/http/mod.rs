@@ -10,65 +10,35 @@ pub mod routes;
 pub mod state;
 pub mod upload;
 
-use axum::routing::{get, post};
-use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, MethodRouter};
+use axum::{Extension, Router};
 use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::Config;
 
 pub use state::{AppState, Services};
 
 /// Largest request body accepted by the identity API.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The whole API.
+/// The whole API: the documented routes, the few undocumented ones, and the layers around them all.
 pub fn router(state: AppState) -> Router {
-    use routes::{audit, auth, engines, files, me, ops, tenants, users, videos, webhooks};
-    let api = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/.well-known/jwks.json", get(ops::jwks))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(ops::oauth_metadata),
-        )
-        .route("/openapi.json", get(ops::openapi))
-        .route("/docs", get(ops::docs))
-        .route("/docs/init.js", get(ops::docs_init))
-        .route("/docs/swagger-ui-bundle.js", get(ops::docs_bundle))
-        .route("/docs/swagger-ui.css", get(ops::docs_css))
-        .route("/login", post(auth::login))
-        .route("/v1/auth/token", post(auth::token))
-        .route("/v1/auth/revoke", post(auth::revoke))
-        .route("/v1/auth/logout", post(auth::logout))
-        .route("/v1/me", get(me::me))
-        .route("/v1/users", get(users::list).post(users::create))
-        .route(
-            "/v1/users/{id}",
-            get(users::get).patch(users::update).delete(users::delete),
-        )
-        .route("/v1/tenants", get(tenants::list).post(tenants::create))
-        .route("/v1/tenants/{id}", get(tenants::get).patch(tenants::update))
-        .route("/v1/audit", get(audit::list))
-        .route("/v1/audit/verify", get(audit::verify))
-        .route("/v1/videos", get(videos::list))
-        .route("/v1/videos/{id}", get(videos::get).delete(videos::delete))
-        .route("/v1/videos/{id}/cancel", post(videos::cancel))
-        .route("/v1/videos/{id}/events", get(videos::events))
-        .route("/v1/videos/{id}/content", get(files::content))
-        .route("/v1/files/videos/{file}", get(files::signed))
-        .route("/v1/engines", get(engines::list))
-        .route(
-            "/v1/webhook-secret",
-            get(webhooks::get).post(webhooks::rotate),
-        )
+    let (documented, document) = documented_routes(&state.config).split_for_parts();
+    let document = Bytes::from(document.to_json().expect("the OpenAPI document serialises"));
+    let undocumented = undocumented_routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, route)| {
+            router.route(path, route)
+        })
+        .layer(Extension(routes::ops::OpenApiJson(document)))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES));
-    // Uploads stream to disk with per-file limits; the request as a whole may hold both files.
-    let upload_limit =
-        (state.config.max_image_bytes + state.config.max_audio_bytes) as usize + MAX_BODY_BYTES;
-    let uploads = Router::new()
-        .route("/v1/videos", post(videos::create))
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(upload_limit));
-    api.merge(uploads)
+    documented
+        .merge(undocumented)
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(|| async { middleware::method_not_allowed() })
         .layer(axum::middleware::from_fn_with_state(
@@ -77,4 +47,55 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(state)
+}
+
+/// Every route of the API, each registered once from its handler's `#[utoipa::path]`, which gives both
+/// the route and its operation in the OpenAPI document. Handlers sharing a path go in one `routes!`.
+fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
+    use routes::{audit, auth, engines, files, me, ops, tenants, users, videos, webhooks};
+    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::jwks))
+        .routes(routes!(ops::oauth_metadata))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::token))
+        .routes(routes!(auth::revoke))
+        .routes(routes!(auth::logout))
+        .routes(routes!(me::me))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::get, users::update, users::delete))
+        .routes(routes!(tenants::list, tenants::create))
+        .routes(routes!(tenants::get, tenants::update))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
+        .routes(routes!(videos::list))
+        .routes(routes!(videos::get, videos::delete))
+        .routes(routes!(videos::cancel))
+        .routes(routes!(videos::events))
+        .routes(routes!(files::content))
+        .routes(routes!(files::signed))
+        .routes(routes!(engines::list))
+        .routes(routes!(webhooks::get, webhooks::rotate))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES));
+    // Uploads stream to disk with per-file limits; the request as a whole may hold both files.
+    let upload_limit = (config.max_image_bytes + config.max_audio_bytes) as usize + MAX_BODY_BYTES;
+    let uploads = OpenApiRouter::default()
+        .routes(routes!(videos::create))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(upload_limit));
+    api.merge(uploads)
+}
+
+/// The only routes left out of the OpenAPI document: the document itself and the vendored Swagger UI
+/// that renders it. Every other route goes through [`documented_routes`].
+pub fn undocumented_routes() -> [(&'static str, MethodRouter<AppState>); 5] {
+    use routes::ops;
+    [
+        ("/openapi.json", get(ops::openapi)),
+        ("/docs", get(ops::docs)),
+        ("/docs/init.js", get(ops::docs_init)),
+        ("/docs/swagger-ui-bundle.js", get(ops::docs_bundle)),
+        ("/docs/swagger-ui.css", get(ops::docs_css)),
+    ]
 }

@@ -1,26 +1,13 @@
-//! The OpenAPI 3.1 document, assembled from the handlers' annotations.
-
-use std::sync::OnceLock;
+//! The frame of the OpenAPI 3.1 document: info, tags, the bearer scheme and the problem schemas.
+//! The paths are added by the router (`http::router`), from the same list that registers the routes.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::Modify;
 
-use super::routes;
-
-#[derive(OpenApi)]
+/// The document before any route is added.
+#[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Sonic Gateway", description = "Multi-tenant, authenticated API in front of the Sonic talking-head model."),
-    paths(
-        routes::ops::healthz, routes::ops::readyz, routes::ops::jwks, routes::ops::oauth_metadata,
-        routes::auth::token, routes::auth::login, routes::auth::revoke, routes::auth::logout,
-        routes::me::me,
-        routes::users::list, routes::users::create, routes::users::get, routes::users::update, routes::users::delete,
-        routes::tenants::list, routes::tenants::create, routes::tenants::get, routes::tenants::update,
-        routes::audit::list, routes::audit::verify,
-        routes::videos::create, routes::videos::get, routes::videos::list, routes::videos::cancel,
-        routes::videos::delete, routes::videos::events, routes::files::content, routes::files::signed,
-        routes::engines::list, routes::webhooks::get, routes::webhooks::rotate,
-    ),
     components(schemas(crate::http::error::Problem, crate::http::error::FieldError)),
     modifiers(&BearerAuth),
     tags(
@@ -49,14 +36,4 @@ impl Modify for BearerAuth {
             ),
         );
     }
-}
-
-/// The document as JSON, built once.
-pub fn document_json() -> &'static str {
-    static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .expect("the OpenAPI document serialises")
-    })
 }

@@ -1,6 +1,6 @@
 //! Health, discovery, docs, request ids, metrics, problem responses and HTTPS.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -108,6 +108,22 @@ async fn openapi_document_and_vendored_docs_are_served() {
         assert!(doc["paths"].get(path).is_some(), "missing {path}");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    for schema in ["Problem", "FieldError"] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "missing schema {schema}"
+        );
+    }
+    let tags: Vec<&str> = doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tags,
+        ["auth", "account", "admin", "platform", "videos", "ops"]
+    );
     let html = server
         .client
         .get(server.url("/docs"))
@@ -130,6 +146,151 @@ async fn openapi_document_and_vendored_docs_are_served() {
         let response = server.client.get(server.url(asset)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{asset}");
         assert!(response.bytes().await.unwrap().len() > 50, "{asset}");
+    }
+}
+
+/// What the router's fallback says; a handler's 404 says "no such resource".
+const NO_ROUTE: &str = "no route matches this path";
+
+/// The methods a path item of the document may hold (it may hold other keys, such as `parameters`).
+const HTTP_METHODS: [Method; 8] = [
+    Method::GET,
+    Method::PUT,
+    Method::POST,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::HEAD,
+    Method::PATCH,
+    Method::TRACE,
+];
+
+/// The methods also tried where they are not documented, expecting 405.
+const PROBED_METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+/// A documented path with each `{parameter}` filled with a well-formed dummy value.
+fn with_dummy_parameters(path: &str) -> String {
+    path.split('/')
+        .map(
+            |segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some("file") => format!("{}.mp4", uuid::Uuid::new_v4()),
+                Some(_) => uuid::Uuid::new_v4().to_string(),
+                None => segment.to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Why a response did not come from a handler, if it did not.
+async fn missed_every_handler(response: reqwest::Response) -> Option<String> {
+    match response.status() {
+        StatusCode::METHOD_NOT_ALLOWED => Some("405 method not allowed".to_owned()),
+        StatusCode::NOT_FOUND => {
+            let body: Value = response.json().await.unwrap_or_default();
+            (body["detail"] == NO_ROUTE).then(|| format!("the router's fallback: {body}"))
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn unknown_path_and_unknown_resource_are_both_404_not_found_but_say_which() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let no_route = server
+        .client
+        .get(server.url("/v1/no-such-collection"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_route.status(), StatusCode::NOT_FOUND);
+    let problem: Value = no_route.json().await.unwrap();
+    assert_eq!(problem["code"], "not_found");
+    assert_eq!(problem["detail"], NO_ROUTE);
+    let no_resource = server
+        .get(
+            &format!("/v1/users/{}", uuid::Uuid::new_v4()),
+            &admin.access,
+        )
+        .await;
+    assert_eq!(no_resource.status(), StatusCode::NOT_FOUND);
+    let problem: Value = no_resource.json().await.unwrap();
+    assert_eq!(problem["code"], "not_found");
+    assert_eq!(problem["detail"], "no such resource");
+}
+
+#[tokio::test]
+async fn router_serves_exactly_the_documented_operations_and_the_undocumented_routes() {
+    let server = TestServer::start().await;
+    let doc: Value = server.get_public("/openapi.json").await;
+    let paths = doc["paths"].as_object().expect("the document has paths");
+    let documented_methods = |item: &Value| -> Vec<Method> {
+        HTTP_METHODS
+            .into_iter()
+            .filter(|method| item.get(method.as_str().to_lowercase()).is_some())
+            .collect()
+    };
+    let documented: usize = paths
+        .values()
+        .map(|item| documented_methods(item).len())
+        .sum();
+    assert!(documented > 0, "the document lists no operations");
+
+    let mut missed = Vec::new();
+    let mut undocumented_answers = Vec::new();
+    for (path, item) in paths {
+        let methods = documented_methods(item);
+        let url = server.url(&with_dummy_parameters(path));
+        for method in HTTP_METHODS {
+            let is_documented = methods.contains(&method);
+            if !is_documented && !PROBED_METHODS.contains(&method) {
+                continue;
+            }
+            let response = server
+                .client
+                .request(method.clone(), &url)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            if is_documented {
+                if let Some(why) = missed_every_handler(response).await {
+                    missed.push(format!("{method} {path}: {why}"));
+                }
+            } else if status != StatusCode::METHOD_NOT_ALLOWED {
+                undocumented_answers.push(format!("{method} {path}: {status}"));
+            }
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{} of the {documented} documented operations reach no handler:\n{}",
+        missed.len(),
+        missed.join("\n")
+    );
+    assert!(
+        undocumented_answers.is_empty(),
+        "methods outside the {documented} documented operations answer other than 405:\n{}",
+        undocumented_answers.join("\n")
+    );
+
+    for (path, _) in sonicgw::http::undocumented_routes() {
+        assert!(
+            doc["paths"].get(path).is_none(),
+            "{path} is registered as undocumented but is among the {documented} documented operations"
+        );
+        let response = server.client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "undocumented route {path} (besides the {documented} documented operations)"
+        );
     }
 }
 

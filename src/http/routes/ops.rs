@@ -1,10 +1,11 @@
 //! Operational and discovery endpoints: health, readiness, JWKS, authorization-server metadata,
 //! the OpenAPI document and its interactive docs (assets vendored, nothing fetched).
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Serialize;
 
 use crate::http::state::AppState;
@@ -83,13 +84,13 @@ pub async fn oauth_metadata(State(state): State<AppState>) -> Json<serde_json::V
     }))
 }
 
+/// The OpenAPI document as JSON, serialised once by the router that it describes.
+#[derive(Clone)]
+pub struct OpenApiJson(pub Bytes);
+
 /// The OpenAPI 3.1 document, generated from the code.
-pub async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::http::openapi::document_json(),
-    )
-        .into_response()
+pub async fn openapi(Extension(OpenApiJson(document)): Extension<OpenApiJson>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
 }
 
 const DOCS_HTML: &str = r#"<!doctype html>
