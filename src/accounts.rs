@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::audit::{AuditContext, AuditEvent, Auditor, Outcome};
+use crate::audit::{AuditAction, AuditContext, AuditEvent, Auditor, Outcome};
 use crate::auth::password::Passwords;
 use crate::auth::revocation::Revocations;
 use crate::auth::sessions::revoke_all_user_tokens;
@@ -128,7 +128,7 @@ impl Accounts {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("tenant.create", Outcome::Success)
+                AuditEvent::new(AuditAction::TenantCreate, Outcome::Success)
                     .tenant(tenant.id)
                     .target(tenant.id),
             )
@@ -155,7 +155,7 @@ impl Accounts {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("tenant.update", Outcome::Success)
+                AuditEvent::new(AuditAction::TenantUpdate, Outcome::Success)
                     .tenant(id)
                     .target(id),
             )
@@ -216,7 +216,7 @@ impl Accounts {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("user.create", Outcome::Success)
+                AuditEvent::new(AuditAction::UserCreate, Outcome::Success)
                     .tenant(tenant_id)
                     .target(user.id)
                     .reason(role.as_str()),
@@ -317,7 +317,7 @@ impl Accounts {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("user.update", Outcome::Success)
+                AuditEvent::new(AuditAction::UserUpdate, Outcome::Success)
                     .tenant(user.tenant_id)
                     .target(id)
                     .reason(&reason),
@@ -344,7 +344,7 @@ impl Accounts {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("user.delete", Outcome::Success)
+                AuditEvent::new(AuditAction::UserDelete, Outcome::Success)
                     .tenant(user.tenant_id)
                     .target(id),
             )

@@ -1,6 +1,7 @@
 //! The tamper-evident audit log: each record carries the SHA-256 of its predecessor, so editing or
 //! deleting a record breaks the chain at that point.
 
+mod action;
 mod recorder;
 
 use serde::Serialize;
@@ -8,6 +9,7 @@ use serde::Serialize;
 use crate::storage::chain::{chain_hash, GENESIS_HASH};
 use crate::storage::{AuditStore, StoreResult};
 
+pub use action::{AuditAction, UnknownAction};
 pub use recorder::{AuditContext, AuditEvent, Auditor, Outcome};
 
 /// What `verify_chain` found.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::AuditAction;
 use crate::domain::{TenantId, UserId};
 use crate::storage::{AuditStore, NewAuditRecord};
 use crate::time::now_ms;
@@ -58,7 +59,7 @@ pub struct Auditor {
 
 /// One event to record.
 pub struct AuditEvent<'a> {
-    pub action: &'a str,
+    pub action: AuditAction,
     pub outcome: Outcome,
     /// The tenant the event concerns (defaults to the actor's).
     pub tenant: Option<TenantId>,
@@ -68,7 +69,7 @@ pub struct AuditEvent<'a> {
 }
 
 impl<'a> AuditEvent<'a> {
-    pub fn new(action: &'a str, outcome: Outcome) -> Self {
+    pub fn new(action: AuditAction, outcome: Outcome) -> Self {
         Self {
             action,
             outcome,
@@ -109,7 +110,7 @@ impl Auditor {
             tenant_id: tenant.map(|t| t.to_string()),
             client_ip: context.client_ip.clone(),
             user_agent: context.user_agent.clone(),
-            action: event.action.to_owned(),
+            action: event.action.as_str().to_owned(),
             target: event.target,
             outcome: event.outcome.as_str().to_owned(),
             reason: event.reason.map(str::to_owned),

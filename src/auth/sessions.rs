@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::password::Passwords;
 use super::throttle::{Attempt, LoginThrottle};
 use super::tokens::{AccessClaims, Tokens};
-use crate::audit::{AuditContext, AuditEvent, Auditor, Outcome};
+use crate::audit::{AuditAction, AuditContext, AuditEvent, Auditor, Outcome};
 use crate::domain::{PlanName, TenantName, UserId, Username};
 use crate::storage::{RefreshTokenRecord, Store, TenantScope, TokenId, UserRecord};
 use crate::time::{now_ms, now_s};
@@ -166,7 +166,7 @@ impl Sessions {
         self.auditor
             .record(
                 &context.clone().with_actor(user.id, user.tenant_id),
-                AuditEvent::new("auth.login", Outcome::Success).target(user.id),
+                AuditEvent::new(AuditAction::AuthLogin, Outcome::Success).target(user.id),
             )
             .await;
         Ok(pair)
@@ -214,7 +214,7 @@ impl Sessions {
         attempt.failed();
         crate::metrics::auth_failure(reason);
         let mut event_context = context.clone();
-        let mut event = AuditEvent::new("auth.login", Outcome::Failure).reason(reason);
+        let mut event = AuditEvent::new(AuditAction::AuthLogin, Outcome::Failure).reason(reason);
         if let Some(user) = user {
             event_context = event_context.with_actor(user.id, user.tenant_id);
             event = event.target(user.id);
@@ -279,7 +279,7 @@ impl Sessions {
             self.auditor
                 .record(
                     &context,
-                    AuditEvent::new("auth.refresh_reuse_detected", Outcome::Denied)
+                    AuditEvent::new(AuditAction::AuthRefreshReuseDetected, Outcome::Denied)
                         .target(&record.family_id)
                         .reason("family_revoked"),
                 )
@@ -304,7 +304,8 @@ impl Sessions {
         self.auditor
             .record(
                 &context,
-                AuditEvent::new("auth.refresh", Outcome::Success).target(&record.family_id),
+                AuditEvent::new(AuditAction::AuthRefresh, Outcome::Success)
+                    .target(&record.family_id),
             )
             .await;
         Ok(pair)
@@ -320,7 +321,7 @@ impl Sessions {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("auth.refresh", Outcome::Failure)
+                AuditEvent::new(AuditAction::AuthRefresh, Outcome::Failure)
                     .target(family)
                     .reason(reason),
             )
@@ -409,7 +410,7 @@ impl Sessions {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("auth.logout", Outcome::Success).target(&claims.jti),
+                AuditEvent::new(AuditAction::AuthLogout, Outcome::Success).target(&claims.jti),
             )
             .await;
         Ok(())
@@ -446,7 +447,7 @@ impl Sessions {
             self.auditor
                 .record(
                     &context.clone().with_actor(record.user_id, record.tenant_id),
-                    AuditEvent::new("auth.revoke", Outcome::Success)
+                    AuditEvent::new(AuditAction::AuthRevoke, Outcome::Success)
                         .target(&record.family_id)
                         .reason("refresh_token"),
                 )
@@ -459,7 +460,7 @@ impl Sessions {
             self.auditor
                 .record(
                     &context.clone().with_actor(claims.sub, claims.tid),
-                    AuditEvent::new("auth.revoke", Outcome::Success)
+                    AuditEvent::new(AuditAction::AuthRevoke, Outcome::Success)
                         .target(&claims.jti)
                         .reason("access_token"),
                 )

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use super::error::ApiError;
 use super::middleware::RequestId;
 use super::state::AppState;
-use crate::audit::{AuditContext, AuditEvent, Outcome};
+use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
 use crate::auth::tokens::{AccessClaims, TokenRejection};
 use crate::domain::{PlanName, Role, TenantId, UserId};
 use crate::storage::TenantScope;
@@ -200,7 +200,7 @@ async fn require_role(
         .auditor
         .record(
             &caller.audit_context(),
-            AuditEvent::new("access.denied", Outcome::Denied)
+            AuditEvent::new(AuditAction::AccessDenied, Outcome::Denied)
                 .target(format!("{} {}", parts.method, parts.uri.path()))
                 .reason("role"),
         )

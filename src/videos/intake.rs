@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::admission::AdmissionRefusal;
 use super::view::{AudioInput, ImageInput, JobInput, OutputPlan};
 use super::{input_key, job_prefix, VideoService};
-use crate::audit::{AuditContext, AuditEvent, Outcome};
+use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
 use crate::domain::{
     FieldError, JobId, JobStatus, PlanName, RawParams, SonicParams, Stage, TenantId, UserId,
 };
@@ -246,7 +246,7 @@ impl VideoService {
             self.auditor
                 .record(
                     context,
-                    AuditEvent::new("video.create", Outcome::Denied).reason("plan_limit"),
+                    AuditEvent::new(AuditAction::VideoCreate, Outcome::Denied).reason("plan_limit"),
                 )
                 .await;
             return Err(IntakeError::PlanLimit {
@@ -393,7 +393,7 @@ impl VideoService {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("video.create", Outcome::Denied).reason(reason),
+                AuditEvent::new(AuditAction::VideoCreate, Outcome::Denied).reason(reason),
             )
             .await;
         IntakeError::Quota {
@@ -496,7 +496,7 @@ impl VideoService {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("video.create", Outcome::Success).target(created.id),
+                AuditEvent::new(AuditAction::VideoCreate, Outcome::Success).target(created.id),
             )
             .await;
         self.events.queued();

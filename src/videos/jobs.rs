@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use super::view::JobView;
 use super::VideoService;
-use crate::audit::{AuditContext, AuditEvent, Outcome};
+use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
 use crate::domain::{JobId, JobStatus, UserId};
 use crate::storage::jobs::{JobRecord, JobScope};
 use crate::time::now_ms;
@@ -160,7 +160,7 @@ impl VideoService {
         self.auditor
             .record(
                 context,
-                AuditEvent::new("video.delete", Outcome::Success)
+                AuditEvent::new(AuditAction::VideoDelete, Outcome::Success)
                     .tenant(job.tenant_id)
                     .target(id),
             )
@@ -212,7 +212,7 @@ impl VideoService {
         if !self.download_audit.first_in_window(job.id, &key) {
             return;
         }
-        let mut event = AuditEvent::new("video.download", Outcome::Success)
+        let mut event = AuditEvent::new(AuditAction::VideoDownload, Outcome::Success)
             .tenant(job.tenant_id)
             .target(job.id);
         if let Some(reason) = reason {

@@ -10,7 +10,7 @@ use tracing::{field, field::Empty, Instrument, Span};
 
 use super::view::{JobInput, OutputPlan};
 use super::{input_key, result_key, VideoService};
-use crate::audit::{AuditContext, AuditEvent, Outcome};
+use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
 use crate::domain::{JobStatus, SonicParams, Stage};
 use crate::engines::{EngineError, EngineJob, ProgressFn};
 use crate::storage::jobs::{JobOutcome, JobRecord};
@@ -308,9 +308,9 @@ impl VideoService {
     /// After a job reached a final status: audit it and notify its callback.
     pub(crate) async fn finished(&self, job: &JobRecord) {
         let (action, outcome) = match job.status {
-            JobStatus::Succeeded => ("video.succeeded", Outcome::Success),
-            JobStatus::Cancelled => ("video.cancelled", Outcome::Success),
-            _ => ("video.failed", Outcome::Failure),
+            JobStatus::Succeeded => (AuditAction::VideoSucceeded, Outcome::Success),
+            JobStatus::Cancelled => (AuditAction::VideoCancelled, Outcome::Success),
+            _ => (AuditAction::VideoFailed, Outcome::Failure),
         };
         let context = AuditContext::default().with_actor(job.user_id, job.tenant_id);
         let mut event = AuditEvent::new(action, outcome).target(job.id);

@@ -175,6 +175,13 @@ async fn audit_records_carry_context_and_filter_and_page() {
     let text = csv.text().await.unwrap();
     assert!(text.starts_with("seq,at,actor_kind,request_id"));
     assert_eq!(text.lines().count(), 4);
+    // A filter on an action that is never recorded is a mistake, said so.
+    let unknown = server
+        .get("/v1/audit?action=auth.logn", &admin.access)
+        .await;
+    assert_eq!(unknown.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "action");
 }
 
 #[tokio::test]

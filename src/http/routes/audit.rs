@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
-use crate::audit::ChainReport;
+use crate::audit::{AuditAction, ChainReport};
 use crate::domain::{Role, TenantId, UserId};
 use crate::http::caller::{Admin, PlatformAdmin};
 use crate::http::error::ApiError;
@@ -134,6 +134,14 @@ fn parse_query(params: &AuditParams) -> Result<AuditQuery, ApiError> {
                 .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this API returned"))
         })
         .transpose()?;
+    if let Some(action) = &params.action {
+        action.parse::<AuditAction>().map_err(|_| {
+            ApiError::invalid(
+                "action",
+                "is not an audited action (e.g. auth.login, video.create)",
+            )
+        })?;
+    }
     Ok(AuditQuery {
         actor: params.actor.clone(),
         action: params.action.clone(),

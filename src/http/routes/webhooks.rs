@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
-use crate::audit::{AuditEvent, Outcome};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::http::caller::Admin;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -49,7 +49,8 @@ pub async fn rotate(
         .auditor
         .record(
             &caller.audit_context(),
-            AuditEvent::new("webhook_secret.rotate", Outcome::Success).target(caller.tenant_id),
+            AuditEvent::new(AuditAction::WebhookSecretRotate, Outcome::Success)
+                .target(caller.tenant_id),
         )
         .await;
     Ok(Json(WebhookSecret { secret }))
