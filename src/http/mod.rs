@@ -88,7 +88,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
 }
 
 /// The only routes left out of the OpenAPI document: the document itself and the vendored Swagger UI
-/// that renders it. Every other route goes through [`documented_routes`].
+/// that renders it. Every other route goes through `documented_routes`.
 pub fn undocumented_routes() -> [(&'static str, MethodRouter<AppState>); 5] {
     use routes::ops;
     [
