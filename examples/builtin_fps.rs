@@ -71,7 +71,7 @@ fn whole_job() {
     let audio = samples.join("speech_en.wav");
     let out = tempfile::tempdir().unwrap();
     let (samples, pcm) =
-        sonicgw::media::audio::decode_for_render(&audio, &out.path().join("a.f32le"), 16_000)
+        sonicgw::media::audio::decode_for_render(&audio, &out.path().join("a.f32le"), 16_000, None)
             .unwrap();
     let params = BuiltinParams {
         dynamic_scale: 1.0,

@@ -315,6 +315,7 @@ pub async fn start_with_admin_password(
         directory: Directory::new(config.token_cache_size),
         accounts: core.accounts.clone(),
         videos: Arc::clone(&videos),
+        denials: crate::audit::Repeats::new(10_000, Duration::from_secs(60)),
         config: config.clone(),
     });
 
@@ -427,6 +428,9 @@ async fn video_service(
         config.default_engine,
         engines.names().join(", ")
     );
+    // Scratch space of uploads being checked and jobs being rendered: the users' photos and voices.
+    let work_dir = config.data_dir.join("work");
+    owner_only_dir(&work_dir)?;
     Ok(crate::videos::VideoService {
         store: Arc::clone(&core.store),
         blobs: Arc::new(crate::blobs::LocalBlobs::new(
@@ -439,7 +443,7 @@ async fn video_service(
         faces: crate::media::face::FaceDetector::new().map_err(|e| anyhow::anyhow!("{e}"))?,
         events: crate::videos::JobEvents::new(),
         admission: crate::videos::admission::IntakeGate::for_this_machine(),
-        download_audit: crate::videos::download_audit::DownloadAudit::new(),
+        download_audit: crate::audit::Repeats::new(20_000, Duration::from_secs(3600)),
         tasks: tokio_util::task::TaskTracker::new(),
         streams: crate::videos::admission::PerUserSlots::new(
             crate::videos::admission::MAX_STREAMS_PER_USER,
@@ -452,7 +456,7 @@ async fn video_service(
             max_attempts: config.job_max_attempts,
             link_ttl_s: config.link_ttl_s,
             webhook_allow_private: config.webhook_allow_private,
-            work_dir: config.data_dir.join("work"),
+            work_dir,
         },
     })
 }
@@ -515,4 +519,17 @@ async fn housekeeping(tokens: Arc<Tokens>, sessions: Arc<Sessions>) {
         }
         sessions.throttle().prune();
     }
+}
+
+/// Creates `dir` (and its parents) if needed and makes it owner-only (0700), also when it existed.
+fn owner_only_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} owner-only", dir.display()))?;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod action;
 mod recorder;
+mod repeats;
 
 use serde::Serialize;
 
@@ -11,6 +12,7 @@ use crate::storage::{AuditStore, StoreResult};
 
 pub use action::{AuditAction, UnknownAction};
 pub use recorder::{AuditContext, AuditEvent, Auditor, Outcome};
+pub use repeats::Repeats;
 
 /// What `verify_chain` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::password::Passwords;
 use super::throttle::{Attempt, LoginThrottle};
 use super::tokens::{AccessClaims, Tokens};
-use crate::audit::{AuditAction, AuditContext, AuditEvent, Auditor, Outcome};
+use crate::audit::{AuditAction, AuditContext, AuditEvent, Auditor, Outcome, Repeats};
 use crate::domain::{PlanName, TenantName, UserId, Username};
 use crate::storage::{RefreshTokenRecord, Store, TenantScope, TokenId, UserRecord};
 use crate::time::{now_ms, now_s};
@@ -71,6 +71,8 @@ pub struct Sessions {
     throttle: LoginThrottle,
     auditor: Auditor,
     refresh_ttl_s: i64,
+    /// Refused refreshes already audited (per family and reason, for an hour).
+    refusals: Repeats,
 }
 
 /// SHA-256 of a refresh token, hex: the only form in which refresh tokens are stored.
@@ -94,6 +96,7 @@ impl Sessions {
             throttle,
             auditor,
             refresh_ttl_s,
+            refusals: Repeats::new(10_000, Duration::from_secs(3600)),
         }
     }
 
@@ -184,22 +187,15 @@ impl Sessions {
         candidates: &[UserRecord],
         password: &str,
     ) -> Result<TokenPair, GrantError> {
-        let mut matched = false;
-        for candidate in candidates {
-            matched |= self
-                .passwords
-                .verify(Some(candidate.password_hash.as_str()), password)
-                .await?;
-        }
-        if !matched {
-            return Err(self
-                .login_failed(attempt, context, None, "wrong_password")
-                .await);
-        }
-        drop(attempt);
-        Err(GrantError::InvalidRequest(
-            "this username exists in several tenants: send the tenant parameter",
-        ))
+        // The same work and the same answer as any failed login, whatever the password: one Argon2
+        // check (checking each namesake would make the time tell how many tenants have the name), then
+        // `invalid_grant`, whose description says to name the tenant. It counts as a failure: no one
+        // was authenticated.
+        let first = candidates.first().map(|c| c.password_hash.as_str());
+        self.passwords.verify(first, password).await?;
+        Err(self
+            .login_failed(attempt, context, None, "ambiguous_username")
+            .await)
     }
 
     /// Settles a failed login: throttle, metric and audit record. The target is the user id when one user
@@ -318,6 +314,10 @@ impl Sessions {
         reason: &'static str,
     ) -> GrantError {
         crate::metrics::auth_failure(reason);
+        // A dead refresh token presented in a loop is one event, not one row per request.
+        if !self.refusals.first_in_window(&format!("{family}/{reason}")) {
+            return GrantError::InvalidGrant;
+        }
         self.auditor
             .record(
                 context,
@@ -442,7 +442,8 @@ impl Sessions {
             let access = if refresh.is_none() { as_access() } else { None };
             (refresh, access)
         };
-        if let Some(record) = refresh {
+        // Revoking what is already revoked changes nothing and is not recorded again.
+        if let Some(record) = refresh.filter(|r| r.revoked_at.is_none()) {
             self.revoke_family(&record.family_id).await?;
             self.auditor
                 .record(
@@ -452,7 +453,9 @@ impl Sessions {
                         .reason("refresh_token"),
                 )
                 .await;
-        } else if let Some(claims) = access {
+        } else if let Some(claims) =
+            access.filter(|c| !self.tokens.revocations().is_revoked(&c.jti))
+        {
             self.tokens
                 .revocations()
                 .revoke(&claims.jti, claims.exp)

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 
@@ -196,15 +196,27 @@ async fn require_role(
     if caller.role >= minimum {
         return Ok(caller);
     }
-    state
-        .auditor
-        .record(
-            &caller.audit_context(),
-            AuditEvent::new(AuditAction::AccessDenied, Outcome::Denied)
-                .target(format!("{} {}", parts.method, parts.uri.path()))
-                .reason("role"),
-        )
-        .await;
+    // The route template, never the raw path (it is the caller's text, up to the URI limit); and a
+    // refusal repeated by the same user on the same route is recorded once a minute.
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let target = format!("{} {route}", crate::metrics::method_label(&parts.method));
+    if state
+        .denials
+        .first_in_window(&format!("{}/{target}", caller.user_id))
+    {
+        state
+            .auditor
+            .record(
+                &caller.audit_context(),
+                AuditEvent::new(AuditAction::AccessDenied, Outcome::Denied)
+                    .target(&target)
+                    .reason("role"),
+            )
+            .await;
+    }
     Err(ApiError::forbidden(format!(
         "this action needs the {minimum} role"
     )))

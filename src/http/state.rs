@@ -27,6 +27,8 @@ pub struct Services {
     pub directory: super::directory::Directory,
     pub accounts: Accounts,
     pub videos: Arc<crate::videos::VideoService>,
+    /// Role refusals already audited (per user and route, for a minute).
+    pub denials: crate::audit::Repeats,
 }
 
 impl AppState {

@@ -14,12 +14,18 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-use super::{guard, mp4edit, resample::resample, MediaError};
+use super::{guard, mp4edit, mp4guard, resample::resample, MediaError};
 
 /// How far past a duration limit decoding goes before giving up: a recording
 /// that is a hair over the limit still gets its exact duration measured (and
 /// refused with it); one that is far over stops costing CPU here.
 const TOO_LONG_SLACK_S: f64 = 1.0;
+
+/// Sample rates accepted: telephone speech to studio audio. Absurd rates in a header (4 GHz) would make
+/// the resampler allocate gigabytes; they are refused before anything is resampled.
+const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=192_000;
+/// Shortest recording accepted: a few video frames.
+const MIN_DURATION_S: f64 = 0.2;
 
 /// Accepted containers, detected from the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -94,10 +100,14 @@ pub struct PcmFile {
 /// Decodes `path` once for rendering: writes the playable audio (encoder
 /// delay and padding removed, as in [`probe_audio`]) to `pcm_out` as raw
 /// `f32le`, and returns it also as mono at `target_rate` Hz for the animation.
+///
+/// `max_duration_s` stops decoding past that length (plus a second), as in [`probe_audio`]: the job's
+/// measured duration, so a file cannot cost more at render time than it did at intake.
 pub fn decode_for_render(
     path: &Path,
     pcm_out: &Path,
     target_rate: u32,
+    max_duration_s: Option<f64>,
 ) -> Result<(Vec<f32>, PcmFile), MediaError> {
     struct Sink {
         out: BufWriter<File>,
@@ -113,7 +123,7 @@ pub fn decode_for_render(
         scratch: None,
         file_channels: None,
     };
-    let (info, mut sink) = decode(path, None, sink, |s: &mut Sink, buf, range| {
+    let (info, mut sink) = decode(path, max_duration_s, sink, |s: &mut Sink, buf, range| {
         let spec = *buf.spec();
         let ch = spec.channels.count().max(1);
         let file_ch = *s.file_channels.get_or_insert(if ch <= 2 { ch } else { 1 });
@@ -291,6 +301,7 @@ fn decode<S>(
     // Read the edit list before symphonia: it is the only source of AAC's
     // priming/padding (symphonia 0.5 trims MP3/Vorbis itself, not MP4).
     let edit = if format == AudioFormatName::M4a {
+        mp4guard::check(path)?;
         mp4edit::read_edit(path)
     } else {
         None
@@ -356,6 +367,8 @@ fn run<S>(
         None => (0, None),
     };
     let mut frames: u64 = 0;
+    // Frames decoded, including those the edit list trims.
+    let mut decoded: u64 = 0;
     let mut rate_channels: Option<(u32, u16)> = None;
     let (mut packets, mut bad_packets) = (0u64, 0u64);
 
@@ -393,6 +406,17 @@ fn run<S>(
             continue;
         }
         let rc = (spec.rate, spec.channels.count() as u16);
+        if !SAMPLE_RATES.contains(&rc.0) {
+            return Err(MediaError::UnsupportedAudioFormat {
+                detail: format!(
+                    "a sample rate of {} Hz (accepted: {} to {} Hz)",
+                    rc.0,
+                    SAMPLE_RATES.start(),
+                    SAMPLE_RATES.end()
+                ),
+            });
+        }
+        decoded += n as u64;
         match rate_channels {
             None => rate_channels = Some(rc),
             // A mid-stream format change would make the sample count meaningless.
@@ -410,8 +434,10 @@ fn run<S>(
             frames += (end - start) as u64;
             sink(state, &buf, (start, end));
         }
+        // Every decoded frame counts, trimmed or not: an edit list that keeps 5 s of a 10-hour
+        // file must not make us decode the 10 hours.
         if let Some(max) = max_duration_s {
-            if frames as f64 > (max + TOO_LONG_SLACK_S) * f64::from(rc.0.max(1)) {
+            if decoded as f64 > (max + TOO_LONG_SLACK_S) * f64::from(rc.0.max(1)) {
                 return Err(MediaError::AudioTooLong { max_s: max });
             }
         }
@@ -428,6 +454,11 @@ fn run<S>(
     };
     if frames == 0 || sample_rate == 0 {
         return Err(MediaError::AudioEmpty);
+    }
+    if (frames as f64) < MIN_DURATION_S * f64::from(sample_rate) {
+        return Err(MediaError::AudioTooShort {
+            min_s: MIN_DURATION_S,
+        });
     }
     Ok(AudioInfo {
         format,

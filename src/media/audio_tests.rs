@@ -362,7 +362,7 @@ fn decoding_stops_past_the_duration_limit() {
 #[test]
 fn decode_for_render_writes_the_playable_pcm() {
     let out = tmpdir().join("render.f32le");
-    let (mono, pcm) = decode_for_render(Path::new(MP3), &out, 16_000).unwrap();
+    let (mono, pcm) = decode_for_render(Path::new(MP3), &out, 16_000, None).unwrap();
     assert_eq!((pcm.sample_rate, pcm.channels), (22_050, 1));
     let bytes = std::fs::metadata(&out).unwrap().len();
     let secs = bytes as f64 / 4.0 / 22_050.0;
@@ -383,8 +383,58 @@ fn decode_for_render_writes_the_playable_pcm() {
 
     // Stereo stays stereo in the file; the animation gets the mono mix.
     let st = ffmpeg("st-render.wav", &["-ac", "2", "-ar", "44100"]);
-    let (_, pcm) = decode_for_render(&st, &out, 16_000).unwrap();
+    let (_, pcm) = decode_for_render(&st, &out, 16_000, None).unwrap();
     assert_eq!((pcm.sample_rate, pcm.channels), (44_100, 2));
     let frames = std::fs::metadata(&out).unwrap().len() as f64 / 8.0;
     assert!((frames / 44_100.0 - WAV_SECS).abs() < 0.001);
+}
+
+/// An edit list that keeps 2 s of a 20 s file must not let the 20 s be decoded past a 5 s limit.
+#[test]
+fn an_edit_list_cannot_hide_the_length_decoded() {
+    let p = tmpdir().join("long.m4a");
+    let st = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+        .args([
+            "-i",
+            "sine=frequency=440:duration=20:sample_rate=22050",
+            "-c:a",
+            "aac",
+        ])
+        .arg(&p)
+        .status()
+        .expect("ffmpeg is required for this test");
+    assert!(st.success());
+    let mut bytes = std::fs::read(&p).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"elst")
+        .expect("ffmpeg writes an edit list");
+    // elst v0: version/flags, count, then segment_duration (movie timescale, 1000/s for ffmpeg).
+    bytes[at + 12..at + 16].copy_from_slice(&2_000u32.to_be_bytes());
+    std::fs::write(&p, &bytes).unwrap();
+    let kept = probe_audio(&p, None).unwrap();
+    assert!((kept.duration_s - 2.0).abs() < 0.05, "{}", kept.duration_s);
+    assert_eq!(
+        probe_audio(&p, Some(5.0)).unwrap_err().code(),
+        "audio_too_long"
+    );
+}
+
+#[test]
+fn absurd_sample_rates_and_tiny_recordings_are_refused() {
+    let mut wav = std::fs::read(WAV).unwrap();
+    wav[24..28].copy_from_slice(&4_294_967_291u32.to_le_bytes());
+    let p = tmpdir().join("rate.wav");
+    std::fs::write(&p, &wav).unwrap();
+    assert_eq!(
+        probe_audio(&p, None).unwrap_err().code(),
+        "unsupported_audio_format"
+    );
+    // 0.1 s of audio: too short to animate.
+    let short = ffmpeg("short.wav", &["-t", "0.1"]);
+    assert_eq!(
+        probe_audio(&short, None).unwrap_err().code(),
+        "audio_too_short"
+    );
 }

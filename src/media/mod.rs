@@ -9,6 +9,7 @@ pub mod face;
 pub mod ffmpeg;
 pub mod image;
 mod mp4edit;
+mod mp4guard;
 mod resample;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -63,6 +64,13 @@ pub enum MediaError {
         max_s: f64,
     },
 
+    /// The recording is too short to animate.
+    #[error("the recording is shorter than {min_s} s")]
+    AudioTooShort {
+        /// The shortest accepted.
+        min_s: f64,
+    },
+
     /// The audio decoded fine but contains no samples.
     #[error("audio contains no samples")]
     AudioEmpty,
@@ -86,6 +94,7 @@ impl MediaError {
             MediaError::UnsupportedAudioFormat { .. } => "unsupported_audio_format",
             MediaError::AudioDecodeFailed { .. } => "audio_decode_failed",
             MediaError::AudioTooLong { .. } => "audio_too_long",
+            MediaError::AudioTooShort { .. } => "audio_too_short",
             MediaError::AudioEmpty => "audio_empty",
             MediaError::FaceModel { .. } => "face_model_invalid",
         }

@@ -12,9 +12,12 @@ use rubato::{FftFixedIn, Resampler};
 const CHUNK: usize = 1024;
 
 /// Resamples `input` from `from` Hz to `to` Hz. Output length is
-/// `round(len * to / from)`. Rates of 0 return an empty vector.
+/// `round(len * to / from)`. Rates of 0 or above 384 kHz return an empty vector.
 pub fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
-    if from == 0 || to == 0 || input.is_empty() {
+    // Decoders only pass rates intake accepted (8-192 kHz); anything beyond this would make the FFT
+    // plan allocate in proportion to the rate.
+    const MAX_RATE: u32 = 384_000;
+    if from == 0 || to == 0 || from > MAX_RATE || to > MAX_RATE || input.is_empty() {
         return Vec::new();
     }
     if from == to {

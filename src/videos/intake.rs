@@ -6,6 +6,7 @@
 //! again (atomically, with the insert).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -149,14 +150,15 @@ impl VideoService {
         context: &AuditContext,
         submission: Submission,
     ) -> Result<Submitted, IntakeError> {
-        let _admitted =
-            self.admission
-                .enter(submission.user)
-                .await
-                .map_err(|refusal| match refusal {
-                    AdmissionRefusal::UserBusy => IntakeError::UserBusy,
-                    AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
-                })?;
+        // Shared with every blocking probe below: a probe cannot be cancelled, so the slot stays taken
+        // until the last one really ends, even when the request is gone (client disconnected, or the
+        // other file already failed).
+        let admitted = Arc::new(self.admission.enter(submission.user).await.map_err(
+            |refusal| match refusal {
+                AdmissionRefusal::UserBusy => IntakeError::UserBusy,
+                AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
+            },
+        )?);
         let plan = self.plans.limits(&submission.plan);
         let now = now_ms();
         let usage = self
@@ -173,28 +175,35 @@ impl VideoService {
         let image_path = submission.image.path.clone();
         let audio_path = submission.audio.path.clone();
         let max_duration_s = f64::from(plan.max_duration_s);
+        let (image_slot, audio_slot) = (Arc::clone(&admitted), Arc::clone(&admitted));
         let (image, audio) = tokio::try_join!(
             async {
-                tokio::task::spawn_blocking(move || probe_image(&image_path, &limits))
-                    .await
-                    .map_err(anyhow::Error::from)?
-                    .map_err(|e| media_error("image", e))
+                tokio::task::spawn_blocking(move || {
+                    let _slot = image_slot;
+                    probe_image(&image_path, &limits)
+                })
+                .await
+                .map_err(anyhow::Error::from)?
+                .map_err(|e| media_error("image", e))
             },
             async {
-                tokio::task::spawn_blocking(move || probe_audio(&audio_path, Some(max_duration_s)))
-                    .await
-                    .map_err(anyhow::Error::from)?
-                    .map_err(|e| match e {
-                        // Decoding stopped at the plan's limit: the same answer as a measured overlong
-                        // recording.
-                        MediaError::AudioTooLong { .. } => IntakeError::PlanLimit {
-                            limit: "max_duration_s",
-                            plan: submission.plan.to_string(),
-                            asked: format!("more than {}", plan.max_duration_s),
-                            allowed: plan.max_duration_s.to_string(),
-                        },
-                        other => media_error("audio", other),
-                    })
+                tokio::task::spawn_blocking(move || {
+                    let _slot = audio_slot;
+                    probe_audio(&audio_path, Some(max_duration_s))
+                })
+                .await
+                .map_err(anyhow::Error::from)?
+                .map_err(|e| match e {
+                    // Decoding stopped at the plan's limit: the same answer as a measured overlong
+                    // recording.
+                    MediaError::AudioTooLong { .. } => IntakeError::PlanLimit {
+                        limit: "max_duration_s",
+                        plan: submission.plan.to_string(),
+                        asked: format!("more than {}", plan.max_duration_s),
+                        allowed: plan.max_duration_s.to_string(),
+                    },
+                    other => media_error("audio", other),
+                })
             },
         )?;
 
@@ -257,7 +266,9 @@ impl VideoService {
             });
         }
 
-        let (image, face, faces_detected, crop) = self.find_face(image, &params).await?;
+        let (image, face, faces_detected, crop) = self
+            .find_face(image, &params, Arc::clone(&admitted))
+            .await?;
 
         let request_hash = {
             let mut hasher = Sha256::new();
@@ -323,6 +334,7 @@ impl VideoService {
         &self,
         image: ProbedImage,
         params: &SonicParams,
+        slot: Arc<super::admission::IntakePermit>,
     ) -> Result<
         (
             ProbedImage,
@@ -334,6 +346,7 @@ impl VideoService {
     > {
         let detector = self.faces.clone();
         let (image, faces) = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let faces = detector.detect(&image.image);
             (image, faces)
         })

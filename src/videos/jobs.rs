@@ -192,8 +192,7 @@ impl VideoService {
         })
     }
 
-    /// Counts a download and audits the first by each downloader of each job within the hour (see
-    /// `download_audit`). A signed-link download names no user: the link's holder is unknown.
+    /// Counts a download and audits the first by each downloader of each job within the hour. A signed-link download names no user: the link's holder is unknown.
     pub async fn record_download(
         &self,
         context: &AuditContext,
@@ -209,7 +208,10 @@ impl VideoService {
             ),
         };
         crate::metrics::video_download(via);
-        if !self.download_audit.first_in_window(job.id, &key) {
+        if !self
+            .download_audit
+            .first_in_window(&format!("{}/{key}", job.id))
+        {
             return;
         }
         let mut event = AuditEvent::new(AuditAction::VideoDownload, Outcome::Success)

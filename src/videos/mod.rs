@@ -3,7 +3,6 @@
 
 pub mod admission;
 pub mod delivery;
-pub mod download_audit;
 pub mod events;
 pub mod intake;
 pub mod jobs;
@@ -58,8 +57,9 @@ pub struct VideoService {
     pub tasks: tokio_util::task::TaskTracker,
     /// Open event streams per user.
     pub streams: admission::PerUserSlots,
-    /// Which downloads were audited recently (repeats are only counted).
-    pub download_audit: download_audit::DownloadAudit,
+    /// Which downloads were audited recently: once per job, downloader and hour (repeats are only
+    /// counted in metrics).
+    pub download_audit: crate::audit::Repeats,
     pub settings: VideoSettings,
 }
 

@@ -38,7 +38,7 @@ fn load_16k(path: &Path) -> Vec<f32> {
 
 /// The recording as the raw PCM the encoder muxes.
 fn pcm_of(audio: &Path, dir: &Path) -> PcmFile {
-    decode_for_render(audio, &dir.join("audio.f32le"), 16_000)
+    decode_for_render(audio, &dir.join("audio.f32le"), 16_000, None)
         .expect("decode sample")
         .1
 }

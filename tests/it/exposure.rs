@@ -207,3 +207,75 @@ async fn an_event_stream_ends_when_its_token_expires() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(read_until_end(response).await["reason"], "token_expired");
 }
+
+async fn audit_count(server: &TestServer, admin: &str, query: &str) -> usize {
+    audit(server, admin, &format!("{query}&limit=1000"))
+        .await
+        .len()
+}
+
+/// A dead token presented in a loop is one event: a revoked refresh token refused once is recorded
+/// once, and revoking what is already revoked records nothing.
+#[tokio::test]
+async fn a_dead_token_presented_again_and_again_is_recorded_once() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let victim = server.admin().await;
+    let revoke = |token: String| {
+        let server = &server;
+        async move {
+            let response = server
+                .client
+                .post(server.url("/v1/auth/revoke"))
+                .form(&[("token", token.as_str())])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    };
+    revoke(victim.refresh.clone()).await;
+    // Revoking the refresh token revoked its sign-in, the access token with it: nothing more to record.
+    revoke(victim.access.clone()).await;
+    let revokes = audit_count(&server, &admin.access, "action=auth.revoke").await;
+    assert_eq!(revokes, 1);
+    for _ in 0..5 {
+        revoke(victim.refresh.clone()).await;
+        revoke(victim.access.clone()).await;
+        let refused = server.refresh(&victim.refresh).await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(
+        audit_count(&server, &admin.access, "action=auth.revoke").await,
+        revokes
+    );
+    assert_eq!(
+        audit_count(
+            &server,
+            &admin.access,
+            "action=auth.refresh&outcome=failure"
+        )
+        .await,
+        1
+    );
+}
+
+/// A role refusal records the route, not the caller's path (which can be as long as the URI limit),
+/// once a minute per user and route.
+#[tokio::test]
+async fn role_refusals_record_the_route_once_not_the_path() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    server
+        .create_user(&admin.access, "pleb", "user", None)
+        .await;
+    let user = server.login("pleb", USER_PASSWORD).await;
+    let long = "A".repeat(4000);
+    for _ in 0..5 {
+        let response = server.get(&format!("/v1/users/{long}"), &user.access).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    let denied = audit(&server, &admin.access, "action=access.denied").await;
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["target"], "GET /v1/users/{id}");
+}

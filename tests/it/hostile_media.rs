@@ -250,3 +250,68 @@ async fn a_recording_far_over_the_plan_is_refused_without_decoding_it_all() {
     let detail = body["detail"].as_str().unwrap();
     assert!(detail.contains("more than 30"), "{detail}");
 }
+
+/// Runs ffmpeg to make a fixture; fails loudly without it.
+fn make(args: &[&str], out: &Path) {
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .arg(out)
+        .status()
+        .expect("ffmpeg is required for this test");
+    assert!(status.success());
+}
+
+/// A sample table that claims 2^32-1 entries made symphonia ask for 32 GiB and abort the process;
+/// a WAV claiming a 4 GHz sample rate did the same in the resampler. Both are refused at intake, and
+/// the server is still there to answer the next request.
+#[tokio::test]
+async fn tables_and_rates_that_would_exhaust_memory_are_refused() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.workers = 0).await;
+    let admin = server.admin().await;
+    let m4a = server.dir.path().join("speech.m4a");
+    make(
+        &[
+            "-i",
+            sample("speech_en.wav").to_str().unwrap(),
+            "-c:a",
+            "aac",
+        ],
+        &m4a,
+    );
+    let mut bytes = std::fs::read(&m4a).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"stts")
+        .expect("an AAC M4A has an stts box");
+    bytes[at + 8..at + 12].copy_from_slice(&[0xFF; 4]);
+    let body = problem(
+        submit(
+            &server,
+            &admin.access,
+            form_with(face_part(), Part::bytes(bytes).file_name("speech.m4a")),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["code"], "unsupported_audio_format", "{body}");
+
+    let mut wav = std::fs::read(sample("speech_en.wav")).unwrap();
+    assert_eq!(&wav[0..4], b"RIFF");
+    wav[24..28].copy_from_slice(&4_294_967_291u32.to_le_bytes());
+    let body = problem(
+        submit(
+            &server,
+            &admin.access,
+            form_with(face_part(), Part::bytes(wav).file_name("speech.wav")),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["code"], "unsupported_audio_format", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("Hz"), "{body}");
+    // Still serving.
+    submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+}

@@ -334,7 +334,12 @@ async fn same_username_in_two_tenants_needs_the_tenant_parameter() {
         .json()
         .await
         .unwrap();
-    assert_eq!(ambiguous["error"], "invalid_request");
+    // Answered like any failed login (no oracle for shared names), with the hint to name the tenant.
+    assert_eq!(ambiguous["error"], "invalid_grant");
+    assert!(ambiguous["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("tenant parameter"));
     let sam = server.login_in("sam", USER_PASSWORD, Some("globex")).await;
     let me: Value = server
         .get("/v1/me", &sam.access)

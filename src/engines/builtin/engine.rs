@@ -81,12 +81,13 @@ impl Engine for BuiltinEngine {
         let limits = self.image_limits;
         let (image_path, audio_path) = (job.image_path.clone(), job.audio_path.clone());
         let pcm_path = job.workdir.join("audio.f32le");
+        let duration = job.params.duration;
         let (crop, face, width, height) = (job.crop, job.face, job.output_width, job.output_height);
         let prepared = tokio::task::spawn_blocking(move || {
             let photo = probe_image(&image_path, &limits).map_err(media_error)?;
             let (scaled, face_in_crop) = crop_for_render(&photo.image, crop, face, width, height);
-            let (samples, pcm) =
-                decode_for_render(&audio_path, &pcm_path, 16_000).map_err(media_error)?;
+            let (samples, pcm) = decode_for_render(&audio_path, &pcm_path, 16_000, Some(duration))
+                .map_err(media_error)?;
             Ok::<_, EngineError>((scaled, face_in_crop, samples, pcm))
         })
         .await

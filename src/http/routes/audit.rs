@@ -163,6 +163,11 @@ async fn hide_platform_staff(
     let mut staff: HashMap<String, bool> = HashMap::new();
     for item in items.iter_mut() {
         let Some(actor) = item.actor_user_id.clone() else {
+            // Whoever held a signed link may be platform staff too: no address or agent either way.
+            if item.actor_kind == "link_holder" {
+                item.client_ip = None;
+                item.user_agent = None;
+            }
             continue;
         };
         let from_elsewhere = item.actor_tenant_id.as_deref() != Some(tenant.to_string().as_str());
@@ -265,6 +270,10 @@ pub async fn list(
     let mut items: Vec<AuditEntry> = records.into_iter().map(AuditEntry::from).collect();
     if caller.role != Role::PlatformAdmin {
         hide_platform_staff(&state, caller.tenant_id, &mut items).await?;
+        // Filtering by a staff member's id must not confirm it is one.
+        if params.actor.is_some() {
+            items.retain(|item| item.actor_kind != "platform_staff");
+        }
     }
     let cursor_header = next_cursor.clone().unwrap_or_default();
     let response = match params.format.as_deref().unwrap_or("json") {

@@ -115,7 +115,8 @@ fn grant_response(result: Result<TokenPair, GrantError>) -> Response {
         Err(GrantError::InvalidGrant) => oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
-            "the credentials or refresh token are invalid",
+            "the credentials or refresh token are invalid (a username that exists in several tenants \
+             also needs the tenant parameter)",
         ),
         Err(GrantError::InvalidRequest(description)) => {
             oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
