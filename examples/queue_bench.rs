@@ -159,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
     let mut by_worker: HashMap<&str, Vec<&JobRecord>> = HashMap::new();
     for job in &jobs {
         by_worker
-            .entry(job.worker_id.as_deref().unwrap_or("?"))
+            .entry(job.worker_id.as_ref().map_or("?", |w| w.as_str()))
             .or_default()
             .push(job);
     }

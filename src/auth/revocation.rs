@@ -12,6 +12,7 @@ use anyhow::Context;
 use dashmap::DashMap;
 use futures::StreamExt;
 
+use crate::domain::Jti;
 use crate::storage::{RevokedToken, Store};
 use crate::time::{now_ms, now_s};
 
@@ -23,7 +24,7 @@ const POLL_OVERLAP_MS: i64 = 5_000;
 
 /// Revoked access tokens by `jti`, with their expiry (Unix seconds).
 pub struct Revocations {
-    denied: DashMap<String, i64>,
+    denied: DashMap<Jti, i64>,
     store: Arc<dyn Store>,
     redis: Option<RedisChannel>,
 }
@@ -35,7 +36,7 @@ struct RedisChannel {
 }
 
 impl RedisChannel {
-    fn key(&self, jti: &str) -> String {
+    fn key(&self, jti: &Jti) -> String {
         format!("{}:revoked:{jti}", self.prefix)
     }
 
@@ -84,18 +85,18 @@ impl Revocations {
     }
 
     /// True when the token with this `jti` was revoked.
-    pub fn is_revoked(&self, jti: &str) -> bool {
+    pub fn is_revoked(&self, jti: &Jti) -> bool {
         self.denied.contains_key(jti)
     }
 
     /// Revokes one access token until it expires (`expires_at`, Unix seconds).
-    pub async fn revoke(&self, jti: &str, expires_at: i64) -> anyhow::Result<()> {
+    pub async fn revoke(&self, jti: &Jti, expires_at: i64) -> anyhow::Result<()> {
         // Verification accepts a token until `exp` plus the clock leeway; the revocation must outlive that.
         let expires_at = expires_at + MAX_LEEWAY_S;
-        self.denied.insert(jti.to_owned(), expires_at);
+        self.denied.insert(jti.clone(), expires_at);
         self.store
             .insert_revoked_token(&RevokedToken {
-                jti: jti.to_owned(),
+                jti: jti.clone(),
                 expires_at: expires_at * 1000,
                 revoked_at: now_ms(),
             })
@@ -121,7 +122,7 @@ impl Revocations {
         Ok(())
     }
 
-    fn remember(&self, jti: String, expires_at: i64) {
+    fn remember(&self, jti: Jti, expires_at: i64) {
         if expires_at > now_s() {
             self.denied.insert(jti, expires_at);
         }
@@ -177,8 +178,9 @@ impl Revocations {
                 let values: Vec<Option<i64>> =
                     redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
                 for (key, value) in keys.iter().zip(values) {
-                    if let (Some(jti), Some(exp)) = (key.strip_prefix(&key_prefix), value) {
-                        self.remember(jti.to_owned(), exp);
+                    let jti = key.strip_prefix(&key_prefix).map(Jti::parse);
+                    if let (Some(Ok(jti)), Some(exp)) = (jti, value) {
+                        self.remember(jti, exp);
                     }
                 }
             }
@@ -198,8 +200,8 @@ impl Revocations {
                         continue;
                     };
                     if let Some((jti, exp)) = payload.split_once(' ') {
-                        if let Ok(exp) = exp.parse() {
-                            self.remember(jti.to_owned(), exp);
+                        if let (Ok(jti), Ok(exp)) = (Jti::parse(jti), exp.parse()) {
+                            self.remember(jti, exp);
                         }
                     }
                 }

@@ -14,12 +14,11 @@ use super::password::Passwords;
 use super::throttle::{Attempt, LoginThrottle};
 use super::tokens::{AccessClaims, Tokens};
 use crate::audit::{AuditAction, AuditContext, AuditEvent, Auditor, Outcome, Repeats};
-use crate::domain::{PlanName, TenantName, UserId, Username};
+use crate::domain::{FamilyId, PlanName, TenantName, UserId, Username};
 use crate::storage::{RefreshTokenRecord, Store, TenantScope, TokenId, UserRecord};
 use crate::time::{now_ms, now_s};
 
-/// Most same-named users (in different tenants) a login without a tenant checks its password against:
-/// each costs an Argon2 verification. Users past the first few need the tenant parameter.
+/// Most same-named users (in different tenants) a login looks up.
 const MAX_LOGIN_CANDIDATES: usize = 8;
 
 /// What a successful grant returns. `Debug` hides both tokens: they are bearer credentials.
@@ -164,7 +163,7 @@ impl Sessions {
         } else {
             attempt.succeeded();
         }
-        let family = uuid::Uuid::new_v4().simple().to_string();
+        let family = FamilyId::generate();
         let pair = self.issue_pair(&user, &family).await?;
         self.auditor
             .record(
@@ -310,7 +309,7 @@ impl Sessions {
     async fn refresh_refused(
         &self,
         context: &AuditContext,
-        family: &str,
+        family: &FamilyId,
         reason: &'static str,
     ) -> GrantError {
         crate::metrics::auth_failure(reason);
@@ -329,7 +328,11 @@ impl Sessions {
         GrantError::InvalidGrant
     }
 
-    async fn issue_pair(&self, user: &UserRecord, family: &str) -> Result<TokenPair, GrantError> {
+    async fn issue_pair(
+        &self,
+        user: &UserRecord,
+        family: &FamilyId,
+    ) -> Result<TokenPair, GrantError> {
         let plan = self.effective_plan(user).await?;
         let issued = self
             .tokens
@@ -351,7 +354,7 @@ impl Sessions {
         self.store
             .insert_refresh_token(&RefreshTokenRecord {
                 token_hash: refresh_token_hash(&refresh_token),
-                family_id: family.to_owned(),
+                family_id: family.clone(),
                 user_id: user.id,
                 tenant_id: user.tenant_id,
                 issued_at: now,
@@ -382,7 +385,7 @@ impl Sessions {
     }
 
     /// Revokes every refresh token of a family and every access token issued in it.
-    pub async fn revoke_family(&self, family: &str) -> anyhow::Result<()> {
+    pub async fn revoke_family(&self, family: &FamilyId) -> anyhow::Result<()> {
         let now = now_ms();
         self.store.revoke_refresh_family(family, now).await?;
         for token in self.store.family_access_tokens(family, now).await? {

@@ -14,7 +14,7 @@ use tracing::{field, field::Empty, Span};
 
 use super::keys::{KeyRing, SigningAlg};
 use super::revocation::Revocations;
-use crate::domain::{PlanName, Role, TenantId, UserId};
+use crate::domain::{Jti, PlanName, Role, TenantId, UserId};
 use crate::time::now_s;
 
 /// Tokens longer than this are refused before any parsing.
@@ -37,7 +37,7 @@ pub struct AccessClaims {
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
-    pub jti: String,
+    pub jti: Jti,
 }
 
 /// The claims as a token presents them: each may be absent, so a missing claim is told apart from a
@@ -54,7 +54,7 @@ struct PresentedClaims {
     iat: Option<i64>,
     nbf: Option<i64>,
     exp: Option<i64>,
-    jti: Option<String>,
+    jti: Option<Jti>,
 }
 
 impl PresentedClaims {
@@ -265,7 +265,7 @@ impl Tokens {
             iat: now,
             nbf: now,
             exp: now + self.settings.ttl_s,
-            jti: uuid::Uuid::new_v4().simple().to_string(),
+            jti: Jti::generate(),
         };
         let ring = self.key_ring();
         let mut header = Header::new(ring.signing.alg.jwt_algorithm());

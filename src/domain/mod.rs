@@ -7,7 +7,7 @@ pub mod plan;
 pub mod role;
 pub mod user;
 
-pub use ids::{TenantId, UserId};
+pub use ids::{FamilyId, Jti, TenantId, UserId, WorkerId};
 pub use job::{JobId, JobStatus, Stage};
 pub use params::{ParamRejection, RawParams, SonicParams};
 pub use plan::{Plan, PlanName, Plans};

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::{StoreResult, TenantScope};
-use crate::domain::{JobId, JobStatus, Stage, TenantId, UserId};
+use crate::domain::{JobId, JobStatus, Stage, TenantId, UserId, WorkerId};
 
 /// A video job as stored. `params`, `input` and `output_plan` are JSON documents owned by the video module.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +21,7 @@ pub struct JobRecord {
     pub callback_url: Option<String>,
     pub vtag: f64,
     pub attempts: i64,
-    pub worker_id: Option<String>,
+    pub worker_id: Option<WorkerId>,
     pub lease_expires_at: Option<i64>,
     pub counts_toward_quota: bool,
     pub error_code: Option<String>,
@@ -146,7 +146,7 @@ pub trait JobStore: Send + Sync {
     /// Claims the next job in fair order for a worker, with a lease until `lease_until`.
     async fn claim_job(
         &self,
-        worker_id: &str,
+        worker_id: &WorkerId,
         engines: &[String],
         now: i64,
         lease_until: i64,
@@ -155,7 +155,7 @@ pub trait JobStore: Send + Sync {
     async fn heartbeat(
         &self,
         id: JobId,
-        worker_id: &str,
+        worker_id: &WorkerId,
         now: i64,
         lease_until: i64,
     ) -> StoreResult<bool>;
@@ -163,7 +163,7 @@ pub trait JobStore: Send + Sync {
     async fn set_progress(
         &self,
         id: JobId,
-        worker_id: &str,
+        worker_id: &WorkerId,
         stage: Stage,
         progress: f64,
         now: i64,
@@ -172,7 +172,7 @@ pub trait JobStore: Send + Sync {
     async fn finish_job(
         &self,
         id: JobId,
-        worker_id: &str,
+        worker_id: &WorkerId,
         outcome: &JobOutcome,
         now: i64,
     ) -> StoreResult<Option<JobRecord>>;

@@ -111,7 +111,7 @@ pub(super) fn user_from_row(row: &impl StoredRow) -> StoreResult<UserRecord> {
 pub(super) fn refresh_from_row(row: &impl StoredRow) -> StoreResult<RefreshTokenRecord> {
     Ok(RefreshTokenRecord {
         token_hash: row.text("token_hash")?,
-        family_id: row.text("family_id")?,
+        family_id: parse_stored("refresh_tokens.family_id", &row.text("family_id")?)?,
         user_id: parse_stored("refresh_tokens.user_id", &row.text("user_id")?)?,
         tenant_id: parse_stored("refresh_tokens.tenant_id", &row.text("tenant_id")?)?,
         issued_at: row.int("issued_at")?,
@@ -124,7 +124,7 @@ pub(super) fn refresh_from_row(row: &impl StoredRow) -> StoreResult<RefreshToken
 /// A row of `jti, expires_at`.
 pub(super) fn token_id_from_row(row: &impl StoredRow) -> StoreResult<TokenId> {
     Ok(TokenId {
-        jti: row.text("jti")?,
+        jti: parse_stored("access_tokens.jti", &row.text("jti")?)?,
         expires_at: row.int("expires_at")?,
     })
 }
@@ -132,7 +132,7 @@ pub(super) fn token_id_from_row(row: &impl StoredRow) -> StoreResult<TokenId> {
 /// A row of `jti, expires_at, revoked_at`.
 pub(super) fn revoked_from_row(row: &impl StoredRow) -> StoreResult<RevokedToken> {
     Ok(RevokedToken {
-        jti: row.text("jti")?,
+        jti: parse_stored("revoked_tokens.jti", &row.text("jti")?)?,
         expires_at: row.int("expires_at")?,
         revoked_at: row.int("revoked_at")?,
     })
@@ -196,7 +196,10 @@ pub(super) fn job_from_row(row: &impl StoredRow) -> StoreResult<JobRecord> {
         callback_url: row.opt_text("callback_url")?,
         vtag: row.real("vtag")?,
         attempts: row.int("attempts")?,
-        worker_id: row.opt_text("worker_id")?,
+        worker_id: row
+            .opt_text("worker_id")?
+            .map(|worker| parse_stored("jobs.worker_id", &worker))
+            .transpose()?,
         lease_expires_at: row.opt_int("lease_expires_at")?,
         counts_toward_quota: row.flag("counts_toward_quota")?,
         error_code: row.opt_text("error_code")?,
@@ -468,6 +471,39 @@ mod tests {
         assert!(matches!(
             tenant_from_row(&bad),
             Err(StoreError::Corrupt(detail)) if detail == "tenants.id: \"x\""
+        ));
+    }
+
+    #[tokio::test]
+    async fn token_rows_decode_and_bad_token_ids_are_corrupt() {
+        let good = row("SELECT 'j1' AS jti, 5 AS expires_at, 3 AS revoked_at").await;
+        assert_eq!(token_id_from_row(&good).unwrap().jti.as_str(), "j1");
+        assert_eq!(revoked_from_row(&good).unwrap().jti.as_str(), "j1");
+
+        let bad = row("SELECT 'a b' AS jti, 5 AS expires_at, 3 AS revoked_at").await;
+        assert!(matches!(
+            token_id_from_row(&bad),
+            Err(StoreError::Corrupt(detail)) if detail == "access_tokens.jti: \"a b\""
+        ));
+        assert!(matches!(
+            revoked_from_row(&bad),
+            Err(StoreError::Corrupt(detail)) if detail == "revoked_tokens.jti: \"a b\""
+        ));
+
+        let user = UserId::generate();
+        let tenant = TenantId::generate();
+        let refresh = |family: &str| {
+            format!(
+                "SELECT 'h' AS token_hash, '{family}' AS family_id, '{user}' AS user_id, \
+                 '{tenant}' AS tenant_id, 1 AS issued_at, 2 AS expires_at, NULL AS used_at, \
+                 NULL AS revoked_at"
+            )
+        };
+        let record = refresh_from_row(&row(&refresh("f1")).await).unwrap();
+        assert_eq!(record.family_id.as_str(), "f1");
+        assert!(matches!(
+            refresh_from_row(&row(&refresh("")).await),
+            Err(StoreError::Corrupt(detail)) if detail == "refresh_tokens.family_id: \"\""
         ));
     }
 

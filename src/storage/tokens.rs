@@ -3,13 +3,13 @@
 use async_trait::async_trait;
 
 use super::StoreResult;
-use crate::domain::{TenantId, UserId};
+use crate::domain::{FamilyId, Jti, TenantId, UserId};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefreshTokenRecord {
     /// SHA-256 of the token, hex. The token itself is never stored.
     pub token_hash: String,
-    pub family_id: String,
+    pub family_id: FamilyId,
     pub user_id: UserId,
     pub tenant_id: TenantId,
     pub issued_at: i64,
@@ -21,14 +21,14 @@ pub struct RefreshTokenRecord {
 /// An access token's id with its expiry: what a denylist entry needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenId {
-    pub jti: String,
+    pub jti: Jti,
     pub expires_at: i64,
 }
 
 /// A revocation as stored, with when it happened (replicas poll by that).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedToken {
-    pub jti: String,
+    pub jti: Jti,
     pub expires_at: i64,
     pub revoked_at: i64,
 }
@@ -40,23 +40,27 @@ pub trait TokenStore: Send + Sync {
     async fn refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshTokenRecord>>;
     /// Marks an unused, unrevoked token used. `false` means someone used it first.
     async fn mark_refresh_token_used(&self, token_hash: &str, now: i64) -> StoreResult<bool>;
-    async fn revoke_refresh_family(&self, family_id: &str, now: i64) -> StoreResult<u64>;
+    async fn revoke_refresh_family(&self, family_id: &FamilyId, now: i64) -> StoreResult<u64>;
     async fn revoke_user_refresh_tokens(&self, user: UserId, now: i64) -> StoreResult<u64>;
     /// True when any refresh token of the family was revoked.
-    async fn family_revoked(&self, family_id: &str) -> StoreResult<bool>;
+    async fn family_revoked(&self, family_id: &FamilyId) -> StoreResult<bool>;
 
     async fn insert_access_token(
         &self,
         token: &TokenId,
         user: UserId,
-        family_id: &str,
+        family_id: &FamilyId,
     ) -> StoreResult<()>;
     /// Unexpired access tokens issued in a refresh family.
-    async fn family_access_tokens(&self, family_id: &str, now: i64) -> StoreResult<Vec<TokenId>>;
+    async fn family_access_tokens(
+        &self,
+        family_id: &FamilyId,
+        now: i64,
+    ) -> StoreResult<Vec<TokenId>>;
     /// Unexpired access tokens of a user.
     async fn user_access_tokens(&self, user: UserId, now: i64) -> StoreResult<Vec<TokenId>>;
     /// The refresh family an access token was issued in.
-    async fn access_token_family(&self, jti: &str) -> StoreResult<Option<String>>;
+    async fn access_token_family(&self, jti: &Jti) -> StoreResult<Option<FamilyId>>;
 
     async fn insert_revoked_token(&self, token: &RevokedToken) -> StoreResult<()>;
     /// Unexpired revocations made at or after `since` (ms).

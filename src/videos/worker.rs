@@ -11,7 +11,7 @@ use tracing::{field, field::Empty, Instrument, Span};
 use super::view::{JobInput, OutputPlan};
 use super::{input_key, result_key, VideoService};
 use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
-use crate::domain::{JobStatus, SonicParams, Stage};
+use crate::domain::{JobStatus, SonicParams, Stage, WorkerId};
 use crate::engines::{EngineError, EngineJob, ProgressFn};
 use crate::storage::jobs::{JobOutcome, JobRecord};
 use crate::storage::StoreResult;
@@ -24,9 +24,7 @@ const PROGRESS_INTERVAL_MS: u64 = 500;
 /// `shutdown` turns true; a job being run then stays `running` until its lease expires and another
 /// worker takes it over.
 pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::Receiver<bool>) {
-    let instance = uuid::Uuid::new_v4().simple().to_string();
-    for index in 0..count {
-        let worker_id = format!("{}-{index}", &instance[..12]);
+    for worker_id in WorkerId::for_new_instance(count) {
         let mut stop = shutdown.clone();
         let worker = Arc::clone(&service).work(worker_id);
         service.tasks.spawn(async move {
@@ -47,7 +45,7 @@ pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::
 }
 
 impl VideoService {
-    async fn work(self: Arc<Self>, worker_id: String) {
+    async fn work(self: Arc<Self>, worker_id: WorkerId) {
         let engines = self.engines.names();
         loop {
             match self.claim(&worker_id, &engines).await {
@@ -75,7 +73,11 @@ impl VideoService {
         skip_all,
         fields(worker_id = %worker_id, job_id = Empty, engine = Empty, attempt = Empty)
     )]
-    async fn claim(&self, worker_id: &str, engines: &[String]) -> StoreResult<Option<JobRecord>> {
+    async fn claim(
+        &self,
+        worker_id: &WorkerId,
+        engines: &[String],
+    ) -> StoreResult<Option<JobRecord>> {
         let now = now_ms();
         let lease_until = now + self.settings.lease.as_millis() as i64;
         let job = self
@@ -127,7 +129,7 @@ impl VideoService {
             outcome = Empty,
         )
     )]
-    async fn run(self: &Arc<Self>, worker_id: &str, job: JobRecord) {
+    async fn run(self: &Arc<Self>, worker_id: &WorkerId, job: JobRecord) {
         let workdir = self.settings.work_dir.join("jobs").join(job.id.to_string());
         let outcome = tokio::select! {
             outcome = self.generate(worker_id, &job, &workdir) => Some(outcome),
@@ -184,7 +186,7 @@ impl VideoService {
     }
 
     /// Heartbeats until the job is no longer this worker's (then returns, which cancels the engine).
-    async fn keep_lease(&self, worker_id: &str, job: &JobRecord) {
+    async fn keep_lease(&self, worker_id: &WorkerId, job: &JobRecord) {
         let mut tick = tokio::time::interval(self.settings.lease / 3);
         tick.tick().await;
         loop {
@@ -201,7 +203,7 @@ impl VideoService {
 
     async fn generate(
         &self,
-        worker_id: &str,
+        worker_id: &WorkerId,
         job: &JobRecord,
         workdir: &std::path::Path,
     ) -> Result<u64, EngineError> {
@@ -268,11 +270,11 @@ impl VideoService {
     }
 
     /// Writes progress at most every `PROGRESS_INTERVAL_MS`, and every stage change.
-    fn progress_reporter(&self, worker_id: &str, job: &JobRecord) -> ProgressFn {
+    fn progress_reporter(&self, worker_id: &WorkerId, job: &JobRecord) -> ProgressFn {
         let store = Arc::clone(&self.store);
         let events = self.events.clone();
         let tasks = self.tasks.clone();
-        let worker_id = worker_id.to_owned();
+        let worker_id = worker_id.clone();
         let id = job.id;
         let last_write = Arc::new(AtomicU64::new(0));
         let last_stage = Arc::new(std::sync::Mutex::new(Stage::Preprocessing));

@@ -3,12 +3,16 @@
 use std::sync::Arc;
 
 use sonicgw::domain::{
-    JobId, JobStatus, PlanName, Role, Stage, TenantId, TenantName, UserId, Username,
+    JobId, JobStatus, PlanName, Role, Stage, TenantId, TenantName, UserId, Username, WorkerId,
 };
 use sonicgw::storage::jobs::{JobOutcome, JobRecord, JobScope, QuotaLimits, QuotaRefusal};
 use sonicgw::storage::{connect, Store, TenantRecord, TenantScope, UserRecord};
 
 use crate::helpers::PgDatabase;
+
+fn worker(id: &str) -> WorkerId {
+    WorkerId::parse(id).unwrap()
+}
 
 /// A store on either backend, kept alive with its database.
 struct Db {
@@ -181,7 +185,7 @@ async fn daily_quota_counts_and_refunds(db: Db) {
         .unwrap();
     // Deleting a job that already started does not give its quota back.
     let claimed = store
-        .claim_job("w", &engines(), 5, 100)
+        .claim_job(&worker("w"), &engines(), 5, 100)
         .await
         .unwrap()
         .unwrap();
@@ -240,7 +244,7 @@ async fn fair_order(db: Db) {
     }
     // One worker has taken A's first job when B submits.
     let first = store
-        .claim_job("w1", &engines(), 1000, 2000)
+        .claim_job(&worker("w1"), &engines(), 1000, 2000)
         .await
         .unwrap()
         .unwrap();
@@ -254,7 +258,7 @@ async fn fair_order(db: Db) {
     let mut dispatched_before_b = 0;
     loop {
         let next = store
-            .claim_job("w1", &engines(), 1001, 2000)
+            .claim_job(&worker("w1"), &engines(), 1001, 2000)
             .await
             .unwrap()
             .unwrap();
@@ -302,7 +306,7 @@ async fn weighted_share(db: Db) {
     let mut pro_count = 0;
     for _ in 0..20 {
         let next = store
-            .claim_job("w", &engines(), 1, 2)
+            .claim_job(&worker("w"), &engines(), 1, 2)
             .await
             .unwrap()
             .unwrap();
@@ -335,7 +339,7 @@ async fn lease_expiry(db: Db) {
         .unwrap()
         .unwrap();
     let claimed = store
-        .claim_job("crashed-worker", &engines(), 10, 20)
+        .claim_job(&worker("crashed-worker"), &engines(), 10, 20)
         .await
         .unwrap()
         .unwrap();
@@ -343,7 +347,7 @@ async fn lease_expiry(db: Db) {
     assert_eq!(claimed.attempts, 1);
     assert!(
         store
-            .claim_job("other", &engines(), 11, 21)
+            .claim_job(&worker("other"), &engines(), 11, 21)
             .await
             .unwrap()
             .is_none(),
@@ -358,11 +362,11 @@ async fn lease_expiry(db: Db) {
     assert!(expired[0].requeued);
     // The crashed worker's late reports are refused.
     assert!(!store
-        .heartbeat(created.id, "crashed-worker", 22, 40)
+        .heartbeat(created.id, &worker("crashed-worker"), 22, 40)
         .await
         .unwrap());
     let again = store
-        .claim_job("w2", &engines(), 23, 30)
+        .claim_job(&worker("w2"), &engines(), 23, 30)
         .await
         .unwrap()
         .unwrap();
@@ -372,7 +376,7 @@ async fn lease_expiry(db: Db) {
         result_bytes: 1,
     };
     assert!(store
-        .finish_job(created.id, "crashed-worker", &outcome, 24)
+        .finish_job(created.id, &worker("crashed-worker"), &outcome, 24)
         .await
         .unwrap()
         .is_none());
@@ -408,7 +412,7 @@ async fn concurrent_claims(db: Db) {
         tokio::spawn(async move {
             let mut mine = Vec::new();
             while let Some(job) = store
-                .claim_job(&format!("w{w}"), &engines(), 1, 1000)
+                .claim_job(&worker(&format!("w{w}")), &engines(), 1, 1000)
                 .await
                 .unwrap()
             {

@@ -1,6 +1,6 @@
 //! One storage suite, run against both backends.
 
-use sonicgw::domain::{PlanName, Role, TenantId, TenantName, UserId, Username};
+use sonicgw::domain::{FamilyId, Jti, PlanName, Role, TenantId, TenantName, UserId, Username};
 use sonicgw::storage::{
     connect, NewAuditRecord, RefreshTokenRecord, RevokedToken, Store, StoreError, TenantRecord,
     TenantScope, TenantUpdate, TokenId, UserRecord,
@@ -120,9 +120,11 @@ async fn refresh_tokens_are_used_once(store: &dyn Store) {
     store.insert_tenant(&t).await.unwrap();
     let u = user(t.id, "u");
     store.insert_user(&u).await.unwrap();
+    let f1 = FamilyId::parse("f1").unwrap();
+    let (j1, j2) = (Jti::parse("j1").unwrap(), Jti::parse("j2").unwrap());
     let record = RefreshTokenRecord {
         token_hash: "h1".into(),
-        family_id: "f1".into(),
+        family_id: f1.clone(),
         user_id: u.id,
         tenant_id: t.id,
         issued_at: 10,
@@ -144,7 +146,7 @@ async fn refresh_tokens_are_used_once(store: &dyn Store) {
         store.refresh_token("h1").await.unwrap().unwrap().used_at,
         Some(20)
     );
-    assert_eq!(store.revoke_refresh_family("f1", 30).await.unwrap(), 2);
+    assert_eq!(store.revoke_refresh_family(&f1, 30).await.unwrap(), 2);
     assert!(
         !store.mark_refresh_token_used("h2", 31).await.unwrap(),
         "revoked"
@@ -152,17 +154,17 @@ async fn refresh_tokens_are_used_once(store: &dyn Store) {
 
     let now = 1_000;
     let live = TokenId {
-        jti: "j1".into(),
+        jti: j1.clone(),
         expires_at: 5_000,
     };
     let dead = TokenId {
-        jti: "j2".into(),
+        jti: j2,
         expires_at: 500,
     };
-    store.insert_access_token(&live, u.id, "f1").await.unwrap();
-    store.insert_access_token(&dead, u.id, "f1").await.unwrap();
+    store.insert_access_token(&live, u.id, &f1).await.unwrap();
+    store.insert_access_token(&dead, u.id, &f1).await.unwrap();
     assert_eq!(
-        store.family_access_tokens("f1", now).await.unwrap(),
+        store.family_access_tokens(&f1, now).await.unwrap(),
         vec![live.clone()]
     );
     assert_eq!(
@@ -170,12 +172,12 @@ async fn refresh_tokens_are_used_once(store: &dyn Store) {
         vec![live.clone()]
     );
     assert_eq!(
-        store.access_token_family("j1").await.unwrap().as_deref(),
-        Some("f1")
+        store.access_token_family(&j1).await.unwrap(),
+        Some(f1.clone())
     );
 
     let revoked = RevokedToken {
-        jti: "j1".into(),
+        jti: j1,
         expires_at: 5_000,
         revoked_at: 900,
     };

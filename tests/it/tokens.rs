@@ -207,6 +207,30 @@ async fn rejects_token_missing_each_required_claim() {
 }
 
 #[tokio::test]
+async fn rejects_token_whose_jti_is_not_a_valid_token_id() {
+    // The jti ends up in Redis keys and space-separated pub/sub messages: only ids we could have issued pass.
+    let server = TestServer::start().await;
+    let claims = server.valid_claims().await;
+    for jti in [
+        json!(""),
+        json!("a b"),
+        json!("x:revoked:y"),
+        json!("j".repeat(65)),
+        json!(7),
+    ] {
+        let mut bad = claims.clone();
+        bad["jti"] = jti.clone();
+        let response = server.get("/v1/me", &server.forge(json!({}), &bad)).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{jti}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["detail"], "the token is not a well-formed JWT",
+            "{jti}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn rejects_wrong_issuer() {
     let server = TestServer::start().await;
     let mut claims = server.valid_claims().await;

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::SqliteStore;
-use crate::domain::{JobId, JobStatus, Stage, UserId};
+use crate::domain::{JobId, JobStatus, Stage, UserId, WorkerId};
 use crate::storage::jobs::{
     ExpiredLease, IdempotencyState, JobOutcome, JobRecord, JobScope, JobStore, QuotaLimits,
     QuotaRefusal, QuotaUsage,
@@ -73,7 +73,7 @@ impl JobStore for SqliteStore {
             .bind(&job.callback_url)
             .bind(job.vtag)
             .bind(job.attempts)
-            .bind(&job.worker_id)
+            .bind(job.worker_id.as_ref().map(WorkerId::as_str))
             .bind(job.lease_expires_at)
             .bind(job.counts_toward_quota)
             .bind(&job.error_code)
@@ -165,7 +165,7 @@ impl JobStore for SqliteStore {
 
     async fn claim_job(
         &self,
-        worker_id: &str,
+        worker_id: &WorkerId,
         engines: &[String],
         now: i64,
         lease_until: i64,
@@ -188,7 +188,7 @@ impl JobStore for SqliteStore {
             engines = placeholders(4, engines.len()),
         );
         let mut query = sqlx::query(&sql)
-            .bind(worker_id)
+            .bind(worker_id.as_str())
             .bind(now)
             .bind(lease_until);
         for engine in engines {
@@ -208,7 +208,7 @@ impl JobStore for SqliteStore {
     async fn heartbeat(
         &self,
         id: JobId,
-        worker_id: &str,
+        worker_id: &WorkerId,
         now: i64,
         lease_until: i64,
     ) -> StoreResult<bool> {
@@ -217,7 +217,7 @@ impl JobStore for SqliteStore {
              WHERE id = $1 AND worker_id = $2 AND status = 'running'",
         )
         .bind(id.to_string())
-        .bind(worker_id)
+        .bind(worker_id.as_str())
         .bind(lease_until)
         .bind(now)
         .execute(&self.pool)
@@ -228,7 +228,7 @@ impl JobStore for SqliteStore {
     async fn set_progress(
         &self,
         id: JobId,
-        worker_id: &str,
+        worker_id: &WorkerId,
         stage: Stage,
         progress: f64,
         now: i64,
@@ -238,7 +238,7 @@ impl JobStore for SqliteStore {
              WHERE id = $1 AND worker_id = $2 AND status = 'running' AND progress <= $4",
         )
         .bind(id.to_string())
-        .bind(worker_id)
+        .bind(worker_id.as_str())
         .bind(stage.as_str())
         .bind(progress)
         .bind(now)
@@ -250,7 +250,7 @@ impl JobStore for SqliteStore {
     async fn finish_job(
         &self,
         id: JobId,
-        worker_id: &str,
+        worker_id: &WorkerId,
         outcome: &JobOutcome,
         now: i64,
     ) -> StoreResult<Option<JobRecord>> {
@@ -268,7 +268,7 @@ impl JobStore for SqliteStore {
         );
         sqlx::query(&sql)
             .bind(id.to_string())
-            .bind(worker_id)
+            .bind(worker_id.as_str())
             .bind(end.status.as_str())
             .bind(end.error_code)
             .bind(end.error_message)

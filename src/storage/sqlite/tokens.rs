@@ -3,9 +3,9 @@
 use async_trait::async_trait;
 
 use super::SqliteStore;
-use crate::domain::UserId;
+use crate::domain::{FamilyId, Jti, UserId};
 use crate::storage::shared::{
-    refresh_from_row, revoked_from_row, token_id_from_row, StoredRow, REFRESH_COLUMNS,
+    parse_stored, refresh_from_row, revoked_from_row, token_id_from_row, StoredRow, REFRESH_COLUMNS,
 };
 use crate::storage::{
     RefreshTokenRecord, RevokedToken, StoreError, StoreResult, TokenId, TokenStore,
@@ -20,7 +20,7 @@ impl TokenStore for SqliteStore {
         );
         sqlx::query(&sql)
             .bind(&token.token_hash)
-            .bind(&token.family_id)
+            .bind(token.family_id.as_str())
             .bind(token.user_id.to_string())
             .bind(token.tenant_id.to_string())
             .bind(token.issued_at)
@@ -56,12 +56,12 @@ impl TokenStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn revoke_refresh_family(&self, family_id: &str, now: i64) -> StoreResult<u64> {
+    async fn revoke_refresh_family(&self, family_id: &FamilyId, now: i64) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $2
              WHERE family_id = $1 AND revoked_at IS NULL",
         )
-        .bind(family_id)
+        .bind(family_id.as_str())
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -80,12 +80,12 @@ impl TokenStore for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn family_revoked(&self, family_id: &str) -> StoreResult<bool> {
+    async fn family_revoked(&self, family_id: &FamilyId) -> StoreResult<bool> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM refresh_tokens
              WHERE family_id = $1 AND revoked_at IS NOT NULL",
         )
-        .bind(family_id)
+        .bind(family_id.as_str())
         .fetch_one(&self.pool)
         .await?;
         Ok(row.int("n")? > 0)
@@ -95,15 +95,15 @@ impl TokenStore for SqliteStore {
         &self,
         token: &TokenId,
         user: UserId,
-        family_id: &str,
+        family_id: &FamilyId,
     ) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO access_tokens (jti, user_id, family_id, expires_at)
              VALUES ($1, $2, $3, $4)",
         )
-        .bind(&token.jti)
+        .bind(token.jti.as_str())
         .bind(user.to_string())
-        .bind(family_id)
+        .bind(family_id.as_str())
         .bind(token.expires_at)
         .execute(&self.pool)
         .await
@@ -111,12 +111,16 @@ impl TokenStore for SqliteStore {
         Ok(())
     }
 
-    async fn family_access_tokens(&self, family_id: &str, now: i64) -> StoreResult<Vec<TokenId>> {
+    async fn family_access_tokens(
+        &self,
+        family_id: &FamilyId,
+        now: i64,
+    ) -> StoreResult<Vec<TokenId>> {
         sqlx::query(
             "SELECT jti, expires_at FROM access_tokens
              WHERE family_id = $1 AND expires_at > $2",
         )
-        .bind(family_id)
+        .bind(family_id.as_str())
         .bind(now)
         .fetch_all(&self.pool)
         .await?
@@ -139,12 +143,18 @@ impl TokenStore for SqliteStore {
         .collect()
     }
 
-    async fn access_token_family(&self, jti: &str) -> StoreResult<Option<String>> {
+    async fn access_token_family(&self, jti: &Jti) -> StoreResult<Option<FamilyId>> {
         let row = sqlx::query("SELECT family_id FROM access_tokens WHERE jti = $1")
-            .bind(jti)
+            .bind(jti.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.text("family_id")).transpose()?)
+        match row {
+            Some(row) => Ok(Some(parse_stored(
+                "access_tokens.family_id",
+                &row.text("family_id")?,
+            )?)),
+            None => Ok(None),
+        }
     }
 
     async fn insert_revoked_token(&self, token: &RevokedToken) -> StoreResult<()> {
@@ -152,7 +162,7 @@ impl TokenStore for SqliteStore {
             "INSERT INTO revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3)
              ON CONFLICT (jti) DO NOTHING",
         )
-        .bind(&token.jti)
+        .bind(token.jti.as_str())
         .bind(token.expires_at)
         .bind(token.revoked_at)
         .execute(&self.pool)
