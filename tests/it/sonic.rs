@@ -261,3 +261,85 @@ async fn cancelling_a_sonic_job_interrupts_its_running_prompt() {
         "{interrupts:?}"
     );
 }
+
+#[tokio::test]
+async fn fake_comfyui_validates_prompts_like_the_server_and_the_client_names_node_and_input() {
+    use sonicgw::engines::sonic::client::{ComfyClient, ComfyError};
+    use sonicgw::engines::sonic::workflow::{build, JobInputs, Models};
+    let fake = FakeComfy::start().await;
+    let client = ComfyClient::new(&fake.url, &BTreeMap::new()).unwrap();
+    let models = Models {
+        checkpoint: "svd_xt_1_1.safetensors".into(),
+        unet: "unet.pth".into(),
+        dtype: "fp16".into(),
+    };
+    let png = std::fs::read(crate::videos::sample("face_astronaut.png")).unwrap();
+    let image = client.upload("f.png", png, "image/png").await.unwrap();
+    let audio = client
+        .upload(
+            "s.wav",
+            std::fs::read(crate::videos::sample("speech_en.wav")).unwrap(),
+            "audio/wav",
+        )
+        .await
+        .unwrap();
+    let prompt = build(
+        &models,
+        &JobInputs {
+            image: &image.input_name(),
+            audio: &audio.input_name(),
+            audio_seconds: 7.6,
+            min_resolution: 512,
+            expand_ratio: 0.5,
+            seed: 1,
+            inference_steps: 25,
+            dynamic_scale: 1.0,
+        },
+    );
+    let refused = |prompt: Value| {
+        let client = client.clone();
+        async move {
+            match client
+                .submit(&prompt, "test", &uuid::Uuid::new_v4().to_string())
+                .await
+            {
+                Err(ComfyError::Rejected { summary }) => summary,
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+    };
+    let mut missing = prompt.clone();
+    missing["5"]["inputs"]
+        .as_object_mut()
+        .unwrap()
+        .remove("duration");
+    let summary = refused(missing).await;
+    assert!(
+        summary.contains("node 5 (SONIC_PreData) input \"duration\""),
+        "{summary}"
+    );
+    let mut text = prompt.clone();
+    text["5"]["inputs"]["duration"] = "ten seconds".into();
+    assert!(refused(text).await.contains("FLOAT"));
+    let mut unknown = prompt.clone();
+    unknown["6"]["class_type"] = "SONIC_Inference".into();
+    assert!(refused(unknown).await.contains("SONIC_Inference"));
+    let mut no_file = prompt.clone();
+    no_file["3"]["inputs"]["image"] = "someone-else.png".into();
+    assert!(refused(no_file).await.contains("node 3 (LoadImage)"));
+    let info: Value = reqwest::get(format!("{}/api/object_info/SONIC_PreData", fake.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["SONIC_PreData"]["input"]["required"]["duration"][1]["min"],
+        1.0
+    );
+    // The valid prompt is accepted under our own id.
+    let id = uuid::Uuid::new_v4().to_string();
+    client.submit(&prompt, "test", &id).await.unwrap();
+    let stats = client.system_stats().await.unwrap();
+    assert_eq!(stats["devices"][0]["type"], "cuda");
+}
