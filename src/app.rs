@@ -422,10 +422,32 @@ async fn video_service(
             duration: Duration::from_millis(config.simulated_engine_ms),
         }));
     }
+    if let Some(url) = config.comfyui_urls.first() {
+        // One server for now; the GPU pool will take every URL.
+        let client = crate::engines::sonic::client::ComfyClient::new(url, &config.comfyui_headers)
+            .map_err(anyhow::Error::msg)
+            .context("comfyui_urls / comfyui_headers")?;
+        if config.comfyui_urls.len() > 1 {
+            tracing::warn!("only the first of comfyui_urls is used until the GPU pool exists");
+        }
+        engines.add(Arc::new(crate::engines::sonic::SonicEngine::new(
+            client,
+            crate::engines::sonic::SonicSettings {
+                models: crate::engines::sonic::workflow::Models {
+                    checkpoint: config.sonic_checkpoint.clone(),
+                    unet: config.sonic_unet.clone(),
+                    dtype: config.sonic_dtype.clone(),
+                },
+                timeout: Duration::from_secs(config.engine_timeout_s),
+                poll_interval: Duration::from_millis(250),
+                image_limits,
+            },
+        )));
+    }
     anyhow::ensure!(
-        engines.get(&config.default_engine).is_some(),
+        engines.get(config.default_engine()).is_some(),
         "default_engine {:?} is not one of the configured engines ({})",
-        config.default_engine,
+        config.default_engine(),
         engines.names().join(", ")
     );
     // Scratch space of uploads being checked and jobs being rendered: the users' photos and voices.
@@ -449,7 +471,7 @@ async fn video_service(
             crate::videos::admission::MAX_STREAMS_PER_USER,
         ),
         settings: crate::videos::VideoSettings {
-            default_engine: config.default_engine.clone(),
+            default_engine: config.default_engine().to_owned(),
             image_limits,
             max_audio_bytes: config.max_audio_bytes,
             lease: Duration::from_secs(config.job_lease_s),

@@ -90,6 +90,19 @@ pub struct Config {
     pub simulated_engine_ms: u64,
     /// Allow webhook targets on loopback and private networks.
     pub webhook_allow_private: bool,
+    /// ComfyUI servers with the ComfyUI_Sonic nodes (a list, or in the environment a
+    /// comma-separated string); set: the `sonic` engine is registered.
+    #[serde(deserialize_with = "list")]
+    pub comfyui_urls: Vec<String>,
+    /// Extra headers sent to ComfyUI (e.g. a reverse proxy's token): secret.
+    #[serde(deserialize_with = "headers")]
+    pub comfyui_headers: BTreeMap<String, String>,
+    #[serde(deserialize_with = "text")]
+    pub sonic_checkpoint: String,
+    #[serde(deserialize_with = "text")]
+    pub sonic_unet: String,
+    #[serde(deserialize_with = "text")]
+    pub sonic_dtype: String,
 }
 
 impl Default for Config {
@@ -123,7 +136,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             plans: BTreeMap::new(),
             workers: 1,
-            default_engine: "builtin".to_owned(),
+            default_engine: String::new(),
             max_image_bytes: 20 * 1024 * 1024,
             max_image_side: 4096,
             max_audio_bytes: 50 * 1024 * 1024,
@@ -134,6 +147,11 @@ impl Default for Config {
             engine_timeout_s: 1800,
             simulated_engine_ms: 0,
             webhook_allow_private: false,
+            comfyui_urls: Vec::new(),
+            comfyui_headers: BTreeMap::new(),
+            sonic_checkpoint: "svd_xt_1_1.safetensors".to_owned(),
+            sonic_unet: "unet.pth".to_owned(),
+            sonic_dtype: "fp16".to_owned(),
         }
     }
 }
@@ -181,6 +199,11 @@ impl fmt::Debug for Config {
             engine_timeout_s,
             simulated_engine_ms,
             webhook_allow_private,
+            comfyui_urls,
+            comfyui_headers,
+            sonic_checkpoint,
+            sonic_unet,
+            sonic_dtype,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -223,6 +246,23 @@ impl fmt::Debug for Config {
             .field("engine_timeout_s", engine_timeout_s)
             .field("simulated_engine_ms", simulated_engine_ms)
             .field("webhook_allow_private", webhook_allow_private)
+            .field(
+                "comfyui_urls",
+                &comfyui_urls
+                    .iter()
+                    .map(|u| redacted_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "comfyui_headers",
+                &comfyui_headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), Redacted(value)))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .field("sonic_checkpoint", sonic_checkpoint)
+            .field("sonic_unet", sonic_unet)
+            .field("sonic_dtype", sonic_dtype)
             .finish()
     }
 }
@@ -320,6 +360,11 @@ const ENV_KEYS: &[&str] = &[
     "engine_timeout_s",
     "simulated_engine_ms",
     "webhook_allow_private",
+    "comfyui_urls",
+    "comfyui_headers",
+    "sonic_checkpoint",
+    "sonic_unet",
+    "sonic_dtype",
 ];
 
 impl Config {
@@ -370,7 +415,25 @@ impl Config {
         if self.login_max_failures == 0 || self.login_ip_max_failures == 0 {
             bail!("login_max_failures and login_ip_max_failures must be at least 1");
         }
+        if !matches!(self.sonic_dtype.as_str(), "fp16" | "fp32" | "bf16") {
+            bail!("sonic_dtype must be fp16, fp32 or bf16");
+        }
+        if self.sonic_checkpoint.is_empty() || self.sonic_unet.is_empty() {
+            bail!("sonic_checkpoint and sonic_unet must name model files");
+        }
         Ok(())
+    }
+
+    /// The engine of jobs that name none: `default_engine`, or `sonic` when ComfyUI servers are
+    /// configured, else `builtin`.
+    pub fn default_engine(&self) -> &str {
+        if !self.default_engine.is_empty() {
+            &self.default_engine
+        } else if self.comfyui_urls.is_empty() {
+            "builtin"
+        } else {
+            "sonic"
+        }
     }
 
     pub fn signing_alg(&self) -> Result<SigningAlg, String> {
@@ -460,6 +523,50 @@ fn addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Ip
     }
 }
 
+/// A list of strings, or one comma-separated string (the environment).
+fn list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match List::deserialize(deserializer)? {
+        List::List(list) => list,
+        List::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// A table of header names to values, or (the environment) `Name=value` pairs separated by commas.
+fn headers<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Headers {
+        Table(BTreeMap<String, String>),
+        Text(String),
+    }
+    match Headers::deserialize(deserializer)? {
+        Headers::Table(table) => Ok(table),
+        Headers::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+                    .ok_or_else(|| serde::de::Error::custom("comfyui_headers: expected Name=value"))
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 // figment's `Jail` closures return its (large) error type.
 #[allow(clippy::result_large_err)]
@@ -535,6 +642,37 @@ mod tests {
         }
         let unset = format!("{:?}", Config::default());
         assert!(unset.contains("hs256_secret: \"\""), "{unset}");
+    }
+
+    #[test]
+    fn comfyui_settings_come_from_the_environment_and_headers_stay_secret() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.default_engine(), "builtin");
+            assert_eq!(config.sonic_checkpoint, "svd_xt_1_1.safetensors");
+            assert_eq!(config.sonic_unet, "unet.pth");
+            assert_eq!(config.sonic_dtype, "fp16");
+            jail.set_env("SONICGW_COMFYUI_URLS", "http://gpu1:8188, http://gpu2:8188");
+            jail.set_env(
+                "SONICGW_COMFYUI_HEADERS",
+                "Authorization=Bearer proxy-token-31337",
+            );
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.comfyui_urls,
+                ["http://gpu1:8188", "http://gpu2:8188"]
+            );
+            assert_eq!(config.default_engine(), "sonic");
+            let text = format!("{config:?}");
+            assert!(!text.contains("proxy-token-31337"), "{text}");
+            assert!(text.contains("Authorization"), "{text}");
+            jail.set_env("SONICGW_DEFAULT_ENGINE", "builtin");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.default_engine(), "builtin");
+            jail.set_env("SONICGW_SONIC_DTYPE", "int4");
+            assert!(Config::load(None).is_err());
+            Ok(())
+        });
     }
 
     #[test]

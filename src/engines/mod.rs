@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod simulated;
+pub mod sonic;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,6 +103,14 @@ fn server_message(code: &str) -> &'static str {
         }
         "engine_unavailable" => {
             "no engine is available for this job right now; it did not count toward your quota"
+        }
+        "gpu_out_of_memory" => {
+            "the GPU ran out of memory for this job; submit it again with a lower min_resolution \
+             (it did not count toward your quota)"
+        }
+        "engine_rejected_workflow" => {
+            "the GPU server refused this job's workflow, a configuration problem on our side; it did \
+             not count toward your quota"
         }
         "input_missing" => {
             "the uploaded files of this job are no longer available; submit it again"

@@ -34,8 +34,10 @@ use tracing::Instrument;
 
 use crate::media::audio::PcmFile;
 
+mod conform;
 mod probe;
 
+pub use conform::{conform_remote_video, ConformSpec};
 pub use probe::{probe, ProbeInfo};
 
 const FFMPEG: &str = "ffmpeg";
