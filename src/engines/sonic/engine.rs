@@ -144,10 +144,12 @@ impl SonicEngine {
             job.audio_path.clone(),
             job.workdir.clone(),
         );
-        let prepared =
-            tokio::task::spawn_blocking(move || inputs::prepare(&image, &audio, &workdir, &limits))
-                .await
-                .map_err(|e| EngineError::server("internal", e.to_string()))??;
+        let duration = job.params.duration;
+        let prepared = tokio::task::spawn_blocking(move || {
+            inputs::prepare(&image, &audio, &workdir, &limits, duration)
+        })
+        .await
+        .map_err(|e| EngineError::server("internal", e.to_string()))??;
 
         // Job-unique names: a retry of the same job gets new ones too, and nothing else's is touched.
         let unique = format!("sonicgw-{}-{}", job.id, uuid::Uuid::new_v4().simple());

@@ -19,12 +19,14 @@ pub struct Prepared {
     pub audio_seconds: f64,
 }
 
-/// Decodes the photo (orientation applied, alpha dropped) and the recording. Blocking.
+/// Decodes the photo (orientation applied, alpha dropped) and the recording, no further than
+/// `max_duration_s` (the length intake measured). Blocking.
 pub fn prepare(
     image: &Path,
     audio: &Path,
     workdir: &Path,
     limits: &ImageLimits,
+    max_duration_s: f64,
 ) -> Result<Prepared, EngineError> {
     let photo = probe_image(image, limits).map_err(media_error)?;
     let mut png = Vec::new();
@@ -32,7 +34,8 @@ pub fn prepare(
         .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| EngineError::server("internal", format!("png encoding: {e}")))?;
     let pcm_path = workdir.join("audio.f32le");
-    let (_, pcm) = decode_for_render(audio, &pcm_path, 16_000).map_err(media_error)?;
+    let (_, pcm) =
+        decode_for_render(audio, &pcm_path, 16_000, Some(max_duration_s)).map_err(media_error)?;
     let raw = std::fs::read(&pcm.path)
         .map_err(|e| EngineError::server("internal", format!("reading decoded audio: {e}")))?;
     let samples = raw.len() / 4;
