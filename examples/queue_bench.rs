@@ -12,6 +12,7 @@ use sonicgw::config::Config;
 use sonicgw::domain::Plan;
 use sonicgw::storage::jobs::{JobRecord, JobScope};
 use sonicgw::storage::TenantScope;
+use sonicgw::time::UnixMillis;
 
 const WORKERS: usize = 4;
 const A_JOBS: usize = 200;
@@ -169,15 +170,26 @@ async fn main() -> anyhow::Result<()> {
         runs.sort_by_key(|j| j.started_at);
         let mut free_at = i64::MIN;
         for job in runs.iter() {
-            let (start, end) = (job.started_at.unwrap_or(0), job.finished_at.unwrap_or(0));
-            latencies.push((start - job.created_at.max(free_at)) as f64);
+            let (start, end) = (
+                job.started_at.map_or(0, UnixMillis::as_millis),
+                job.finished_at.map_or(0, UnixMillis::as_millis),
+            );
+            latencies.push((start - job.created_at.as_millis().max(free_at)) as f64);
             busy_ms += end - start;
             free_at = end;
         }
     }
     latencies.sort_by(f64::total_cmp);
-    let first_created = jobs.iter().map(|j| j.created_at).min().unwrap_or(0);
-    let last_finished = jobs.iter().filter_map(|j| j.finished_at).max().unwrap_or(0);
+    let first_created = jobs
+        .iter()
+        .map(|j| j.created_at.as_millis())
+        .min()
+        .unwrap_or(0);
+    let last_finished = jobs
+        .iter()
+        .filter_map(|j| j.finished_at)
+        .max()
+        .map_or(0, UnixMillis::as_millis);
     let utilisation = busy_ms as f64 / (WORKERS as f64 * (last_finished - first_created) as f64);
 
     let a_tenant = jobs
@@ -193,26 +205,28 @@ async fn main() -> anyhow::Result<()> {
         .filter(|j| Some(j.tenant_id) == b_tenant)
         .collect();
     let b_first = b_jobs.iter().min_by_key(|j| j.created_at).unwrap();
-    let b_wait = b_first.started_at.unwrap_or(0) - b_first.created_at;
+    let b_wait =
+        b_first.started_at.map_or(0, UnixMillis::as_millis) - b_first.created_at.as_millis();
     let a_started_before_b = jobs
         .iter()
         .filter(|j| Some(j.tenant_id) != b_tenant)
         .filter(|j| {
-            j.started_at.unwrap_or(0) > b_first.created_at && j.started_at < b_first.started_at
+            j.started_at.unwrap_or(UnixMillis::EPOCH) > b_first.created_at
+                && j.started_at < b_first.started_at
         })
         .count();
     let b_last_done = b_jobs
         .iter()
         .filter_map(|j| j.finished_at)
         .max()
-        .unwrap_or(0)
-        - b_first.created_at;
+        .map_or(0, UnixMillis::as_millis)
+        - b_first.created_at.as_millis();
 
     println!("queue_bench: {WORKERS} workers, simulated engine {engine_ms} ms/job, A {A_JOBS} jobs then B {B_JOBS}");
     let a_queued_when_b_came = jobs
         .iter()
         .filter(|j| Some(j.tenant_id) == a_tenant)
-        .filter(|j| j.started_at.unwrap_or(i64::MAX) > b_first.created_at)
+        .filter(|j| j.started_at.unwrap_or(UnixMillis::from_millis(i64::MAX)) > b_first.created_at)
         .count();
     println!(
         "  A's {A_JOBS} submissions took {:.2} s (8 uploads in flight); A's jobs still queued when B submitted: {a_queued_when_b_came}",

@@ -309,7 +309,7 @@ impl Accounts {
         } else if revoke_access {
             for token in self.store.user_access_tokens(id, now_ms()).await? {
                 self.revocations
-                    .revoke(&token.jti, token.expires_at / 1000)
+                    .revoke(&token.jti, token.expires_at.as_secs())
                     .await?;
             }
         }

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,6 +17,8 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::time::UnixMillis;
 
 /// The signing algorithms the gateway offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +71,7 @@ struct KeyFile {
     kid: String,
     alg: SigningAlg,
     /// Unix milliseconds.
-    created_at: i64,
+    created_at: UnixMillis,
     private_key_pem: String,
 }
 
@@ -154,6 +157,7 @@ impl KeyRing {
     fn from_files(mut files: Vec<KeyFile>, alg: SigningAlg, retain_s: i64) -> anyhow::Result<Self> {
         files.sort_by(|a, b| (a.created_at, &a.kid).cmp(&(b.created_at, &b.kid)));
         let now = crate::time::now_ms();
+        let retention = Duration::from_secs(u64::try_from(retain_s).unwrap_or(0));
         let active_index = files
             .iter()
             .rposition(|f| f.alg == alg)
@@ -163,7 +167,7 @@ impl KeyRing {
         for (index, file) in files.iter().enumerate() {
             // A key is superseded when the next key was created; it retires `retain_s` later.
             let superseded_at = files.get(index + 1).map(|next| next.created_at);
-            let still_valid = superseded_at.is_none_or(|at| at + retain_s * 1000 > now);
+            let still_valid = superseded_at.is_none_or(|at| at + retention > now);
             if index != active_index && !still_valid {
                 continue;
             }
@@ -234,11 +238,11 @@ fn write_new_key(dir: &Path, alg: SigningAlg) -> anyhow::Result<KeyFile> {
         .iter()
         .map(|f| f.created_at)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(UnixMillis::EPOCH);
     let file = KeyFile {
         kid: URL_SAFE_NO_PAD.encode(id),
         alg,
-        created_at: crate::time::now_ms().max(latest + 1),
+        created_at: crate::time::now_ms().max(latest + Duration::from_millis(1)),
         private_key_pem: generate_private_pem(alg)?,
     };
     let path: PathBuf = dir.join(format!("{}.json", file.kid));
@@ -353,7 +357,7 @@ mod tests {
             let path = dir.path().join(format!("{kid}.json"));
             let mut file: KeyFile =
                 serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-            file.created_at = now - age_ms;
+            file.created_at = now - Duration::from_millis(age_ms);
             fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
         }
         let ring = KeyRing::load_or_create(dir.path(), SigningAlg::EdDSA, None, 60).unwrap();

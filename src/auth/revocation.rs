@@ -14,13 +14,13 @@ use futures::StreamExt;
 
 use crate::domain::Jti;
 use crate::storage::{RevokedToken, Store};
-use crate::time::{now_ms, now_s};
+use crate::time::{now_ms, now_s, UnixMillis};
 
 /// The largest clock leeway verification may apply (`token_leeway_s` is at most 60).
 const MAX_LEEWAY_S: i64 = 60;
 
 /// How far back each database poll looks, to tolerate clock skew between processes.
-const POLL_OVERLAP_MS: i64 = 5_000;
+const POLL_OVERLAP: Duration = Duration::from_millis(5_000);
 
 /// Revoked access tokens by `jti`, with their expiry (Unix seconds).
 pub struct Revocations {
@@ -77,7 +77,7 @@ impl Revocations {
             revocations.load_from_redis().await?;
             tokio::spawn(Arc::clone(&revocations).follow_redis(pubsub));
         } else {
-            let loaded = revocations.load_from_store(0).await?;
+            let loaded = revocations.load_from_store(UnixMillis::EPOCH).await?;
             tokio::spawn(Arc::clone(&revocations).poll_store(loaded));
         }
         tokio::spawn(Arc::clone(&revocations).purge_expired());
@@ -97,7 +97,7 @@ impl Revocations {
         self.store
             .insert_revoked_token(&RevokedToken {
                 jti: jti.clone(),
-                expires_at: expires_at * 1000,
+                expires_at: UnixMillis::from_secs(expires_at),
                 revoked_at: now_ms(),
             })
             .await?;
@@ -128,22 +128,22 @@ impl Revocations {
         }
     }
 
-    /// Loads revocations made since `since_ms`; returns the newest `revoked_at` seen.
-    async fn load_from_store(&self, since_ms: i64) -> anyhow::Result<i64> {
-        let mut newest = since_ms;
-        for token in self.store.revoked_tokens_since(since_ms, now_ms()).await? {
+    /// Loads revocations made since `since`; returns the newest `revoked_at` seen.
+    async fn load_from_store(&self, since: UnixMillis) -> anyhow::Result<UnixMillis> {
+        let mut newest = since;
+        for token in self.store.revoked_tokens_since(since, now_ms()).await? {
             newest = newest.max(token.revoked_at);
-            self.remember(token.jti, token.expires_at / 1000);
+            self.remember(token.jti, token.expires_at.as_secs());
         }
         Ok(newest)
     }
 
-    async fn poll_store(self: Arc<Self>, mut newest: i64) {
+    async fn poll_store(self: Arc<Self>, mut newest: UnixMillis) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             match self
-                .load_from_store((newest - POLL_OVERLAP_MS).max(0))
+                .load_from_store((newest - POLL_OVERLAP).max(UnixMillis::EPOCH))
                 .await
             {
                 Ok(seen) => newest = newest.max(seen),

@@ -16,7 +16,7 @@ use super::tokens::{AccessClaims, Tokens};
 use crate::audit::{AuditAction, AuditContext, AuditEvent, Auditor, Outcome, Repeats};
 use crate::domain::{FamilyId, PlanName, TenantName, UserId, Username};
 use crate::storage::{RefreshTokenRecord, Store, TenantScope, TokenId, UserRecord};
-use crate::time::{now_ms, now_s};
+use crate::time::{now_ms, now_s, UnixMillis};
 
 /// Most same-named users (in different tenants) a login looks up.
 const MAX_LOGIN_CANDIDATES: usize = 8;
@@ -69,7 +69,7 @@ pub struct Sessions {
     passwords: Passwords,
     throttle: LoginThrottle,
     auditor: Auditor,
-    refresh_ttl_s: i64,
+    refresh_ttl: Duration,
     /// Refused refreshes already audited (per family and reason, for an hour).
     refusals: Repeats,
 }
@@ -94,7 +94,7 @@ impl Sessions {
             passwords,
             throttle,
             auditor,
-            refresh_ttl_s,
+            refresh_ttl: Duration::from_secs(u64::try_from(refresh_ttl_s).unwrap_or(0)),
             refusals: Repeats::new(10_000, Duration::from_secs(3600)),
         }
     }
@@ -341,7 +341,7 @@ impl Sessions {
             .insert_access_token(
                 &TokenId {
                     jti: issued.claims.jti.clone(),
-                    expires_at: issued.claims.exp * 1000,
+                    expires_at: UnixMillis::from_secs(issued.claims.exp),
                 },
                 user.id,
                 family,
@@ -358,7 +358,7 @@ impl Sessions {
                 user_id: user.id,
                 tenant_id: user.tenant_id,
                 issued_at: now,
-                expires_at: now + self.refresh_ttl_s * 1000,
+                expires_at: now + self.refresh_ttl,
                 used_at: None,
                 revoked_at: None,
             })
@@ -391,7 +391,7 @@ impl Sessions {
         for token in self.store.family_access_tokens(family, now).await? {
             self.tokens
                 .revocations()
-                .revoke(&token.jti, token.expires_at / 1000)
+                .revoke(&token.jti, token.expires_at.as_secs())
                 .await?;
         }
         Ok(())
@@ -486,7 +486,7 @@ pub async fn revoke_all_user_tokens(
     store.revoke_user_refresh_tokens(user, now).await?;
     for token in store.user_access_tokens(user, now).await? {
         revocations
-            .revoke(&token.jti, token.expires_at / 1000)
+            .revoke(&token.jti, token.expires_at.as_secs())
             .await?;
     }
     Ok(())

@@ -4,14 +4,15 @@ use async_trait::async_trait;
 
 use super::{StoreResult, TenantScope};
 use crate::domain::{PlanName, Role, TenantId, TenantName, UserId, Username};
+use crate::time::UnixMillis;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantRecord {
     pub id: TenantId,
     pub name: TenantName,
     pub plan: PlanName,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +26,8 @@ pub struct UserRecord {
     /// Overrides the tenant's plan when set.
     pub plan: Option<PlanName>,
     pub disabled: bool,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
 }
 
 /// Partial update of a tenant.
@@ -49,7 +50,7 @@ pub trait TenantStore: Send + Sync {
         &self,
         id: TenantId,
         update: &TenantUpdate,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<TenantRecord>>;
 }
 

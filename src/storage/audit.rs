@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::chain::NewAuditRecord;
 use super::{StoreResult, TenantScope};
+use crate::time::UnixMillis;
 
 /// A chained audit record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -22,8 +23,8 @@ pub struct AuditQuery {
     pub actor: Option<String>,
     pub action: Option<String>,
     pub outcome: Option<String>,
-    pub since: Option<i64>,
-    pub until: Option<i64>,
+    pub since: Option<UnixMillis>,
+    pub until: Option<UnixMillis>,
     /// Only records with `seq` below this (the cursor).
     pub before_seq: Option<i64>,
     pub limit: i64,

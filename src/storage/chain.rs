@@ -5,13 +5,15 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::time::UnixMillis;
+
 /// The `prev_hash` of the first audit record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// An audit event before it is chained.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NewAuditRecord {
-    pub at: i64,
+    pub at: UnixMillis,
     pub request_id: Option<String>,
     pub actor_user_id: Option<String>,
     pub actor_tenant_id: Option<String>,
@@ -56,7 +58,7 @@ mod tests {
     #[test]
     fn first_record_hash_is_pinned() {
         let event = NewAuditRecord {
-            at: 1_700_000_000_000,
+            at: UnixMillis::from_millis(1_700_000_000_000),
             request_id: Some("req-1".into()),
             actor_user_id: Some("u-1".into()),
             actor_tenant_id: Some("t-1".into()),
@@ -78,7 +80,7 @@ mod tests {
     fn hash_covers_seq_prev_hash_and_nulls() {
         let prev = "ab".repeat(32);
         let event = NewAuditRecord {
-            at: 5,
+            at: UnixMillis::from_millis(5),
             action: "test.5".into(),
             outcome: "denied".into(),
             reason: Some("bad_password".into()),

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 
 use super::{StoreResult, TenantScope};
 use crate::domain::{JobId, JobStatus, Stage, TenantId, UserId, WorkerId};
+use crate::time::UnixMillis;
 
 /// A video job as stored. `params`, `input` and `output_plan` are JSON documents owned by the video module.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,7 +23,7 @@ pub struct JobRecord {
     pub vtag: f64,
     pub attempts: i64,
     pub worker_id: Option<WorkerId>,
-    pub lease_expires_at: Option<i64>,
+    pub lease_expires_at: Option<UnixMillis>,
     pub counts_toward_quota: bool,
     pub error_code: Option<String>,
     /// One line for the user (never paths or tool output).
@@ -31,10 +32,10 @@ pub struct JobRecord {
     pub error_detail: Option<String>,
     pub result_key: Option<String>,
     pub result_bytes: Option<i64>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub updated_at: i64,
+    pub created_at: UnixMillis,
+    pub started_at: Option<UnixMillis>,
+    pub finished_at: Option<UnixMillis>,
+    pub updated_at: UnixMillis,
 }
 
 /// Which jobs a caller may see: their tenant's (admins) or only their own.
@@ -51,7 +52,7 @@ pub struct QuotaLimits {
     pub max_concurrent_jobs: i64,
     pub priority_weight: f64,
     /// Start of the current quota day (Unix ms, UTC midnight).
-    pub day_start: i64,
+    pub day_start: UnixMillis,
 }
 
 /// Why a job could not be created.
@@ -131,14 +132,14 @@ pub trait JobStore: Send + Sync {
     ) -> StoreResult<Result<JobRecord, QuotaRefusal>>;
     /// A read-only look at the quota (the atomic check is in `create_job`): lets intake refuse an
     /// exhausted quota before it spends CPU on probing the upload.
-    async fn quota_usage(&self, user: UserId, day_start: i64) -> StoreResult<QuotaUsage>;
+    async fn quota_usage(&self, user: UserId, day_start: UnixMillis) -> StoreResult<QuotaUsage>;
     async fn job(&self, scope: JobScope, id: JobId) -> StoreResult<Option<JobRecord>>;
     /// Newest first; `before` is the cursor `(created_at, id)` of the last job of the previous page.
     async fn list_jobs(
         &self,
         scope: JobScope,
         status: Option<JobStatus>,
-        before: Option<(i64, JobId)>,
+        before: Option<(UnixMillis, JobId)>,
         limit: i64,
     ) -> StoreResult<Vec<JobRecord>>;
     /// How many queued jobs will be dispatched before this one.
@@ -148,16 +149,16 @@ pub trait JobStore: Send + Sync {
         &self,
         worker_id: &WorkerId,
         engines: &[String],
-        now: i64,
-        lease_until: i64,
+        now: UnixMillis,
+        lease_until: UnixMillis,
     ) -> StoreResult<Option<JobRecord>>;
     /// Extends the lease; `false` when the job is no longer this worker's running job (cancelled, deleted, lost).
     async fn heartbeat(
         &self,
         id: JobId,
         worker_id: &WorkerId,
-        now: i64,
-        lease_until: i64,
+        now: UnixMillis,
+        lease_until: UnixMillis,
     ) -> StoreResult<bool>;
     /// Records progress; reports that arrive out of order (lower than what is stored) are ignored.
     async fn set_progress(
@@ -166,7 +167,7 @@ pub trait JobStore: Send + Sync {
         worker_id: &WorkerId,
         stage: Stage,
         progress: f64,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<bool>;
     /// Records the end of a running job; `None` when it is no longer this worker's.
     async fn finish_job(
@@ -174,14 +175,14 @@ pub trait JobStore: Send + Sync {
         id: JobId,
         worker_id: &WorkerId,
         outcome: &JobOutcome,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>>;
     /// Cancels a queued or running job (a queued one gives its quota back).
     async fn cancel_job(
         &self,
         scope: JobScope,
         id: JobId,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>>;
     /// Deletes a job (a running one is cancelled); returns it so its files can be removed. The hidden row
     /// keeps counting toward the daily quota.
@@ -189,17 +190,21 @@ pub trait JobStore: Send + Sync {
         &self,
         scope: JobScope,
         id: JobId,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>>;
     /// Returns jobs whose lease expired to the queue, or fails them after `max_attempts`.
-    async fn expire_leases(&self, now: i64, max_attempts: i64) -> StoreResult<Vec<ExpiredLease>>;
+    async fn expire_leases(
+        &self,
+        now: UnixMillis,
+        max_attempts: i64,
+    ) -> StoreResult<Vec<ExpiredLease>>;
 
     async fn reserve_idempotency_key(
         &self,
         user: UserId,
         key: &str,
         request_hash: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<IdempotencyState>;
     async fn complete_idempotency_key(
         &self,

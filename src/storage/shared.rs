@@ -3,6 +3,7 @@
 //! make between statements (chaining an audit record, the fair-queue tag, an idempotency key's state).
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -13,6 +14,7 @@ use super::{
     UserRecord,
 };
 use crate::domain::{JobStatus, PlanName, TenantName, Username};
+use crate::time::UnixMillis;
 
 pub(super) const TENANT_COLUMNS: &str = "id, name, plan, created_at, updated_at";
 pub(super) const USER_COLUMNS: &str =
@@ -27,9 +29,9 @@ pub(super) const JOB_COLUMNS: &str = "id, tenant_id, user_id, status, stage, pro
     created_at, started_at, finished_at, updated_at";
 
 /// A reservation without a job after this long belongs to a request that died.
-pub(super) const ABANDONED_RESERVATION_MS: i64 = 5 * 60 * 1000;
+pub(super) const ABANDONED_RESERVATION: Duration = Duration::from_secs(5 * 60);
 /// Idempotency keys are honoured for a day.
-pub(super) const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+pub(super) const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses a stored text column into its domain type; a value that does not parse is corruption.
 pub(super) fn parse_stored<T: FromStr>(column: &str, value: &str) -> Result<T, StoreError> {
@@ -44,6 +46,8 @@ pub(super) trait StoredRow {
     fn opt_text(&self, column: &str) -> sqlx::Result<Option<String>>;
     fn int(&self, column: &str) -> sqlx::Result<i64>;
     fn opt_int(&self, column: &str) -> sqlx::Result<Option<i64>>;
+    fn instant(&self, column: &str) -> sqlx::Result<UnixMillis>;
+    fn opt_instant(&self, column: &str) -> sqlx::Result<Option<UnixMillis>>;
     fn real(&self, column: &str) -> sqlx::Result<f64>;
     fn opt_real(&self, column: &str) -> sqlx::Result<Option<f64>>;
     fn flag(&self, column: &str) -> sqlx::Result<bool>;
@@ -70,6 +74,12 @@ where
     fn opt_int(&self, column: &str) -> sqlx::Result<Option<i64>> {
         self.try_get(column)
     }
+    fn instant(&self, column: &str) -> sqlx::Result<UnixMillis> {
+        self.try_get(column)
+    }
+    fn opt_instant(&self, column: &str) -> sqlx::Result<Option<UnixMillis>> {
+        self.try_get(column)
+    }
     fn real(&self, column: &str) -> sqlx::Result<f64> {
         self.try_get(column)
     }
@@ -87,8 +97,8 @@ pub(super) fn tenant_from_row(row: &impl StoredRow) -> StoreResult<TenantRecord>
         id: parse_stored("tenants.id", &row.text("id")?)?,
         name: TenantName::from_stored(row.text("name")?),
         plan: PlanName::from_stored(row.text("plan")?),
-        created_at: row.int("created_at")?,
-        updated_at: row.int("updated_at")?,
+        created_at: row.instant("created_at")?,
+        updated_at: row.instant("updated_at")?,
     })
 }
 
@@ -102,8 +112,8 @@ pub(super) fn user_from_row(row: &impl StoredRow) -> StoreResult<UserRecord> {
         role: parse_stored("users.role", &row.text("role")?)?,
         plan: row.opt_text("plan")?.map(PlanName::from_stored),
         disabled: row.flag("disabled")?,
-        created_at: row.int("created_at")?,
-        updated_at: row.int("updated_at")?,
+        created_at: row.instant("created_at")?,
+        updated_at: row.instant("updated_at")?,
     })
 }
 
@@ -114,10 +124,10 @@ pub(super) fn refresh_from_row(row: &impl StoredRow) -> StoreResult<RefreshToken
         family_id: parse_stored("refresh_tokens.family_id", &row.text("family_id")?)?,
         user_id: parse_stored("refresh_tokens.user_id", &row.text("user_id")?)?,
         tenant_id: parse_stored("refresh_tokens.tenant_id", &row.text("tenant_id")?)?,
-        issued_at: row.int("issued_at")?,
-        expires_at: row.int("expires_at")?,
-        used_at: row.opt_int("used_at")?,
-        revoked_at: row.opt_int("revoked_at")?,
+        issued_at: row.instant("issued_at")?,
+        expires_at: row.instant("expires_at")?,
+        used_at: row.opt_instant("used_at")?,
+        revoked_at: row.opt_instant("revoked_at")?,
     })
 }
 
@@ -125,7 +135,7 @@ pub(super) fn refresh_from_row(row: &impl StoredRow) -> StoreResult<RefreshToken
 pub(super) fn token_id_from_row(row: &impl StoredRow) -> StoreResult<TokenId> {
     Ok(TokenId {
         jti: parse_stored("access_tokens.jti", &row.text("jti")?)?,
-        expires_at: row.int("expires_at")?,
+        expires_at: row.instant("expires_at")?,
     })
 }
 
@@ -133,8 +143,8 @@ pub(super) fn token_id_from_row(row: &impl StoredRow) -> StoreResult<TokenId> {
 pub(super) fn revoked_from_row(row: &impl StoredRow) -> StoreResult<RevokedToken> {
     Ok(RevokedToken {
         jti: parse_stored("revoked_tokens.jti", &row.text("jti")?)?,
-        expires_at: row.int("expires_at")?,
-        revoked_at: row.int("revoked_at")?,
+        expires_at: row.instant("expires_at")?,
+        revoked_at: row.instant("revoked_at")?,
     })
 }
 
@@ -143,7 +153,7 @@ pub(super) fn audit_from_row(row: &impl StoredRow) -> StoreResult<AuditRecord> {
     Ok(AuditRecord {
         seq: row.int("seq")?,
         event: NewAuditRecord {
-            at: row.int("at")?,
+            at: row.instant("at")?,
             request_id: row.opt_text("request_id")?,
             actor_user_id: row.opt_text("actor_user_id")?,
             actor_tenant_id: row.opt_text("actor_tenant_id")?,
@@ -200,17 +210,17 @@ pub(super) fn job_from_row(row: &impl StoredRow) -> StoreResult<JobRecord> {
             .opt_text("worker_id")?
             .map(|worker| parse_stored("jobs.worker_id", &worker))
             .transpose()?,
-        lease_expires_at: row.opt_int("lease_expires_at")?,
+        lease_expires_at: row.opt_instant("lease_expires_at")?,
         counts_toward_quota: row.flag("counts_toward_quota")?,
         error_code: row.opt_text("error_code")?,
         error_message: row.opt_text("error_message")?,
         error_detail: row.opt_text("error_detail")?,
         result_key: row.opt_text("result_key")?,
         result_bytes: row.opt_int("result_bytes")?,
-        created_at: row.int("created_at")?,
-        started_at: row.opt_int("started_at")?,
-        finished_at: row.opt_int("finished_at")?,
-        updated_at: row.int("updated_at")?,
+        created_at: row.instant("created_at")?,
+        started_at: row.opt_instant("started_at")?,
+        finished_at: row.opt_instant("finished_at")?,
+        updated_at: row.instant("updated_at")?,
     })
 }
 
@@ -463,7 +473,10 @@ mod tests {
             (tenant.id, tenant.name.as_str(), tenant.plan.as_str()),
             (id, "acme", "pro")
         );
-        assert_eq!((tenant.created_at, tenant.updated_at), (1, 2));
+        assert_eq!(
+            (tenant.created_at, tenant.updated_at),
+            (UnixMillis::from_millis(1), UnixMillis::from_millis(2))
+        );
 
         let bad =
             row("SELECT 'x' AS id, 'a' AS name, 'p' AS plan, 1 AS created_at, 2 AS updated_at")
@@ -510,7 +523,7 @@ mod tests {
     #[tokio::test]
     async fn first_record_links_to_genesis_and_later_ones_to_the_head() {
         let event = NewAuditRecord {
-            at: 1,
+            at: UnixMillis::from_millis(1),
             action: "test".into(),
             outcome: "success".into(),
             ..NewAuditRecord::default()

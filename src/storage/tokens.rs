@@ -4,6 +4,7 @@ use async_trait::async_trait;
 
 use super::StoreResult;
 use crate::domain::{FamilyId, Jti, TenantId, UserId};
+use crate::time::UnixMillis;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefreshTokenRecord {
@@ -12,25 +13,25 @@ pub struct RefreshTokenRecord {
     pub family_id: FamilyId,
     pub user_id: UserId,
     pub tenant_id: TenantId,
-    pub issued_at: i64,
-    pub expires_at: i64,
-    pub used_at: Option<i64>,
-    pub revoked_at: Option<i64>,
+    pub issued_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub used_at: Option<UnixMillis>,
+    pub revoked_at: Option<UnixMillis>,
 }
 
 /// An access token's id with its expiry: what a denylist entry needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenId {
     pub jti: Jti,
-    pub expires_at: i64,
+    pub expires_at: UnixMillis,
 }
 
 /// A revocation as stored, with when it happened (replicas poll by that).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedToken {
     pub jti: Jti,
-    pub expires_at: i64,
-    pub revoked_at: i64,
+    pub expires_at: UnixMillis,
+    pub revoked_at: UnixMillis,
 }
 
 /// Token storage: refresh-token families, access-token records and revocations.
@@ -39,9 +40,14 @@ pub trait TokenStore: Send + Sync {
     async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> StoreResult<()>;
     async fn refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshTokenRecord>>;
     /// Marks an unused, unrevoked token used. `false` means someone used it first.
-    async fn mark_refresh_token_used(&self, token_hash: &str, now: i64) -> StoreResult<bool>;
-    async fn revoke_refresh_family(&self, family_id: &FamilyId, now: i64) -> StoreResult<u64>;
-    async fn revoke_user_refresh_tokens(&self, user: UserId, now: i64) -> StoreResult<u64>;
+    async fn mark_refresh_token_used(&self, token_hash: &str, now: UnixMillis)
+        -> StoreResult<bool>;
+    async fn revoke_refresh_family(
+        &self,
+        family_id: &FamilyId,
+        now: UnixMillis,
+    ) -> StoreResult<u64>;
+    async fn revoke_user_refresh_tokens(&self, user: UserId, now: UnixMillis) -> StoreResult<u64>;
     /// True when any refresh token of the family was revoked.
     async fn family_revoked(&self, family_id: &FamilyId) -> StoreResult<bool>;
 
@@ -55,16 +61,20 @@ pub trait TokenStore: Send + Sync {
     async fn family_access_tokens(
         &self,
         family_id: &FamilyId,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Vec<TokenId>>;
     /// Unexpired access tokens of a user.
-    async fn user_access_tokens(&self, user: UserId, now: i64) -> StoreResult<Vec<TokenId>>;
+    async fn user_access_tokens(&self, user: UserId, now: UnixMillis) -> StoreResult<Vec<TokenId>>;
     /// The refresh family an access token was issued in.
     async fn access_token_family(&self, jti: &Jti) -> StoreResult<Option<FamilyId>>;
 
     async fn insert_revoked_token(&self, token: &RevokedToken) -> StoreResult<()>;
     /// Unexpired revocations made at or after `since` (ms).
-    async fn revoked_tokens_since(&self, since: i64, now: i64) -> StoreResult<Vec<RevokedToken>>;
+    async fn revoked_tokens_since(
+        &self,
+        since: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<Vec<RevokedToken>>;
     /// Drops expired tokens and revocations.
-    async fn purge_expired(&self, now: i64) -> StoreResult<()>;
+    async fn purge_expired(&self, now: UnixMillis) -> StoreResult<()>;
 }

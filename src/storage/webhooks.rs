@@ -4,6 +4,7 @@ use async_trait::async_trait;
 
 use super::StoreResult;
 use crate::domain::TenantId;
+use crate::time::UnixMillis;
 
 /// Webhook secret storage.
 #[async_trait]
@@ -16,6 +17,6 @@ pub trait WebhookSecretStore: Send + Sync {
         tenant: TenantId,
         secret: &str,
         replace: bool,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<String>;
 }

@@ -23,7 +23,7 @@ use crate::media::face::plan_crop;
 use crate::media::image::{probe_image, ProbedImage};
 use crate::media::MediaError;
 use crate::storage::jobs::{IdempotencyState, JobRecord, QuotaLimits, QuotaRefusal};
-use crate::time::now_ms;
+use crate::time::{now_ms, UnixMillis};
 
 /// An uploaded file, already streamed to local disk within its size limit.
 #[derive(Debug)]
@@ -121,26 +121,22 @@ fn media_error(field: &'static str, err: MediaError) -> IntakeError {
     }
 }
 
-/// The start of the UTC day of `now_ms`, where the daily quota starts counting.
-fn day_start(now_ms: i64) -> i64 {
-    now_ms - now_ms.rem_euclid(24 * 3600 * 1000)
-}
-
 /// The quota part of a plan.
-fn quota_limits(plan: &crate::domain::Plan, now: i64) -> QuotaLimits {
+fn quota_limits(plan: &crate::domain::Plan, now: UnixMillis) -> QuotaLimits {
     QuotaLimits {
         videos_per_day: i64::from(plan.videos_per_day),
         max_concurrent_jobs: i64::from(plan.max_concurrent_jobs),
         priority_weight: f64::from(plan.priority_weight),
-        day_start: day_start(now),
+        // The daily quota starts counting at UTC midnight.
+        day_start: now.start_of_utc_day(),
     }
 }
 
 /// Seconds until the next UTC midnight, when the daily quota resets.
-fn until_midnight(now_ms: i64) -> Duration {
-    const DAY_MS: i64 = 24 * 3600 * 1000;
-    let next = (now_ms / DAY_MS + 1) * DAY_MS;
-    Duration::from_millis((next - now_ms).max(1000) as u64)
+fn until_midnight(now: UnixMillis) -> Duration {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let next = now.start_of_utc_day() + DAY;
+    next.saturating_sub(now).max(Duration::from_secs(1))
 }
 
 impl VideoService {
@@ -163,7 +159,7 @@ impl VideoService {
         let now = now_ms();
         let usage = self
             .store
-            .quota_usage(submission.user, day_start(now))
+            .quota_usage(submission.user, now.start_of_utc_day())
             .await?;
         if let Some(refusal) = QuotaRefusal::check(usage, &quota_limits(&plan, now)) {
             return Err(self
@@ -383,7 +379,7 @@ impl VideoService {
         submission: &Submission,
         plan: &crate::domain::Plan,
         refusal: QuotaRefusal,
-        now: i64,
+        now: UnixMillis,
     ) -> IntakeError {
         let (detail, retry_after, reason) = match refusal {
             QuotaRefusal::Daily => (

@@ -10,7 +10,7 @@ use super::VideoService;
 use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
 use crate::domain::{JobId, JobStatus, UserId};
 use crate::storage::jobs::{JobRecord, JobScope};
-use crate::time::now_ms;
+use crate::time::{now_ms, UnixMillis};
 
 /// Why a job operation was refused. Each maps to one HTTP status and a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ impl From<crate::storage::StoreError> for VideoError {
 /// Where a page of jobs continues: after the job created at `created_at` with this id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobCursor {
-    pub created_at: i64,
+    pub created_at: UnixMillis,
     pub id: JobId,
 }
 
@@ -46,7 +46,7 @@ impl JobCursor {
     pub fn parse(raw: &str) -> Option<Self> {
         let (at, id) = raw.split_once('_')?;
         Some(Self {
-            created_at: at.parse().ok()?,
+            created_at: UnixMillis::from_millis(at.parse().ok()?),
             id: id.parse().ok()?,
         })
     }
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_refuse_garbage() {
         let cursor = JobCursor {
-            created_at: 1_700_000_000_123,
+            created_at: UnixMillis::from_millis(1_700_000_000_123),
             id: JobId::generate(),
         };
         assert_eq!(JobCursor::parse(&cursor.to_string()), Some(cursor));

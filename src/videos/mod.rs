@@ -89,7 +89,7 @@ impl VideoService {
                 let expires = crate::time::now_s() + self.settings.link_ttl_s;
                 Some(view::JobResult {
                     url: self.signer.sign(&delivery::download_path(job.id), expires),
-                    expires_at: crate::time::rfc3339(expires * 1000),
+                    expires_at: crate::time::UnixMillis::from_secs(expires).to_rfc3339(),
                     content_type: "video/mp4",
                     bytes: job.result_bytes.unwrap_or(0),
                 })

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{JobId, JobStatus, SonicParams, Stage};
 use crate::media::face::Rect;
 use crate::storage::jobs::JobRecord;
-use crate::time::rfc3339;
+use crate::time::UnixMillis;
 
 /// What intake measured about the uploads, stored with the job.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -108,9 +108,9 @@ impl JobView {
                 .then_some(queue_position)
                 .flatten(),
             engine: job.engine.clone(),
-            created_at: rfc3339(job.created_at),
-            started_at: job.started_at.map(rfc3339),
-            finished_at: job.finished_at.map(rfc3339),
+            created_at: job.created_at.to_rfc3339(),
+            started_at: job.started_at.map(UnixMillis::to_rfc3339),
+            finished_at: job.finished_at.map(UnixMillis::to_rfc3339),
             params: parse("params", &job.params)?,
             input: parse("input", &job.input)?,
             output: parse("output", &job.output_plan)?,

@@ -79,7 +79,7 @@ impl VideoService {
         engines: &[String],
     ) -> StoreResult<Option<JobRecord>> {
         let now = now_ms();
-        let lease_until = now + self.settings.lease.as_millis() as i64;
+        let lease_until = now + self.settings.lease;
         let job = self
             .store
             .claim_job(worker_id, engines, now, lease_until)
@@ -192,7 +192,7 @@ impl VideoService {
         loop {
             tick.tick().await;
             let now = now_ms();
-            let until = now + self.settings.lease.as_millis() as i64;
+            let until = now + self.settings.lease;
             match self.store.heartbeat(job.id, worker_id, now, until).await {
                 Ok(true) => {}
                 Ok(false) => return,
@@ -279,7 +279,8 @@ impl VideoService {
         let last_write = Arc::new(AtomicU64::new(0));
         let last_stage = Arc::new(std::sync::Mutex::new(Stage::Preprocessing));
         Arc::new(move |stage: Stage, progress: f64| {
-            let now = now_ms() as u64;
+            let now = now_ms();
+            let now_u64 = now.as_millis() as u64;
             let stage_changed = {
                 let mut last = last_stage.lock().unwrap_or_else(|e| e.into_inner());
                 let changed = *last != stage;
@@ -287,18 +288,18 @@ impl VideoService {
                 changed
             };
             if !stage_changed
-                && now.saturating_sub(last_write.load(Ordering::Relaxed)) < PROGRESS_INTERVAL_MS
+                && now_u64.saturating_sub(last_write.load(Ordering::Relaxed)) < PROGRESS_INTERVAL_MS
             {
                 return;
             }
-            last_write.store(now, Ordering::Relaxed);
+            last_write.store(now_u64, Ordering::Relaxed);
             let store = Arc::clone(&store);
             let events = events.clone();
             let worker_id = worker_id.clone();
             tasks.spawn(async move {
                 let progress = progress.clamp(0.0, 1.0);
                 if let Ok(true) = store
-                    .set_progress(id, &worker_id, stage, progress, now as i64)
+                    .set_progress(id, &worker_id, stage, progress, now)
                     .await
                 {
                     events.changed(id);

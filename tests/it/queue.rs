@@ -7,6 +7,7 @@ use sonicgw::domain::{
 };
 use sonicgw::storage::jobs::{JobOutcome, JobRecord, JobScope, QuotaLimits, QuotaRefusal};
 use sonicgw::storage::{connect, Store, TenantRecord, TenantScope, UserRecord};
+use sonicgw::time::UnixMillis;
 
 use crate::helpers::PgDatabase;
 
@@ -48,8 +49,8 @@ async fn tenant_with_user(store: &dyn Store, name: &str) -> (TenantId, UserId) {
         id: TenantId::generate(),
         name: TenantName::parse(name).unwrap(),
         plan: PlanName::from_stored("free".into()),
-        created_at: 0,
-        updated_at: 0,
+        created_at: UnixMillis::from_millis(0),
+        updated_at: UnixMillis::from_millis(0),
     };
     store.insert_tenant(&tenant).await.unwrap();
     let user = UserRecord {
@@ -60,8 +61,8 @@ async fn tenant_with_user(store: &dyn Store, name: &str) -> (TenantId, UserId) {
         role: Role::User,
         plan: None,
         disabled: false,
-        created_at: 0,
-        updated_at: 0,
+        created_at: UnixMillis::from_millis(0),
+        updated_at: UnixMillis::from_millis(0),
     };
     store.insert_user(&user).await.unwrap();
     (tenant.id, user.id)
@@ -90,10 +91,10 @@ fn job(tenant: TenantId, user: UserId, created_at: i64) -> JobRecord {
         error_detail: None,
         result_key: None,
         result_bytes: None,
-        created_at,
+        created_at: UnixMillis::from_millis(created_at),
         started_at: None,
         finished_at: None,
-        updated_at: created_at,
+        updated_at: UnixMillis::from_millis(created_at),
     }
 }
 
@@ -102,7 +103,7 @@ fn limits(per_day: i64, concurrent: i64) -> QuotaLimits {
         videos_per_day: per_day,
         max_concurrent_jobs: concurrent,
         priority_weight: 1.0,
-        day_start: 0,
+        day_start: UnixMillis::from_millis(0),
     }
 }
 
@@ -172,7 +173,7 @@ async fn daily_quota_counts_and_refunds(db: Db) {
     );
     // Cancelling a queued job gives its quota back.
     let cancelled = store
-        .cancel_job(scope, first.id, 10)
+        .cancel_job(scope, first.id, UnixMillis::from_millis(10))
         .await
         .unwrap()
         .unwrap();
@@ -185,12 +186,17 @@ async fn daily_quota_counts_and_refunds(db: Db) {
         .unwrap();
     // Deleting a job that already started does not give its quota back.
     let claimed = store
-        .claim_job(&worker("w"), &engines(), 5, 100)
+        .claim_job(
+            &worker("w"),
+            &engines(),
+            UnixMillis::from_millis(5),
+            UnixMillis::from_millis(100),
+        )
         .await
         .unwrap()
         .unwrap();
     let deleted = store
-        .delete_job(scope, claimed.id, 6)
+        .delete_job(scope, claimed.id, UnixMillis::from_millis(6))
         .await
         .unwrap()
         .unwrap();
@@ -210,7 +216,7 @@ async fn daily_quota_counts_and_refunds(db: Db) {
     assert_eq!(refused.unwrap_err(), QuotaRefusal::Daily);
     // Jobs from before the quota day do not count.
     let tomorrow = QuotaLimits {
-        day_start: 100,
+        day_start: UnixMillis::from_millis(100),
         ..limits(2, 10)
     };
     store
@@ -244,7 +250,12 @@ async fn fair_order(db: Db) {
     }
     // One worker has taken A's first job when B submits.
     let first = store
-        .claim_job(&worker("w1"), &engines(), 1000, 2000)
+        .claim_job(
+            &worker("w1"),
+            &engines(),
+            UnixMillis::from_millis(1000),
+            UnixMillis::from_millis(2000),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -258,7 +269,12 @@ async fn fair_order(db: Db) {
     let mut dispatched_before_b = 0;
     loop {
         let next = store
-            .claim_job(&worker("w1"), &engines(), 1001, 2000)
+            .claim_job(
+                &worker("w1"),
+                &engines(),
+                UnixMillis::from_millis(1001),
+                UnixMillis::from_millis(2000),
+            )
             .await
             .unwrap()
             .unwrap();
@@ -306,7 +322,12 @@ async fn weighted_share(db: Db) {
     let mut pro_count = 0;
     for _ in 0..20 {
         let next = store
-            .claim_job(&worker("w"), &engines(), 1, 2)
+            .claim_job(
+                &worker("w"),
+                &engines(),
+                UnixMillis::from_millis(1),
+                UnixMillis::from_millis(2),
+            )
             .await
             .unwrap()
             .unwrap();
@@ -339,7 +360,12 @@ async fn lease_expiry(db: Db) {
         .unwrap()
         .unwrap();
     let claimed = store
-        .claim_job(&worker("crashed-worker"), &engines(), 10, 20)
+        .claim_job(
+            &worker("crashed-worker"),
+            &engines(),
+            UnixMillis::from_millis(10),
+            UnixMillis::from_millis(20),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -347,26 +373,48 @@ async fn lease_expiry(db: Db) {
     assert_eq!(claimed.attempts, 1);
     assert!(
         store
-            .claim_job(&worker("other"), &engines(), 11, 21)
+            .claim_job(
+                &worker("other"),
+                &engines(),
+                UnixMillis::from_millis(11),
+                UnixMillis::from_millis(21)
+            )
             .await
             .unwrap()
             .is_none(),
         "leased job is not claimable"
     );
     assert!(
-        store.expire_leases(19, 2).await.unwrap().is_empty(),
+        store
+            .expire_leases(UnixMillis::from_millis(19), 2)
+            .await
+            .unwrap()
+            .is_empty(),
         "lease still valid"
     );
-    let expired = store.expire_leases(21, 2).await.unwrap();
+    let expired = store
+        .expire_leases(UnixMillis::from_millis(21), 2)
+        .await
+        .unwrap();
     assert_eq!(expired.len(), 1);
     assert!(expired[0].requeued);
     // The crashed worker's late reports are refused.
     assert!(!store
-        .heartbeat(created.id, &worker("crashed-worker"), 22, 40)
+        .heartbeat(
+            created.id,
+            &worker("crashed-worker"),
+            UnixMillis::from_millis(22),
+            UnixMillis::from_millis(40)
+        )
         .await
         .unwrap());
     let again = store
-        .claim_job(&worker("w2"), &engines(), 23, 30)
+        .claim_job(
+            &worker("w2"),
+            &engines(),
+            UnixMillis::from_millis(23),
+            UnixMillis::from_millis(30),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -376,12 +424,20 @@ async fn lease_expiry(db: Db) {
         result_bytes: 1,
     };
     assert!(store
-        .finish_job(created.id, &worker("crashed-worker"), &outcome, 24)
+        .finish_job(
+            created.id,
+            &worker("crashed-worker"),
+            &outcome,
+            UnixMillis::from_millis(24)
+        )
         .await
         .unwrap()
         .is_none());
     // Second lease expiry: out of attempts, failed with worker_lost and quota refunded.
-    let expired = store.expire_leases(31, 2).await.unwrap();
+    let expired = store
+        .expire_leases(UnixMillis::from_millis(31), 2)
+        .await
+        .unwrap();
     assert!(!expired[0].requeued);
     assert_eq!(expired[0].job.status, JobStatus::Failed);
     assert_eq!(expired[0].job.error_code.as_deref(), Some("worker_lost"));
@@ -412,7 +468,12 @@ async fn concurrent_claims(db: Db) {
         tokio::spawn(async move {
             let mut mine = Vec::new();
             while let Some(job) = store
-                .claim_job(&worker(&format!("w{w}")), &engines(), 1, 1000)
+                .claim_job(
+                    &worker(&format!("w{w}")),
+                    &engines(),
+                    UnixMillis::from_millis(1),
+                    UnixMillis::from_millis(1000),
+                )
                 .await
                 .unwrap()
             {
@@ -461,12 +522,12 @@ async fn scoping_and_idempotency(db: Db) {
     };
     assert!(store.job(other_tenant, created.id).await.unwrap().is_none());
     assert!(store
-        .cancel_job(other_tenant, created.id, 1)
+        .cancel_job(other_tenant, created.id, UnixMillis::from_millis(1))
         .await
         .unwrap()
         .is_none());
     assert!(store
-        .delete_job(other_tenant, created.id, 1)
+        .delete_job(other_tenant, created.id, UnixMillis::from_millis(1))
         .await
         .unwrap()
         .is_none());
@@ -486,21 +547,21 @@ async fn scoping_and_idempotency(db: Db) {
 
     assert_eq!(
         store
-            .reserve_idempotency_key(a_user, "k1", "h1", 0)
+            .reserve_idempotency_key(a_user, "k1", "h1", UnixMillis::from_millis(0))
             .await
             .unwrap(),
         IdempotencyState::Reserved
     );
     assert_eq!(
         store
-            .reserve_idempotency_key(a_user, "k1", "h1", 1)
+            .reserve_idempotency_key(a_user, "k1", "h1", UnixMillis::from_millis(1))
             .await
             .unwrap(),
         IdempotencyState::InProgress
     );
     assert_eq!(
         store
-            .reserve_idempotency_key(a_user, "k1", "h2", 1)
+            .reserve_idempotency_key(a_user, "k1", "h2", UnixMillis::from_millis(1))
             .await
             .unwrap(),
         IdempotencyState::Mismatch
@@ -511,7 +572,7 @@ async fn scoping_and_idempotency(db: Db) {
         .unwrap();
     assert_eq!(
         store
-            .reserve_idempotency_key(a_user, "k1", "h1", 2)
+            .reserve_idempotency_key(a_user, "k1", "h1", UnixMillis::from_millis(2))
             .await
             .unwrap(),
         IdempotencyState::Existing(created.id)
@@ -520,7 +581,7 @@ async fn scoping_and_idempotency(db: Db) {
     let day = 24 * 3600 * 1000;
     assert_eq!(
         store
-            .reserve_idempotency_key(a_user, "k1", "h9", day + 10)
+            .reserve_idempotency_key(a_user, "k1", "h9", UnixMillis::from_millis(day + 10))
             .await
             .unwrap(),
         IdempotencyState::Reserved

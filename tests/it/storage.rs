@@ -5,6 +5,7 @@ use sonicgw::storage::{
     connect, NewAuditRecord, RefreshTokenRecord, RevokedToken, Store, StoreError, TenantRecord,
     TenantScope, TenantUpdate, TokenId, UserRecord,
 };
+use sonicgw::time::UnixMillis;
 
 use crate::helpers::PgDatabase;
 
@@ -13,8 +14,8 @@ fn tenant(name: &str) -> TenantRecord {
         id: TenantId::generate(),
         name: TenantName::parse(name).unwrap(),
         plan: PlanName::from_stored("free".into()),
-        created_at: 1,
-        updated_at: 1,
+        created_at: UnixMillis::from_millis(1),
+        updated_at: UnixMillis::from_millis(1),
     }
 }
 
@@ -27,8 +28,8 @@ fn user(tenant: TenantId, name: &str) -> UserRecord {
         role: Role::User,
         plan: None,
         disabled: false,
-        created_at: 1,
-        updated_at: 1,
+        created_at: UnixMillis::from_millis(1),
+        updated_at: UnixMillis::from_millis(1),
     }
 }
 
@@ -106,7 +107,7 @@ async fn tenants_and_users_are_scoped(store: &dyn Store) {
         plan: Some(PlanName::from_stored("pro".into())),
     };
     let updated = store
-        .update_tenant(a.id, &update, 5)
+        .update_tenant(a.id, &update, UnixMillis::from_millis(5))
         .await
         .unwrap()
         .unwrap();
@@ -127,8 +128,8 @@ async fn refresh_tokens_are_used_once(store: &dyn Store) {
         family_id: f1.clone(),
         user_id: u.id,
         tenant_id: t.id,
-        issued_at: 10,
-        expires_at: i64::MAX / 2,
+        issued_at: UnixMillis::from_millis(10),
+        expires_at: UnixMillis::from_millis(i64::MAX / 2),
         used_at: None,
         revoked_at: None,
     };
@@ -140,26 +141,41 @@ async fn refresh_tokens_are_used_once(store: &dyn Store) {
         })
         .await
         .unwrap();
-    assert!(store.mark_refresh_token_used("h1", 20).await.unwrap());
-    assert!(!store.mark_refresh_token_used("h1", 21).await.unwrap());
+    assert!(store
+        .mark_refresh_token_used("h1", UnixMillis::from_millis(20))
+        .await
+        .unwrap());
+    assert!(!store
+        .mark_refresh_token_used("h1", UnixMillis::from_millis(21))
+        .await
+        .unwrap());
     assert_eq!(
         store.refresh_token("h1").await.unwrap().unwrap().used_at,
-        Some(20)
+        Some(UnixMillis::from_millis(20))
     );
-    assert_eq!(store.revoke_refresh_family(&f1, 30).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .revoke_refresh_family(&f1, UnixMillis::from_millis(30))
+            .await
+            .unwrap(),
+        2
+    );
     assert!(
-        !store.mark_refresh_token_used("h2", 31).await.unwrap(),
+        !store
+            .mark_refresh_token_used("h2", UnixMillis::from_millis(31))
+            .await
+            .unwrap(),
         "revoked"
     );
 
-    let now = 1_000;
+    let now = UnixMillis::from_millis(1_000);
     let live = TokenId {
         jti: j1.clone(),
-        expires_at: 5_000,
+        expires_at: UnixMillis::from_millis(5_000),
     };
     let dead = TokenId {
         jti: j2,
-        expires_at: 500,
+        expires_at: UnixMillis::from_millis(500),
     };
     store.insert_access_token(&live, u.id, &f1).await.unwrap();
     store.insert_access_token(&dead, u.id, &f1).await.unwrap();
@@ -178,22 +194,32 @@ async fn refresh_tokens_are_used_once(store: &dyn Store) {
 
     let revoked = RevokedToken {
         jti: j1,
-        expires_at: 5_000,
-        revoked_at: 900,
+        expires_at: UnixMillis::from_millis(5_000),
+        revoked_at: UnixMillis::from_millis(900),
     };
     store.insert_revoked_token(&revoked).await.unwrap();
     store.insert_revoked_token(&revoked).await.unwrap();
     assert_eq!(
-        store.revoked_tokens_since(800, now).await.unwrap(),
+        store
+            .revoked_tokens_since(UnixMillis::from_millis(800), now)
+            .await
+            .unwrap(),
         vec![revoked.clone()]
     );
     assert!(store
-        .revoked_tokens_since(901, now)
+        .revoked_tokens_since(UnixMillis::from_millis(901), now)
         .await
         .unwrap()
         .is_empty());
-    store.purge_expired(6_000).await.unwrap();
-    assert!(store.revoked_tokens_since(0, 0).await.unwrap().is_empty());
+    store
+        .purge_expired(UnixMillis::from_millis(6_000))
+        .await
+        .unwrap();
+    assert!(store
+        .revoked_tokens_since(UnixMillis::from_millis(0), UnixMillis::from_millis(0))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn audit_appends_chain_under_concurrency(store: std::sync::Arc<dyn Store>) {
@@ -202,7 +228,7 @@ async fn audit_appends_chain_under_concurrency(store: std::sync::Arc<dyn Store>)
         tokio::spawn(async move {
             store
                 .append_audit(&NewAuditRecord {
-                    at: i,
+                    at: UnixMillis::from_millis(i),
                     action: format!("test.{i}"),
                     outcome: "success".into(),
                     ..NewAuditRecord::default()

@@ -14,7 +14,7 @@ use crate::http::caller::{Admin, PlatformAdmin};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::storage::{AuditQuery, AuditRecord, TenantScope};
-use crate::time::{parse_rfc3339, rfc3339};
+use crate::time::UnixMillis;
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -74,7 +74,7 @@ impl From<AuditRecord> for AuditEntry {
         };
         Self {
             seq: r.seq,
-            at: rfc3339(r.event.at),
+            at: r.event.at.to_rfc3339(),
             actor_kind,
             request_id: r.event.request_id,
             actor_user_id: r.event.actor_user_id,
@@ -100,10 +100,11 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+fn parse_time(field: &str, value: Option<&str>) -> Result<Option<UnixMillis>, ApiError> {
     value
         .map(|v| {
-            parse_rfc3339(v).ok_or_else(|| ApiError::invalid(field, "must be an RFC 3339 time"))
+            UnixMillis::parse_rfc3339(v)
+                .ok_or_else(|| ApiError::invalid(field, "must be an RFC 3339 time"))
         })
         .transpose()
 }

@@ -12,7 +12,6 @@ use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
 use crate::http::state::AppState;
 use crate::storage::TenantRecord;
-use crate::time::rfc3339;
 
 /// A tenant as the API shows it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -30,8 +29,8 @@ impl From<TenantRecord> for TenantView {
             id: t.id,
             name: t.name.as_str().to_owned(),
             plan: t.plan,
-            created_at: rfc3339(t.created_at),
-            updated_at: rfc3339(t.updated_at),
+            created_at: t.created_at.to_rfc3339(),
+            updated_at: t.updated_at.to_rfc3339(),
         }
     }
 }

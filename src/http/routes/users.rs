@@ -14,7 +14,6 @@ use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
 use crate::http::state::AppState;
 use crate::storage::UserRecord;
-use crate::time::rfc3339;
 
 /// A user as the API shows it (never the password hash).
 #[derive(Serialize, utoipa::ToSchema)]
@@ -39,8 +38,8 @@ impl From<UserRecord> for UserView {
             role: user.role,
             plan: user.plan,
             disabled: user.disabled,
-            created_at: rfc3339(user.created_at),
-            updated_at: rfc3339(user.updated_at),
+            created_at: user.created_at.to_rfc3339(),
+            updated_at: user.updated_at.to_rfc3339(),
         }
     }
 }

@@ -11,9 +11,10 @@ use crate::storage::jobs::{
 };
 use crate::storage::shared::{
     finish_tag, held_key_state, job_from_row, job_scope_binds, placeholders, quota_usage_from_row,
-    FinishColumns, StoredRow, ABANDONED_RESERVATION_MS, IDEMPOTENCY_TTL_MS, JOB_COLUMNS,
+    FinishColumns, StoredRow, ABANDONED_RESERVATION, IDEMPOTENCY_TTL, JOB_COLUMNS,
 };
 use crate::storage::StoreResult;
+use crate::time::UnixMillis;
 
 /// A user's jobs counting toward today's quota ($2 = start of the UTC day) and running now.
 const QUOTA_USAGE_SQL: &str = "
@@ -95,7 +96,7 @@ impl JobStore for PgStore {
         Ok(Ok(job))
     }
 
-    async fn quota_usage(&self, user: UserId, day_start: i64) -> StoreResult<QuotaUsage> {
+    async fn quota_usage(&self, user: UserId, day_start: UnixMillis) -> StoreResult<QuotaUsage> {
         let row = sqlx::query(QUOTA_USAGE_SQL)
             .bind(user.to_string())
             .bind(day_start)
@@ -126,7 +127,7 @@ impl JobStore for PgStore {
         &self,
         scope: JobScope,
         status: Option<JobStatus>,
-        before: Option<(i64, JobId)>,
+        before: Option<(UnixMillis, JobId)>,
         limit: i64,
     ) -> StoreResult<Vec<JobRecord>> {
         let (tenant, user) = job_scope_binds(scope);
@@ -171,8 +172,8 @@ impl JobStore for PgStore {
         &self,
         worker_id: &WorkerId,
         engines: &[String],
-        now: i64,
-        lease_until: i64,
+        now: UnixMillis,
+        lease_until: UnixMillis,
     ) -> StoreResult<Option<JobRecord>> {
         if engines.is_empty() {
             return Ok(None);
@@ -214,8 +215,8 @@ impl JobStore for PgStore {
         &self,
         id: JobId,
         worker_id: &WorkerId,
-        now: i64,
-        lease_until: i64,
+        now: UnixMillis,
+        lease_until: UnixMillis,
     ) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET lease_expires_at = $3, updated_at = $4
@@ -236,7 +237,7 @@ impl JobStore for PgStore {
         worker_id: &WorkerId,
         stage: Stage,
         progress: f64,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET stage = $3, progress = $4, updated_at = $5
@@ -257,7 +258,7 @@ impl JobStore for PgStore {
         id: JobId,
         worker_id: &WorkerId,
         outcome: &JobOutcome,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>> {
         let end = FinishColumns::of(outcome);
         let sql = format!(
@@ -293,7 +294,7 @@ impl JobStore for PgStore {
         &self,
         scope: JobScope,
         id: JobId,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>> {
         let (tenant, user) = job_scope_binds(scope);
         let sql = format!(
@@ -322,7 +323,7 @@ impl JobStore for PgStore {
         &self,
         scope: JobScope,
         id: JobId,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>> {
         let (tenant, user) = job_scope_binds(scope);
         // The row stays, hidden, so a deleted job still counts toward the daily quota; a job
@@ -351,7 +352,11 @@ impl JobStore for PgStore {
             .transpose()
     }
 
-    async fn expire_leases(&self, now: i64, max_attempts: i64) -> StoreResult<Vec<ExpiredLease>> {
+    async fn expire_leases(
+        &self,
+        now: UnixMillis,
+        max_attempts: i64,
+    ) -> StoreResult<Vec<ExpiredLease>> {
         let requeue = format!(
             "UPDATE jobs
              SET status = 'queued', stage = 'queued', progress = 0, worker_id = NULL,
@@ -393,7 +398,7 @@ impl JobStore for PgStore {
         user: UserId,
         key: &str,
         request_hash: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<IdempotencyState> {
         // Expired keys, and reservations whose request died before it created a job.
         sqlx::query(
@@ -403,8 +408,8 @@ impl JobStore for PgStore {
         )
         .bind(user.to_string())
         .bind(key)
-        .bind(now - IDEMPOTENCY_TTL_MS)
-        .bind(now - ABANDONED_RESERVATION_MS)
+        .bind(now - IDEMPOTENCY_TTL)
+        .bind(now - ABANDONED_RESERVATION)
         .execute(&self.pool)
         .await?;
         let inserted = sqlx::query(

@@ -10,6 +10,7 @@ use crate::storage::shared::{
 use crate::storage::{
     RefreshTokenRecord, RevokedToken, StoreError, StoreResult, TokenId, TokenStore,
 };
+use crate::time::UnixMillis;
 
 #[async_trait]
 impl TokenStore for PgStore {
@@ -44,7 +45,11 @@ impl TokenStore for PgStore {
             .transpose()
     }
 
-    async fn mark_refresh_token_used(&self, token_hash: &str, now: i64) -> StoreResult<bool> {
+    async fn mark_refresh_token_used(
+        &self,
+        token_hash: &str,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE refresh_tokens SET used_at = $2
              WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL",
@@ -56,7 +61,11 @@ impl TokenStore for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn revoke_refresh_family(&self, family_id: &FamilyId, now: i64) -> StoreResult<u64> {
+    async fn revoke_refresh_family(
+        &self,
+        family_id: &FamilyId,
+        now: UnixMillis,
+    ) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $2
              WHERE family_id = $1 AND revoked_at IS NULL",
@@ -68,7 +77,7 @@ impl TokenStore for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn revoke_user_refresh_tokens(&self, user: UserId, now: i64) -> StoreResult<u64> {
+    async fn revoke_user_refresh_tokens(&self, user: UserId, now: UnixMillis) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $2
              WHERE user_id = $1 AND revoked_at IS NULL",
@@ -114,7 +123,7 @@ impl TokenStore for PgStore {
     async fn family_access_tokens(
         &self,
         family_id: &FamilyId,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Vec<TokenId>> {
         sqlx::query(
             "SELECT jti, expires_at FROM access_tokens
@@ -129,7 +138,7 @@ impl TokenStore for PgStore {
         .collect()
     }
 
-    async fn user_access_tokens(&self, user: UserId, now: i64) -> StoreResult<Vec<TokenId>> {
+    async fn user_access_tokens(&self, user: UserId, now: UnixMillis) -> StoreResult<Vec<TokenId>> {
         sqlx::query(
             "SELECT jti, expires_at FROM access_tokens
              WHERE user_id = $1 AND expires_at > $2",
@@ -170,7 +179,11 @@ impl TokenStore for PgStore {
         Ok(())
     }
 
-    async fn revoked_tokens_since(&self, since: i64, now: i64) -> StoreResult<Vec<RevokedToken>> {
+    async fn revoked_tokens_since(
+        &self,
+        since: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<Vec<RevokedToken>> {
         sqlx::query(
             "SELECT jti, expires_at, revoked_at FROM revoked_tokens
              WHERE revoked_at >= $1 AND expires_at > $2
@@ -185,7 +198,7 @@ impl TokenStore for PgStore {
         .collect()
     }
 
-    async fn purge_expired(&self, now: i64) -> StoreResult<()> {
+    async fn purge_expired(&self, now: UnixMillis) -> StoreResult<()> {
         for sql in [
             "DELETE FROM revoked_tokens WHERE expires_at <= $1",
             "DELETE FROM access_tokens WHERE expires_at <= $1",

@@ -6,6 +6,7 @@ use super::PgStore;
 use crate::domain::TenantId;
 use crate::storage::shared::StoredRow;
 use crate::storage::{StoreError, StoreResult, WebhookSecretStore};
+use crate::time::UnixMillis;
 
 #[async_trait]
 impl WebhookSecretStore for PgStore {
@@ -22,7 +23,7 @@ impl WebhookSecretStore for PgStore {
         tenant: TenantId,
         secret: &str,
         replace: bool,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<String> {
         let sql = if replace {
             "INSERT INTO webhook_secrets (tenant_id, secret, created_at) VALUES ($1, $2, $3)

@@ -11,6 +11,7 @@ use crate::storage::{
     StoreError, StoreResult, TenantRecord, TenantScope, TenantStore, TenantUpdate, UserRecord,
     UserStore,
 };
+use crate::time::UnixMillis;
 
 #[async_trait]
 impl TenantStore for SqliteStore {
@@ -76,7 +77,7 @@ impl TenantStore for SqliteStore {
         &self,
         id: TenantId,
         update: &TenantUpdate,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<TenantRecord>> {
         let sql = format!(
             "UPDATE tenants

@@ -11,9 +11,10 @@ use crate::storage::jobs::{
 };
 use crate::storage::shared::{
     finish_tag, held_key_state, job_from_row, job_scope_binds, placeholders, quota_usage_from_row,
-    FinishColumns, StoredRow, ABANDONED_RESERVATION_MS, IDEMPOTENCY_TTL_MS, JOB_COLUMNS,
+    FinishColumns, StoredRow, ABANDONED_RESERVATION, IDEMPOTENCY_TTL, JOB_COLUMNS,
 };
 use crate::storage::StoreResult;
+use crate::time::UnixMillis;
 
 /// A user's jobs counting toward today's quota ($2 = start of the UTC day) and running now.
 const QUOTA_USAGE_SQL: &str = "
@@ -91,7 +92,7 @@ impl JobStore for SqliteStore {
         Ok(Ok(job))
     }
 
-    async fn quota_usage(&self, user: UserId, day_start: i64) -> StoreResult<QuotaUsage> {
+    async fn quota_usage(&self, user: UserId, day_start: UnixMillis) -> StoreResult<QuotaUsage> {
         let row = sqlx::query(QUOTA_USAGE_SQL)
             .bind(user.to_string())
             .bind(day_start)
@@ -122,7 +123,7 @@ impl JobStore for SqliteStore {
         &self,
         scope: JobScope,
         status: Option<JobStatus>,
-        before: Option<(i64, JobId)>,
+        before: Option<(UnixMillis, JobId)>,
         limit: i64,
     ) -> StoreResult<Vec<JobRecord>> {
         let (tenant, user) = job_scope_binds(scope);
@@ -167,8 +168,8 @@ impl JobStore for SqliteStore {
         &self,
         worker_id: &WorkerId,
         engines: &[String],
-        now: i64,
-        lease_until: i64,
+        now: UnixMillis,
+        lease_until: UnixMillis,
     ) -> StoreResult<Option<JobRecord>> {
         if engines.is_empty() {
             return Ok(None);
@@ -209,8 +210,8 @@ impl JobStore for SqliteStore {
         &self,
         id: JobId,
         worker_id: &WorkerId,
-        now: i64,
-        lease_until: i64,
+        now: UnixMillis,
+        lease_until: UnixMillis,
     ) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET lease_expires_at = $3, updated_at = $4
@@ -231,7 +232,7 @@ impl JobStore for SqliteStore {
         worker_id: &WorkerId,
         stage: Stage,
         progress: f64,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET stage = $3, progress = $4, updated_at = $5
@@ -252,7 +253,7 @@ impl JobStore for SqliteStore {
         id: JobId,
         worker_id: &WorkerId,
         outcome: &JobOutcome,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>> {
         let end = FinishColumns::of(outcome);
         let sql = format!(
@@ -288,7 +289,7 @@ impl JobStore for SqliteStore {
         &self,
         scope: JobScope,
         id: JobId,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>> {
         let (tenant, user) = job_scope_binds(scope);
         let sql = format!(
@@ -317,7 +318,7 @@ impl JobStore for SqliteStore {
         &self,
         scope: JobScope,
         id: JobId,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>> {
         let (tenant, user) = job_scope_binds(scope);
         // The row stays, hidden, so a deleted job still counts toward the daily quota; a job
@@ -346,7 +347,11 @@ impl JobStore for SqliteStore {
             .transpose()
     }
 
-    async fn expire_leases(&self, now: i64, max_attempts: i64) -> StoreResult<Vec<ExpiredLease>> {
+    async fn expire_leases(
+        &self,
+        now: UnixMillis,
+        max_attempts: i64,
+    ) -> StoreResult<Vec<ExpiredLease>> {
         let requeue = format!(
             "UPDATE jobs
              SET status = 'queued', stage = 'queued', progress = 0, worker_id = NULL,
@@ -388,7 +393,7 @@ impl JobStore for SqliteStore {
         user: UserId,
         key: &str,
         request_hash: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> StoreResult<IdempotencyState> {
         // Expired keys, and reservations whose request died before it created a job.
         sqlx::query(
@@ -398,8 +403,8 @@ impl JobStore for SqliteStore {
         )
         .bind(user.to_string())
         .bind(key)
-        .bind(now - IDEMPOTENCY_TTL_MS)
-        .bind(now - ABANDONED_RESERVATION_MS)
+        .bind(now - IDEMPOTENCY_TTL)
+        .bind(now - ABANDONED_RESERVATION)
         .execute(&self.pool)
         .await?;
         let inserted = sqlx::query(
