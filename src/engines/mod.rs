@@ -95,6 +95,22 @@ impl EngineError {
     }
 }
 
+impl From<crate::media::MediaError> for EngineError {
+    /// A decode failure of a file that passed intake: the upload's fault when the decoder says so (the
+    /// user's quota is kept), ours otherwise. Every engine decodes its inputs through `media`.
+    fn from(err: crate::media::MediaError) -> Self {
+        if err.is_client_error() {
+            EngineError::input(
+                err.code(),
+                "the uploaded file could not be decoded; check it plays and upload it again",
+                err.to_string(),
+            )
+        } else {
+            EngineError::server(err.code(), err.to_string())
+        }
+    }
+}
+
 /// The line a user sees for a server-side failure: what happened and that it was not their fault.
 fn server_message(code: &str) -> &'static str {
     match code {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::fake_comfyui::{FakeComfy, Mode};
 use crate::helpers::*;
-use crate::videos::{follow, form, problem, submit, submit_ok};
+use crate::videos::{ffprobe, follow, form, problem, submit, submit_ok};
 
 async fn sonic_server(
     fake: &FakeComfy,
@@ -31,25 +31,6 @@ async fn job(server: &TestServer, token: &str, id: &str) -> Value {
         .json()
         .await
         .unwrap()
-}
-
-async fn ffprobe(path: &std::path::Path) -> Value {
-    let output = tokio::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-print_format",
-            "json",
-            "-show_streams",
-            "-show_format",
-        ])
-        .arg(path)
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success());
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[tokio::test]

@@ -141,7 +141,7 @@ pub async fn no_jobs(server: &TestServer, token: &str) {
     );
 }
 
-async fn ffprobe(path: &Path) -> Value {
+pub async fn ffprobe(path: &Path) -> Value {
     let output = tokio::process::Command::new("ffprobe")
         .args([
             "-v",

@@ -11,21 +11,6 @@ use crate::domain::Stage;
 use crate::engines::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn};
 use crate::media::audio::decode_for_render;
 use crate::media::image::{probe_image, ImageLimits};
-use crate::media::MediaError;
-
-/// A decode failure of a file that passed intake: the upload's fault when the
-/// decoder says so (the user's quota is kept), ours otherwise.
-fn media_error(err: MediaError) -> EngineError {
-    if err.is_client_error() {
-        EngineError::input(
-            err.code(),
-            "the uploaded file could not be decoded; check it plays and upload it again",
-            err.to_string(),
-        )
-    } else {
-        EngineError::server(err.code(), err.to_string())
-    }
-}
 
 /// Renders on this machine's CPU; needs ffmpeg.
 pub struct BuiltinEngine {
@@ -84,10 +69,10 @@ impl Engine for BuiltinEngine {
         let duration = job.params.duration;
         let (crop, face, width, height) = (job.crop, job.face, job.output_width, job.output_height);
         let prepared = tokio::task::spawn_blocking(move || {
-            let photo = probe_image(&image_path, &limits).map_err(media_error)?;
+            let photo = probe_image(&image_path, &limits).map_err(EngineError::from)?;
             let (scaled, face_in_crop) = crop_for_render(&photo.image, crop, face, width, height);
             let (samples, pcm) = decode_for_render(&audio_path, &pcm_path, 16_000, Some(duration))
-                .map_err(media_error)?;
+                .map_err(EngineError::from)?;
             Ok::<_, EngineError>((scaled, face_in_crop, samples, pcm))
         })
         .await

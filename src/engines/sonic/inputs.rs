@@ -7,7 +7,6 @@ use std::path::Path;
 use crate::engines::EngineError;
 use crate::media::audio::{decode_for_render, PcmFile};
 use crate::media::image::{probe_image, ImageLimits};
-use crate::media::MediaError;
 
 /// A job's inputs, ready to upload.
 pub struct Prepared {
@@ -28,14 +27,14 @@ pub fn prepare(
     limits: &ImageLimits,
     max_duration_s: f64,
 ) -> Result<Prepared, EngineError> {
-    let photo = probe_image(image, limits).map_err(media_error)?;
+    let photo = probe_image(image, limits).map_err(EngineError::from)?;
     let mut png = Vec::new();
     image::DynamicImage::ImageRgb8(photo.image)
         .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| EngineError::server("internal", format!("png encoding: {e}")))?;
     let pcm_path = workdir.join("audio.f32le");
-    let (_, pcm) =
-        decode_for_render(audio, &pcm_path, 16_000, Some(max_duration_s)).map_err(media_error)?;
+    let (_, pcm) = decode_for_render(audio, &pcm_path, 16_000, Some(max_duration_s))
+        .map_err(EngineError::from)?;
     let raw = std::fs::read(&pcm.path)
         .map_err(|e| EngineError::server("internal", format!("reading decoded audio: {e}")))?;
     let samples = raw.len() / 4;
@@ -48,20 +47,6 @@ pub fn prepare(
         pcm,
         audio_seconds,
     })
-}
-
-/// A decode failure of a file that passed intake: the upload's fault when the decoder says so
-/// (the quota is kept), ours otherwise. Same rule as the built-in engine.
-fn media_error(err: MediaError) -> EngineError {
-    if err.is_client_error() {
-        EngineError::input(
-            err.code(),
-            "the uploaded file could not be decoded; check it plays and upload it again",
-            err.to_string(),
-        )
-    } else {
-        EngineError::server(err.code(), err.to_string())
-    }
 }
 
 /// A canonical 44-byte-header WAV of 16-bit PCM from interleaved `f32le` samples.
