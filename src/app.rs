@@ -422,22 +422,29 @@ async fn video_service(
             duration: Duration::from_millis(config.simulated_engine_ms),
         }));
     }
-    if let Some(url) = config.comfyui_urls.first() {
-        // One server for now; the GPU pool will take every URL.
-        let client = crate::engines::sonic::client::ComfyClient::new(url, &config.comfyui_headers)
+    if !config.comfyui_urls.is_empty() {
+        use crate::engines::sonic::{client::ComfyClient, workflow::Models, PoolSettings};
+        let clients = config
+            .comfyui_urls
+            .iter()
+            .map(|url| ComfyClient::new(url, &config.comfyui_headers))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(anyhow::Error::msg)
             .context("comfyui_urls / comfyui_headers")?;
-        if config.comfyui_urls.len() > 1 {
-            tracing::warn!("only the first of comfyui_urls is used until the GPU pool exists");
-        }
+        let models = Models {
+            checkpoint: config.sonic_checkpoint.clone(),
+            unet: config.sonic_unet.clone(),
+            dtype: config.sonic_dtype.clone(),
+        };
         engines.add(Arc::new(crate::engines::sonic::SonicEngine::new(
-            client,
+            clients,
+            PoolSettings {
+                max_in_flight: config.comfyui_max_in_flight,
+                health_interval: Duration::from_secs(config.comfyui_health_interval_s),
+                models: models.clone(),
+            },
             crate::engines::sonic::SonicSettings {
-                models: crate::engines::sonic::workflow::Models {
-                    checkpoint: config.sonic_checkpoint.clone(),
-                    unet: config.sonic_unet.clone(),
-                    dtype: config.sonic_dtype.clone(),
-                },
+                models,
                 timeout: Duration::from_secs(config.engine_timeout_s),
                 poll_interval: Duration::from_millis(250),
                 image_limits,

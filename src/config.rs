@@ -103,6 +103,10 @@ pub struct Config {
     pub sonic_unet: String,
     #[serde(deserialize_with = "text")]
     pub sonic_dtype: String,
+    /// Prompts one ComfyUI server is given at once (1: the gateway's queue decides every order).
+    pub comfyui_max_in_flight: usize,
+    /// Seconds between health checks of a healthy ComfyUI server.
+    pub comfyui_health_interval_s: u64,
 }
 
 impl Default for Config {
@@ -152,6 +156,8 @@ impl Default for Config {
             sonic_checkpoint: "svd_xt_1_1.safetensors".to_owned(),
             sonic_unet: "unet.pth".to_owned(),
             sonic_dtype: "fp16".to_owned(),
+            comfyui_max_in_flight: 1,
+            comfyui_health_interval_s: 10,
         }
     }
 }
@@ -204,6 +210,8 @@ impl fmt::Debug for Config {
             sonic_checkpoint,
             sonic_unet,
             sonic_dtype,
+            comfyui_max_in_flight,
+            comfyui_health_interval_s,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -263,6 +271,8 @@ impl fmt::Debug for Config {
             .field("sonic_checkpoint", sonic_checkpoint)
             .field("sonic_unet", sonic_unet)
             .field("sonic_dtype", sonic_dtype)
+            .field("comfyui_max_in_flight", comfyui_max_in_flight)
+            .field("comfyui_health_interval_s", comfyui_health_interval_s)
             .finish()
     }
 }
@@ -365,6 +375,8 @@ const ENV_KEYS: &[&str] = &[
     "sonic_checkpoint",
     "sonic_unet",
     "sonic_dtype",
+    "comfyui_max_in_flight",
+    "comfyui_health_interval_s",
 ];
 
 impl Config {
@@ -417,6 +429,12 @@ impl Config {
         }
         if !matches!(self.sonic_dtype.as_str(), "fp16" | "fp32" | "bf16") {
             bail!("sonic_dtype must be fp16, fp32 or bf16");
+        }
+        if !(1..=16).contains(&self.comfyui_max_in_flight) {
+            bail!("comfyui_max_in_flight must be between 1 and 16");
+        }
+        if !(1..=3600).contains(&self.comfyui_health_interval_s) {
+            bail!("comfyui_health_interval_s must be between 1 and 3600");
         }
         if self.sonic_checkpoint.is_empty() || self.sonic_unet.is_empty() {
             bail!("sonic_checkpoint and sonic_unet must name model files");

@@ -67,6 +67,8 @@ pub struct EngineError {
     pub message: String,
     pub detail: String,
     pub server_side: bool,
+    /// The machine failed, not the job: run it again elsewhere (up to `job_max_attempts`).
+    pub retry: bool,
 }
 
 impl EngineError {
@@ -77,6 +79,15 @@ impl EngineError {
             message: server_message(code).to_owned(),
             detail: detail.into(),
             server_side: true,
+            retry: false,
+        }
+    }
+
+    /// The engine's machine failed or vanished mid-run: the job goes back to the queue.
+    pub fn retry_elsewhere(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            retry: true,
+            ..Self::server(code, detail)
         }
     }
 
@@ -91,6 +102,7 @@ impl EngineError {
             message: message.into(),
             detail: detail.into(),
             server_side: false,
+            retry: false,
         }
     }
 }
@@ -138,17 +150,60 @@ fn server_message(code: &str) -> &'static str {
     }
 }
 
+/// Capacity an engine reserved for one job (a place on a GPU server), held until dropped.
+#[derive(Default)]
+pub struct Slot(Option<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Slot {
+    /// For engines bounded only by the number of workers.
+    pub fn unbounded() -> Self {
+        Self(None)
+    }
+
+    pub fn holding<T: std::any::Any + Send + Sync>(reservation: T) -> Self {
+        Self(Some(Box::new(reservation)))
+    }
+
+    /// The engine's own reservation back.
+    pub fn take<T: std::any::Any>(self) -> Option<T> {
+        self.0?.downcast().ok().map(|b| *b)
+    }
+}
+
+/// Instances behind an engine (GPU servers), for `GET /v1/engines`.
+pub use sonic::pool::InstanceView;
+
 /// A video generator.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
     async fn health(&self) -> Health;
+    /// How many jobs it can ever run at once in this process when it bounds that itself (a GPU
+    /// pool); `None`: as many as the `workers` setting.
+    fn lanes(&self) -> Option<usize> {
+        None
+    }
+    /// Waits until it can start one more job and reserves that capacity. A worker holds a slot
+    /// before it claims a job, so jobs wait in the fair queue, not inside the engine.
+    async fn reserve(&self) -> Slot {
+        Slot::unbounded()
+    }
+    /// Why it cannot take jobs now (every GPU server checked and failing): intake refuses them
+    /// rather than queueing work nothing can run.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+    /// Its servers, for operators (`with_urls`: platform admins see their addresses).
+    fn instances(&self, _with_urls: bool) -> Vec<InstanceView> {
+        Vec::new()
+    }
     /// Writes the finished MP4 (H.264 + AAC, 25 fps) to `out`. Dropping the future stops the work.
     async fn generate(
         &self,
         job: &EngineJob,
         out: &std::path::Path,
         progress: ProgressFn,
+        slot: Slot,
     ) -> Result<(), EngineError>;
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn};
+use super::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn, Slot};
 use crate::domain::Stage;
 
 /// Pretends to generate for a fixed time.
@@ -51,6 +51,7 @@ impl Engine for SimulatedEngine {
         job: &EngineJob,
         out: &Path,
         progress: ProgressFn,
+        _slot: Slot,
     ) -> Result<(), EngineError> {
         let steps = 10u32;
         for step in 0..steps {

@@ -177,6 +177,16 @@ pub trait JobStore: Send + Sync {
         outcome: &JobOutcome,
         now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>>;
+    /// Puts a running job of this worker back in the queue at its place (its engine's instance
+    /// failed, not the job), unless it has used `max_attempts`. `None`: not requeued (no longer
+    /// this worker's, or out of attempts).
+    async fn requeue_job(
+        &self,
+        id: JobId,
+        worker_id: &WorkerId,
+        max_attempts: i64,
+        now: UnixMillis,
+    ) -> StoreResult<Option<JobRecord>>;
     /// Cancels a queued or running job (a queued one gives its quota back).
     async fn cancel_job(
         &self,

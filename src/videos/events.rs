@@ -18,14 +18,18 @@ use crate::storage::jobs::{JobRecord, JobScope};
 #[derive(Clone)]
 pub struct JobEvents {
     changed: broadcast::Sender<JobId>,
+    /// A running job was cancelled or deleted here: its worker stops now, not at its next heartbeat.
+    stopped: broadcast::Sender<JobId>,
     queued: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl JobEvents {
     pub fn new() -> Self {
         let (changed, _) = broadcast::channel(1024);
+        let (stopped, _) = broadcast::channel(256);
         Self {
             changed,
+            stopped,
             queued: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -38,13 +42,25 @@ impl JobEvents {
         self.changed.subscribe()
     }
 
-    /// Wakes one idle worker.
-    pub fn queued(&self) {
-        self.queued.notify_one();
+    pub fn stopped(&self, job: JobId) {
+        let _ = self.stopped.send(job);
     }
 
-    pub async fn wait_for_queued(&self) {
-        self.queued.notified().await;
+    pub fn subscribe_stopped(&self) -> broadcast::Receiver<JobId> {
+        self.stopped.subscribe()
+    }
+
+    /// Wakes every idle worker (they serve different engines; the first to claim takes the job).
+    pub fn queued(&self) {
+        self.queued.notify_waiters();
+    }
+
+    /// A wake-up for the next `queued`: create it before looking for work, so a job queued in
+    /// between is not missed.
+    pub fn next_queued(&self) -> std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>> {
+        let mut notified = Box::pin(Arc::clone(&self.queued).notified_owned());
+        notified.as_mut().enable();
+        notified
     }
 }
 

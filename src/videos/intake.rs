@@ -80,6 +80,9 @@ pub enum IntakeError {
         detail: String,
         retry_after: Duration,
     },
+    /// The engine has no server that can run jobs now (503).
+    #[error("engine {engine} cannot run jobs right now: {reason}")]
+    EngineUnavailable { engine: String, reason: String },
     /// Too many of this user's submissions are being checked right now (429).
     #[error("too many uploads of yours are being checked at once; wait for one to finish")]
     UserBusy,
@@ -231,6 +234,12 @@ impl VideoService {
             return Err(IntakeError::UnsupportedParameter {
                 engine: capabilities.name,
                 parameters: unsupported,
+            });
+        }
+        if let Some(reason) = engine.unavailable() {
+            return Err(IntakeError::EngineUnavailable {
+                engine: capabilities.name,
+                reason,
             });
         }
 

@@ -137,6 +137,7 @@ impl VideoService {
             return Err(VideoError::AlreadyFinished(job.status));
         };
         self.events.changed(job.id);
+        self.events.stopped(job.id);
         self.finished(&cancelled).await;
         Ok(cancelled)
     }
@@ -157,6 +158,7 @@ impl VideoService {
             .delete_prefix(&super::job_prefix(job.tenant_id, job.id))
             .await?;
         self.events.changed(id);
+        self.events.stopped(id);
         self.auditor
             .record(
                 context,

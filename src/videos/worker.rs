@@ -12,7 +12,7 @@ use super::view::{JobInput, OutputPlan};
 use super::{input_key, result_key, VideoService};
 use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
 use crate::domain::{JobStatus, SonicParams, Stage, WorkerId};
-use crate::engines::{EngineError, EngineJob, ProgressFn};
+use crate::engines::{Engine, EngineError, EngineJob, ProgressFn, Slot};
 use crate::storage::jobs::{JobOutcome, JobRecord};
 use crate::storage::StoreResult;
 use crate::time::now_ms;
@@ -20,13 +20,33 @@ use crate::time::now_ms;
 /// How often the progress of a running job is written to the database at most.
 const PROGRESS_INTERVAL_MS: u64 = 500;
 
-/// Starts `count` workers and the lease reaper on the service's task tracker. They stop when
-/// `shutdown` turns true; a job being run then stays `running` until its lease expires and another
-/// worker takes it over.
+/// Starts the workers and the lease reaper on the service's task tracker. Engines bounded by the
+/// `workers` setting (CPU engines) share `count` workers; an engine that bounds itself (a GPU
+/// pool) gets one worker per place, and each reserves its place before it claims a job. With
+/// `count` 0 this process runs no jobs at all. They stop when `shutdown` turns true; a job being
+/// run then stays `running` until its lease expires and another worker takes it over.
 pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::Receiver<bool>) {
-    for worker_id in WorkerId::for_new_instance(count) {
+    let mut shared = Vec::new();
+    let mut lanes: Vec<Arc<dyn Engine>> = Vec::new();
+    for engine in service.engines.all() {
+        match engine.lanes() {
+            None => shared.push(engine.capabilities().name),
+            Some(places) => lanes.extend(std::iter::repeat_n(Arc::clone(engine), places)),
+        }
+    }
+    let mut ids = WorkerId::for_new_instance(count + lanes.len()).into_iter();
+    let mut workers = Vec::new();
+    if !shared.is_empty() {
+        for worker_id in ids.by_ref().take(count) {
+            workers.push(Arc::clone(&service).work(worker_id, shared.clone(), None));
+        }
+    }
+    for (engine, worker_id) in lanes.into_iter().zip(ids) {
+        let names = vec![engine.capabilities().name];
+        workers.push(Arc::clone(&service).work(worker_id, names, Some(engine)));
+    }
+    for worker in workers {
         let mut stop = shutdown.clone();
-        let worker = Arc::clone(&service).work(worker_id);
         service.tasks.spawn(async move {
             tokio::select! {
                 () = worker => {}
@@ -45,21 +65,32 @@ pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::
 }
 
 impl VideoService {
-    async fn work(self: Arc<Self>, worker_id: WorkerId) {
-        let engines = self.engines.names();
+    /// Claims jobs of `engines` one at a time; with `reserving`, only while holding a place that
+    /// engine reserved.
+    async fn work(
+        self: Arc<Self>,
+        worker_id: WorkerId,
+        engines: Vec<String>,
+        reserving: Option<Arc<dyn Engine>>,
+    ) {
         loop {
+            let slot = match &reserving {
+                Some(engine) => engine.reserve().await,
+                None => Slot::unbounded(),
+            };
+            let queued = self.events.next_queued();
             match self.claim(&worker_id, &engines).await {
                 Ok(Some(job)) => {
                     self.events.changed(job.id);
-                    self.run(&worker_id, job).await;
+                    self.run(&worker_id, job, slot).await;
                 }
                 Ok(None) => {
+                    drop(slot);
                     // Idle: wake on a new job in this process, or poll for other processes' jobs.
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), self.events.wait_for_queued())
-                            .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), queued).await;
                 }
                 Err(err) => {
+                    drop(slot);
                     tracing::error!(worker = %worker_id, error = %err, "claiming a job failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -129,10 +160,10 @@ impl VideoService {
             outcome = Empty,
         )
     )]
-    async fn run(self: &Arc<Self>, worker_id: &WorkerId, job: JobRecord) {
+    async fn run(self: &Arc<Self>, worker_id: &WorkerId, job: JobRecord, slot: Slot) {
         let workdir = self.settings.work_dir.join("jobs").join(job.id.to_string());
         let outcome = tokio::select! {
-            outcome = self.generate(worker_id, &job, &workdir) => Some(outcome),
+            outcome = self.generate(worker_id, &job, &workdir, slot) => Some(outcome),
             () = self.keep_lease(worker_id, &job) => None,
         };
         let _ = tokio::fs::remove_dir_all(&workdir).await;
@@ -150,6 +181,11 @@ impl VideoService {
                 Err(err) => err.code,
             },
         );
+        if let Err(err) = &outcome {
+            if err.retry && self.requeue(worker_id, &job, err).await {
+                return;
+            }
+        }
         let outcome = match outcome {
             Ok(bytes) => JobOutcome::Succeeded {
                 result_key: result_key(job.tenant_id, job.id),
@@ -185,12 +221,48 @@ impl VideoService {
         self.events.changed(job.id);
     }
 
+    /// Puts the job back in the queue after its engine's machine failed; `false` when it is out of
+    /// attempts (or no longer ours) and must end here.
+    async fn requeue(&self, worker_id: &WorkerId, job: &JobRecord, err: &EngineError) -> bool {
+        match self
+            .store
+            .requeue_job(job.id, worker_id, self.settings.max_attempts, now_ms())
+            .await
+        {
+            Ok(Some(_)) => {
+                tracing::warn!(job = %job.id, attempt = job.attempts, code = err.code, detail = %err.detail, "job requeued: its engine failed under it");
+                metrics::counter!("jobs_requeued_total", "engine" => job.engine.clone())
+                    .increment(1);
+                self.events.changed(job.id);
+                self.events.queued();
+                true
+            }
+            Ok(None) => false,
+            Err(store) => {
+                tracing::error!(job = %job.id, error = %store, "requeueing a job failed");
+                false
+            }
+        }
+    }
+
     /// Heartbeats until the job is no longer this worker's (then returns, which cancels the engine).
     async fn keep_lease(&self, worker_id: &WorkerId, job: &JobRecord) {
         let mut tick = tokio::time::interval(self.settings.lease / 3);
+        let mut stopped = self.events.subscribe_stopped();
         tick.tick().await;
         loop {
-            tick.tick().await;
+            // A cancel or delete in this process is checked at once; others' at the heartbeat.
+            tokio::select! {
+                _ = tick.tick() => {}
+                stop = stopped.recv() => match stop {
+                    Ok(id) if id == job.id => {}
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        stopped = self.events.subscribe_stopped();
+                    }
+                },
+            }
             let now = now_ms();
             let until = now + self.settings.lease;
             match self.store.heartbeat(job.id, worker_id, now, until).await {
@@ -206,6 +278,7 @@ impl VideoService {
         worker_id: &WorkerId,
         job: &JobRecord,
         workdir: &std::path::Path,
+        slot: Slot,
     ) -> Result<u64, EngineError> {
         let internal = |e: anyhow::Error| EngineError::server("internal", e.to_string());
         let params: SonicParams =
@@ -259,7 +332,7 @@ impl VideoService {
         // Here rather than in each engine, so that every engine's work has the same span.
         let span = tracing::info_span!("engine.generate", engine = %job.engine, job_id = %job.id);
         engine
-            .generate(&engine_job, &out, Arc::clone(&progress))
+            .generate(&engine_job, &out, Arc::clone(&progress), slot)
             .instrument(span)
             .await?;
         progress(Stage::Storing, 1.0);

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,12 @@ struct Shared {
     deletes: Mutex<Vec<Value>>,
     wake: Notify,
     counter: AtomicU64,
+    /// Most prompts it ever held at once (queued plus running).
+    peak: AtomicUsize,
+    /// Node classes that are "not installed".
+    missing: Mutex<Vec<String>>,
+    /// How long an interrupt takes to stop the running prompt (ComfyUI checks between nodes).
+    interrupt_delay: Mutex<Duration>,
 }
 
 /// A running fake; stops with the test's runtime.
@@ -71,6 +77,9 @@ impl FakeComfy {
             deletes: Mutex::default(),
             wake: Notify::new(),
             counter: AtomicU64::new(0),
+            peak: AtomicUsize::new(0),
+            missing: Mutex::default(),
+            interrupt_delay: Mutex::new(Duration::ZERO),
         });
         let routes = Router::new()
             .route("/prompt", post(prompt))
@@ -117,6 +126,26 @@ impl FakeComfy {
             .unwrap()
             .as_ref()
             .map(|r| r.1.clone())
+    }
+
+    /// Most prompts it held at once (queued plus running).
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak.load(Ordering::SeqCst)
+    }
+
+    /// Makes a node class "not installed": `/object_info` omits it and prompts using it fail.
+    pub fn remove_node(&self, class: &str) {
+        self.shared.missing.lock().unwrap().push(class.to_owned());
+    }
+
+    /// Installs the removed nodes again.
+    pub fn restore_nodes(&self) {
+        self.shared.missing.lock().unwrap().clear();
+    }
+
+    /// Interrupts stop the running prompt only after this long (the node finishes first).
+    pub fn set_interrupt_delay(&self, delay: Duration) {
+        *self.shared.interrupt_delay.lock().unwrap() = delay;
     }
 
     pub fn history_of(&self, prompt_id: &str) -> Option<Value> {
@@ -327,11 +356,12 @@ async fn prompt(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> R
     };
     for (id, node) in nodes {
         let class = node["class_type"].as_str().unwrap_or_default();
-        if input_types(class).is_none() {
+        if input_types(class).is_none() || shared.missing.lock().unwrap().iter().any(|m| m == class)
+        {
             return refuse(
-                json!({"type": "missing_node_type",
-                "message": format!("Node '{class}' not found. The custom node may not be installed."),
-                "details": format!("Node ID '#{id}'"), "extra_info": {"node_id": id, "class_type": class}}),
+                json!({"type": "invalid_prompt",
+                "message": format!("Cannot execute because node {class} does not exist."),
+                "details": format!("Node ID '#{id}'"), "extra_info": {}}),
                 json!({}),
             );
         }
@@ -365,11 +395,12 @@ async fn prompt(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> R
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let number = shared.counter.fetch_add(1, Ordering::SeqCst);
-    shared
-        .queue
-        .lock()
-        .unwrap()
-        .push_back((number, prompt_id.clone(), graph));
+    {
+        let mut queue = shared.queue.lock().unwrap();
+        queue.push_back((number, prompt_id.clone(), graph));
+        let held = queue.len() + usize::from(shared.running.lock().unwrap().is_some());
+        shared.peak.fetch_max(held, Ordering::SeqCst);
+    }
     shared.wake.notify_one();
     Json(json!({"prompt_id": prompt_id, "number": number, "node_errors": {}})).into_response()
 }
@@ -473,7 +504,8 @@ async fn interrupt(State(shared): State<Arc<Shared>>, body: Option<Json<Value>>)
     StatusCode::OK
 }
 
-async fn object_info_all() -> Json<Value> {
+async fn object_info_all(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let missing = shared.missing.lock().unwrap().clone();
     let all: serde_json::Map<String, Value> = [
         "ImageOnlyCheckpointLoader",
         "SONICTLoader",
@@ -485,12 +517,19 @@ async fn object_info_all() -> Json<Value> {
         "SaveVideo",
     ]
     .iter()
+    .filter(|c| !missing.iter().any(|m| m == *c))
     .map(|c| (c.to_string(), node_info(c).unwrap()))
     .collect();
     Json(Value::Object(all))
 }
 
-async fn object_info_one(UrlPath(class): UrlPath<String>) -> Json<Value> {
+async fn object_info_one(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(class): UrlPath<String>,
+) -> Json<Value> {
+    if shared.missing.lock().unwrap().contains(&class) {
+        return Json(json!({}));
+    }
     Json(node_info(&class).map_or(json!({}), |info| json!({ class: info })))
 }
 
@@ -561,6 +600,8 @@ async fn run(shared: &Shared, id: &str, graph: &Value, mode: Mode) -> Result<Str
     let until = tokio::time::Instant::now() + budget;
     while tokio::time::Instant::now() < until {
         if shared.interrupted.lock().unwrap().as_deref() == Some(id) {
+            let delay = *shared.interrupt_delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
             return Err(
                 json!(["execution_interrupted", {"prompt_id": id, "node_id": "6", "node_type": "SONICSampler", "executed": ["1"]}]),
             );

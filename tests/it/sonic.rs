@@ -164,17 +164,46 @@ async fn comfyui_failures_become_actionable_codes_and_give_the_quota_back() {
 }
 
 #[tokio::test]
-async fn unreachable_comfyui_is_engine_unavailable() {
+async fn with_every_comfyui_unreachable_submissions_are_refused_as_engine_unavailable() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let server = TestServer::start_with(Backend::Sqlite, move |c| c.comfyui_urls = vec![url]).await;
     let admin = server.admin().await;
-    let created = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
-    let id = created["id"].as_str().unwrap();
-    follow(&server, &admin.access, id).await;
-    let seen = job(&server, &admin.access, id).await;
-    assert_eq!(seen["error"]["code"], "engine_unavailable", "{seen}");
+    // Once the first health check has failed, nothing is queued that no server could run.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let engines: Value = server
+                .get("/v1/engines", &admin.access)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let sonic = &engines["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == "sonic")
+                .unwrap()["instances"][0];
+            if sonic["checked_at_ms"].is_number() {
+                assert_eq!(sonic["healthy"], false, "{sonic}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the server was checked");
+    let response = submit(&server, &admin.access, form("speech_en.wav", &[])).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "30");
+    let body = problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["code"], "engine_unavailable");
+    assert!(
+        !body["detail"].as_str().unwrap().contains("127.0.0.1"),
+        "{body}"
+    );
+    crate::videos::no_jobs(&server, &admin.access).await;
 }
 
 #[tokio::test]

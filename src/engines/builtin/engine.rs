@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{crop_for_render, render_video, BuiltinParams};
 use crate::domain::Stage;
-use crate::engines::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn};
+use crate::engines::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn, Slot};
 use crate::media::audio::decode_for_render;
 use crate::media::image::{probe_image, ImageLimits};
 
@@ -61,6 +61,7 @@ impl Engine for BuiltinEngine {
         job: &EngineJob,
         out: &Path,
         progress: ProgressFn,
+        _slot: Slot,
     ) -> Result<(), EngineError> {
         progress(Stage::Preprocessing, 0.0);
         let limits = self.image_limits;

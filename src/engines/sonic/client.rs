@@ -342,6 +342,17 @@ impl ComfyClient {
         Self::json("system_stats", response).await
     }
 
+    /// `GET /object_info/{class}`: the node's definition, `None` when it is not installed.
+    pub async fn object_info(&self, class: &str) -> Result<Option<Value>, ComfyError> {
+        let request = self
+            .http
+            .get(self.url(&format!("object_info/{class}")))
+            .timeout(CALL_TIMEOUT);
+        let response = self.send("object_info", request).await?;
+        let mut all: BTreeMap<String, Value> = Self::json("object_info", response).await?;
+        Ok(all.remove(class))
+    }
+
     /// `GET /view` of an output file, streamed to `path`; refused past `max_bytes`.
     pub async fn download(
         &self,
@@ -479,14 +490,14 @@ mod tests {
     #[test]
     fn rejection_of_a_missing_node_type_keeps_comfyuis_message() {
         let body = json!({
-            "error": {"type": "missing_node_type",
-                      "message": "Node 'SONICSampler' not found. The custom node may not be installed.",
+            "error": {"type": "invalid_prompt",
+                      "message": "Cannot execute because node SONICSampler does not exist.",
                       "details": "Node ID '#6'", "extra_info": {}},
             "node_errors": {}
         });
         assert_eq!(
             rejection_summary(&body),
-            "Node 'SONICSampler' not found. The custom node may not be installed. (Node ID '#6')"
+            "Cannot execute because node SONICSampler does not exist. (Node ID '#6')"
         );
     }
 

@@ -6,12 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::client::ComfyClient;
+use std::sync::Arc;
+
+use super::client::{ComfyClient, ComfyError, HistoryEntry};
 use super::outcome::{call_error, outcome};
+use super::pool::{Lease, Pool, PoolSettings};
 use super::workflow::{self, JobInputs, OUTPUT_NODE};
 use super::{inputs, SonicSettings};
 use crate::domain::Stage;
-use crate::engines::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn};
+use crate::engines::{
+    Capabilities, Engine, EngineError, EngineJob, Health, InstanceView, ProgressFn, Slot,
+};
 use crate::media::ffmpeg::{self, ConformSpec};
 
 /// Largest result accepted from ComfyUI.
@@ -20,25 +25,41 @@ const MAX_RESULT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// cut the video (a wrong `duration` or `fps`), which must not be hidden by holding a frame.
 const MAX_SHORT_FRAMES: u64 = 6;
 
-/// Runs Sonic on a ComfyUI server with the ComfyUI_Sonic nodes. For now one server (the first
-/// configured URL); the pool of many wraps [`ComfyClient`]s.
+/// Runs Sonic on a pool of ComfyUI servers with the ComfyUI_Sonic nodes, one job per reserved
+/// place on one server.
 pub struct SonicEngine {
-    client: ComfyClient,
+    pool: Arc<Pool>,
     settings: SonicSettings,
+    /// Checks the servers while the engine exists.
+    watcher: tokio::task::AbortHandle,
+}
+
+impl Drop for SonicEngine {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 impl SonicEngine {
-    pub fn new(client: ComfyClient, settings: SonicSettings) -> Self {
-        Self { client, settings }
+    /// Starts watching the servers' health (call inside the runtime).
+    pub fn new(clients: Vec<ComfyClient>, pool: PoolSettings, settings: SonicSettings) -> Self {
+        let pool = Pool::new(clients, pool);
+        let watcher = tokio::spawn(Arc::clone(&pool).watch()).abort_handle();
+        Self {
+            pool,
+            settings,
+            watcher,
+        }
     }
 }
 
 /// Cancels the prompt when dropped while armed: the job was cancelled, timed out or failed
 /// locally after submitting. Best-effort, in the background: delete it if it is still waiting,
 /// then interrupt it if it runs (in this order, so a prompt that starts in between is still
-/// caught; each call is a no-op when it does not apply).
+/// caught; each call is a no-op when it does not apply). The instance stays reserved until
+/// ComfyUI no longer lists the prompt.
 struct PromptGuard {
-    client: ComfyClient,
+    lease: Lease,
     prompt_id: String,
     armed: bool,
 }
@@ -51,17 +72,20 @@ impl Drop for PromptGuard {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let client = self.client.clone();
+        let lease = self.lease.clone();
         let id = std::mem::take(&mut self.prompt_id);
         runtime.spawn(async move {
+            let client = &lease.instance().client;
             let deleted = client.delete_pending(&id).await;
             let interrupted = client.interrupt(&id).await;
             tracing::info!(
                 prompt_id = %id,
+                instance = %lease.instance().name,
                 deleted = deleted.is_ok(),
                 interrupted = interrupted.is_ok(),
                 "ComfyUI prompt cancelled"
             );
+            lease.hold_until_idle(&id).await;
         });
     }
 }
@@ -92,21 +116,32 @@ impl Engine for SonicEngine {
     }
 
     async fn health(&self) -> Health {
-        match self.client.system_stats().await {
-            Ok(stats) => Health {
-                healthy: true,
-                detail: format!(
-                    "ComfyUI {}",
-                    stats["system"]["comfyui_version"]
-                        .as_str()
-                        .unwrap_or("(version unknown)")
-                ),
-            },
-            Err(err) => Health {
-                healthy: false,
-                detail: err.to_string(),
-            },
+        let instances = self.pool.instances(false);
+        let healthy = instances.iter().filter(|i| i.healthy).count();
+        Health {
+            healthy: healthy > 0,
+            detail: format!(
+                "{healthy} of {} ComfyUI instances healthy, {} jobs running",
+                instances.len(),
+                instances.iter().map(|i| i.busy).sum::<usize>()
+            ),
         }
+    }
+
+    fn lanes(&self) -> Option<usize> {
+        Some(self.pool.lanes())
+    }
+
+    async fn reserve(&self) -> Slot {
+        Slot::holding(self.pool.reserve().await)
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.pool.unavailable()
+    }
+
+    fn instances(&self, with_urls: bool) -> Vec<InstanceView> {
+        self.pool.instances(with_urls)
     }
 
     async fn generate(
@@ -114,8 +149,13 @@ impl Engine for SonicEngine {
         job: &EngineJob,
         out: &Path,
         progress: ProgressFn,
+        slot: Slot,
     ) -> Result<(), EngineError> {
-        let work = self.run(job, out, &progress);
+        let lease = match slot.take::<Lease>() {
+            Some(lease) => lease,
+            None => self.pool.reserve().await,
+        };
+        let work = self.run(job, out, &progress, lease);
         match tokio::time::timeout(self.settings.timeout, work).await {
             Ok(result) => result,
             // The timeout drops `run`, whose guard cancels the prompt.
@@ -136,7 +176,19 @@ impl SonicEngine {
         job: &EngineJob,
         out: &Path,
         progress: &ProgressFn,
+        lease: Lease,
     ) -> Result<(), EngineError> {
+        let (instance, pool) = (Arc::clone(lease.instance()), Arc::clone(lease.pool()));
+        let client = &instance.client;
+        // A failing call: an unreachable server is marked failed and the job runs elsewhere.
+        let failed = |err: ComfyError| {
+            if matches!(err, ComfyError::Unreachable { .. }) {
+                pool.report_failure(&instance, &err.to_string());
+                EngineError::retry_elsewhere("engine_unavailable", err.to_string())
+            } else {
+                call_error(err)
+            }
+        };
         progress(Stage::Preprocessing, 0.0);
         let limits = self.settings.image_limits;
         let (image, audio, workdir) = (
@@ -153,16 +205,14 @@ impl SonicEngine {
 
         // Job-unique names: a retry of the same job gets new ones too, and nothing else's is touched.
         let unique = format!("sonicgw-{}-{}", job.id, uuid::Uuid::new_v4().simple());
-        let image_ref = self
-            .client
+        let image_ref = client
             .upload(&format!("{unique}-face.png"), prepared.png, "image/png")
             .await
-            .map_err(call_error)?;
-        let audio_ref = self
-            .client
+            .map_err(failed)?;
+        let audio_ref = client
             .upload(&format!("{unique}-speech.wav"), prepared.wav, "audio/wav")
             .await
-            .map_err(call_error)?;
+            .map_err(failed)?;
         progress(Stage::Preprocessing, 0.05);
 
         let p = &job.params;
@@ -182,40 +232,60 @@ impl SonicEngine {
         let prompt_id = uuid::Uuid::new_v4().to_string();
         // Armed before submitting: if the answer is lost, the id still finds the prompt.
         let mut guard = PromptGuard {
-            client: self.client.clone(),
+            lease: lease.clone(),
             prompt_id: prompt_id.clone(),
             armed: true,
         };
         let client_id = format!("sonicgw-{}", job.id);
-        let number = self
-            .client
+        let number = client
             .submit(&prompt, &client_id, &prompt_id)
             .await
             .map_err(|err| {
-                if matches!(err, super::client::ComfyError::Rejected { .. }) {
+                if matches!(err, ComfyError::Rejected { .. }) {
                     guard.armed = false;
+                    // A model file removed since the last check: find out now, not in 10 s.
+                    pool.recheck(&instance);
                 }
-                call_error(err)
+                failed(err)
             })?;
-        tracing::info!(%prompt_id, number, comfyui = %crate::config::redacted_url(self.client.base().as_str()), "sonic prompt queued");
+        tracing::info!(%prompt_id, number, instance = %instance.name, "sonic prompt queued");
         progress(Stage::Generating, 0.1);
+        let generating = std::time::Instant::now();
 
-        let entry = loop {
-            tokio::time::sleep(self.settings.poll_interval).await;
-            if let Some(entry) = self.client.history(&prompt_id).await.map_err(call_error)? {
-                break entry;
-            }
-        };
+        let entry = self
+            .await_prompt(client, &prompt_id)
+            .await
+            .inspect_err(|err| {
+                if err.retry {
+                    pool.report_failure(&instance, &err.detail);
+                }
+            })?;
         // Finished one way or the other: nothing left to cancel.
         guard.armed = false;
-        let file = outcome(&entry, OUTPUT_NODE)?;
+        let file = match outcome(&entry, OUTPUT_NODE) {
+            Ok(file) => file,
+            Err(err) => {
+                pool.record_job(&instance, false, None);
+                return Err(err);
+            }
+        };
+        let gpu_seconds = generating.elapsed().as_secs_f64();
         progress(Stage::Encoding, 0.9);
 
         let remote = job.workdir.join("comfyui.mp4");
-        self.client
+        client
             .download(&file, &remote, MAX_RESULT_BYTES)
             .await
-            .map_err(call_error)?;
+            .map_err(failed)?;
+        // The server's part is done: free it for the next job while the result is conformed here.
+        drop(guard);
+        drop(lease);
+        let reference = reference_scale(job);
+        pool.record_job(
+            &instance,
+            true,
+            (reference > 0.0).then(|| gpu_seconds / reference),
+        );
         check_length(&remote, job.frames).await?;
         let offset = if p.enable_lip_sync_correction {
             p.lip_sync_offset
@@ -237,6 +307,59 @@ impl SonicEngine {
         progress(Stage::Encoding, 0.98);
         Ok(())
     }
+
+    /// Polls `/history` until the prompt finished. Every few polls `/queue` is asked too: a
+    /// prompt neither queued, running nor in the history was lost (ComfyUI restarted), and the
+    /// job runs again elsewhere.
+    async fn await_prompt(
+        &self,
+        client: &ComfyClient,
+        prompt_id: &str,
+    ) -> Result<HistoryEntry, EngineError> {
+        let mut polls = 0u32;
+        loop {
+            tokio::time::sleep(self.settings.poll_interval).await;
+            polls += 1;
+            let listed = if polls.is_multiple_of(LOST_CHECK_EVERY) {
+                let queue = client.queue().await.map_err(unavailable)?;
+                Some(
+                    queue.running.iter().any(|id| id == prompt_id)
+                        || queue.pending.iter().any(|id| id == prompt_id),
+                )
+            } else {
+                None
+            };
+            if let Some(entry) = client.history(prompt_id).await.map_err(unavailable)? {
+                return Ok(entry);
+            }
+            if listed == Some(false) {
+                return Err(EngineError::retry_elsewhere(
+                    "engine_unavailable",
+                    format!("ComfyUI lost prompt {prompt_id} (restarted?)"),
+                ));
+            }
+        }
+    }
+}
+
+/// How many history polls between checks that the prompt is still known.
+const LOST_CHECK_EVERY: u32 = 4;
+
+/// A failed call while waiting for a prompt: unreachable means the job runs elsewhere.
+fn unavailable(err: ComfyError) -> EngineError {
+    if matches!(err, ComfyError::Unreachable { .. }) {
+        EngineError::retry_elsewhere("engine_unavailable", err.to_string())
+    } else {
+        call_error(err)
+    }
+}
+
+/// Seconds of 512 px, 25-step video the job is worth: its length scaled by output pixels and
+/// inference steps (the unit of the instances' measured speed).
+pub fn reference_scale(job: &EngineJob) -> f64 {
+    let pixels = f64::from(job.output_width) * f64::from(job.output_height);
+    let video_seconds = f64::from(job.frames) / super::workflow::SONIC_FPS;
+    video_seconds * pixels / (512.0 * 512.0) * f64::from(job.params.inference_steps) / 25.0
 }
 
 /// Refuses a result much shorter than the recording (see [`MAX_SHORT_FRAMES`]) or without video.

@@ -10,11 +10,13 @@ pub mod client;
 mod engine;
 mod inputs;
 pub mod outcome;
+pub mod pool;
 pub mod workflow;
 
 use std::time::Duration;
 
 pub use engine::SonicEngine;
+pub use pool::PoolSettings;
 
 use crate::media::image::ImageLimits;
 

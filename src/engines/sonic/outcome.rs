@@ -63,10 +63,14 @@ fn video_file(output: Option<&Value>) -> Option<FileRef> {
 /// else with ComfyUI's exception type.
 pub fn execution_error(data: &Value) -> EngineError {
     let kind = data["exception_type"].as_str().unwrap_or("unknown");
+    // ComfyUI appends advice on further lines (for out of memory): one line for the log.
     let message = data["exception_message"]
         .as_str()
         .unwrap_or_default()
-        .trim();
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.as_str();
     let node = format!(
         "node {} ({})",
         data["node_id"].as_str().unwrap_or("?"),
@@ -163,6 +167,15 @@ mod tests {
         let old_torch = execution_error(&json!({"exception_type": "RuntimeError",
             "exception_message": "CUDA error: out of memory"}));
         assert_eq!(old_torch.code, "gpu_out_of_memory");
+        // ComfyUI appends advice on further lines; the detail stays one log line.
+        let advised = execution_error(&json!({"exception_type": "torch.OutOfMemoryError",
+            "exception_message": "Allocation on device \nThis error means you ran out of memory on your GPU.\n\nTIPS: ..."}));
+        assert!(!advised.detail.contains('\n'), "{}", advised.detail);
+        assert!(
+            advised.detail.contains("device This error means"),
+            "{}",
+            advised.detail
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
-use crate::engines::{Capabilities, Health};
+use crate::domain::Role;
+use crate::engines::{Capabilities, Health, InstanceView};
 use crate::http::caller::Caller;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -17,6 +18,10 @@ pub struct EngineView {
     pub health: Health,
     /// Whether jobs go here when `engine` is not given.
     pub default: bool,
+    /// Its servers (GPU engines): health, load, VRAM, version, jobs done and measured speed.
+    /// Addresses and error details are shown to platform admins only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceView>,
 }
 
 /// The engines.
@@ -27,11 +32,22 @@ pub struct EngineList {
 
 #[utoipa::path(get, path = "/v1/engines", tag = "videos", responses((status = 200, body = EngineList)),
     security(("bearer" = [])))]
-pub async fn list(State(state): State<AppState>, _: Caller) -> Result<Json<EngineList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<EngineList>, ApiError> {
+    let operator = caller.role == Role::PlatformAdmin;
     let mut items = Vec::new();
     for engine in state.videos.engines.all() {
         let capabilities = engine.capabilities();
+        let mut instances = engine.instances(operator);
+        if !operator {
+            for instance in &mut instances {
+                instance.last_error = None;
+            }
+        }
         items.push(EngineView {
+            instances,
             default: capabilities.name == state.videos.settings.default_engine,
             health: engine.health().await,
             capabilities,

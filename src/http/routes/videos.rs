@@ -113,6 +113,15 @@ impl From<IntakeError> for ApiError {
                 detail,
                 retry_after: Duration::from_secs(5),
             },
+            IntakeError::EngineUnavailable { engine, reason } => {
+                // The reason names servers and their errors: for the log, not the caller.
+                tracing::warn!(%engine, %reason, "submission refused: engine unavailable");
+                ApiError::Busy {
+                    code: "engine_unavailable",
+                    detail: format!("no server can run engine {engine} right now; try again later"),
+                    retry_after: Duration::from_secs(30),
+                }
+            }
             IntakeError::ServerBusy => ApiError::Busy {
                 code: "server_busy",
                 detail,

@@ -290,6 +290,32 @@ impl JobStore for PgStore {
             .transpose()
     }
 
+    async fn requeue_job(
+        &self,
+        id: JobId,
+        worker_id: &WorkerId,
+        max_attempts: i64,
+        now: UnixMillis,
+    ) -> StoreResult<Option<JobRecord>> {
+        let sql = format!(
+            "UPDATE jobs
+             SET status = 'queued', stage = 'queued', progress = 0, worker_id = NULL,
+                 lease_expires_at = NULL, updated_at = $3
+             WHERE id = $1 AND worker_id = $2 AND status = 'running' AND attempts < $4
+             RETURNING {JOB_COLUMNS}"
+        );
+        sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(worker_id.as_str())
+            .bind(now)
+            .bind(max_attempts)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
     async fn cancel_job(
         &self,
         scope: JobScope,
