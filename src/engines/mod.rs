@@ -143,6 +143,11 @@ fn server_message(code: &str) -> &'static str {
 pub trait Engine: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
     async fn health(&self) -> Health;
+    /// How many jobs it can run at once (a GPU pool: healthy instances times their in-flight limit);
+    /// `None`: as many as the process has workers. ETAs schedule the queue onto this many slots.
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
     /// Writes the finished MP4 (H.264 + AAC, 25 fps) to `out`. Dropping the future stops the work.
     async fn generate(
         &self,

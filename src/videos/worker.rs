@@ -242,6 +242,7 @@ impl VideoService {
         fetch("image", input.image.format.clone(), image_path.clone()).await?;
         fetch("audio", input.audio.format.clone(), audio_path.clone()).await?;
 
+        let work = super::eta::Work::new(&params, &output);
         let engine_job = EngineJob {
             id: job.id,
             params,
@@ -258,10 +259,15 @@ impl VideoService {
         let progress = self.progress_reporter(worker_id, job);
         // Here rather than in each engine, so that every engine's work has the same span.
         let span = tracing::info_span!("engine.generate", engine = %job.engine, job_id = %job.id);
+        let started = std::time::Instant::now();
         engine
             .generate(&engine_job, &out, Arc::clone(&progress))
             .instrument(span)
             .await?;
+        // Instance "" until the engine names the instance that ran the job.
+        self.costs
+            .observe(&job.engine, "", work, started.elapsed())
+            .await;
         progress(Stage::Storing, 1.0);
         self.blobs
             .put_file(&result_key(job.tenant_id, job.id), &out)
