@@ -460,6 +460,13 @@ async fn video_service(
     // Scratch space of uploads being checked and jobs being rendered: the users' photos and voices.
     let work_dir = config.data_dir.join("work");
     owner_only_dir(&work_dir)?;
+    let costs = crate::videos::eta::CostModel::load(
+        Arc::clone(&core.store),
+        &engines,
+        &config.engine_speed_seed,
+    )
+    .await
+    .context("loading engine speeds")?;
     Ok(crate::videos::VideoService {
         store: Arc::clone(&core.store),
         blobs: Arc::new(crate::blobs::LocalBlobs::new(
@@ -485,8 +492,10 @@ async fn video_service(
             max_attempts: config.job_max_attempts,
             link_ttl_s: config.link_ttl_s,
             webhook_allow_private: config.webhook_allow_private,
+            workers: config.workers,
             work_dir,
         },
+        costs,
     })
 }
 

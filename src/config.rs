@@ -86,6 +86,11 @@ pub struct Config {
     pub url_signing_secret: String,
     /// Longest an engine may take for one job.
     pub engine_timeout_s: u64,
+    /// Starting speeds of the ETA model per engine, in engine seconds per second of 512x512 video at
+    /// 25 steps (a table, or in the environment `engine=seconds` pairs separated by commas); engines
+    /// not named keep their defaults (`videos::eta::default_seed`).
+    #[serde(deserialize_with = "speeds")]
+    pub engine_speed_seed: BTreeMap<String, f64>,
     /// Enables the simulated engine (tests and benchmarks only) with this duration per job.
     pub simulated_engine_ms: u64,
     /// Allow webhook targets on loopback and private networks.
@@ -149,6 +154,7 @@ impl Default for Config {
             link_ttl_s: 3600,
             url_signing_secret: String::new(),
             engine_timeout_s: 1800,
+            engine_speed_seed: BTreeMap::new(),
             simulated_engine_ms: 0,
             webhook_allow_private: false,
             comfyui_urls: Vec::new(),
@@ -203,6 +209,7 @@ impl fmt::Debug for Config {
             link_ttl_s,
             url_signing_secret,
             engine_timeout_s,
+            engine_speed_seed,
             simulated_engine_ms,
             webhook_allow_private,
             comfyui_urls,
@@ -252,6 +259,7 @@ impl fmt::Debug for Config {
             .field("link_ttl_s", link_ttl_s)
             .field("url_signing_secret", &Redacted(url_signing_secret))
             .field("engine_timeout_s", engine_timeout_s)
+            .field("engine_speed_seed", engine_speed_seed)
             .field("simulated_engine_ms", simulated_engine_ms)
             .field("webhook_allow_private", webhook_allow_private)
             .field(
@@ -368,6 +376,7 @@ const ENV_KEYS: &[&str] = &[
     "link_ttl_s",
     "url_signing_secret",
     "engine_timeout_s",
+    "engine_speed_seed",
     "simulated_engine_ms",
     "webhook_allow_private",
     "comfyui_urls",
@@ -435,6 +444,13 @@ impl Config {
         }
         if !(1..=3600).contains(&self.comfyui_health_interval_s) {
             bail!("comfyui_health_interval_s must be between 1 and 3600");
+        }
+        if let Some((engine, _)) = self
+            .engine_speed_seed
+            .iter()
+            .find(|(_, speed)| !(0.001..=10_000.0).contains(*speed))
+        {
+            bail!("engine_speed_seed.{engine} must be between 0.001 and 10000 seconds per second");
         }
         if self.sonic_checkpoint.is_empty() || self.sonic_unet.is_empty() {
             bail!("sonic_checkpoint and sonic_unet must name model files");
@@ -580,6 +596,35 @@ fn headers<'de, D: serde::Deserializer<'de>>(
                 pair.split_once('=')
                     .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
                     .ok_or_else(|| serde::de::Error::custom("comfyui_headers: expected Name=value"))
+            })
+            .collect(),
+    }
+}
+
+/// A table of engine names to speeds, or (the environment) `engine=speed` pairs separated by commas.
+fn speeds<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Speeds {
+        Table(BTreeMap<String, f64>),
+        Text(String),
+    }
+    match Speeds::deserialize(deserializer)? {
+        Speeds::Table(table) => Ok(table),
+        Speeds::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|pair| {
+                pair.split_once('=')
+                    .and_then(|(engine, speed)| {
+                        Some((engine.trim().to_owned(), speed.trim().parse().ok()?))
+                    })
+                    .ok_or_else(|| {
+                        serde::de::Error::custom("engine_speed_seed: expected engine=seconds")
+                    })
             })
             .collect(),
     }

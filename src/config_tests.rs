@@ -145,3 +145,33 @@ fn environment_overrides_the_file_with_typed_values() {
         Ok(())
     });
 }
+
+#[test]
+fn engine_speed_seeds_come_from_a_table_or_the_environment_and_must_be_plausible() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[engine_speed_seed]\nsonic = 12.5\n").unwrap();
+    figment::Jail::expect_with(|jail| {
+        assert!(Config::load(None)
+            .map_err(|e| e.to_string())?
+            .engine_speed_seed
+            .is_empty());
+        let config = Config::load(Some(&path)).map_err(|e| e.to_string())?;
+        assert_eq!(
+            config.engine_speed_seed,
+            BTreeMap::from([("sonic".into(), 12.5)])
+        );
+        jail.set_env("SONICGW_ENGINE_SPEED_SEED", "sonic=18, builtin=0.4");
+        let config = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(
+            config.engine_speed_seed,
+            BTreeMap::from([("builtin".into(), 0.4), ("sonic".into(), 18.0)])
+        );
+        jail.set_env("SONICGW_ENGINE_SPEED_SEED", "sonic=fast");
+        assert!(Config::load(None).is_err());
+        jail.set_env("SONICGW_ENGINE_SPEED_SEED", "sonic=0");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("engine_speed_seed.sonic"), "{err}");
+        Ok(())
+    });
+}

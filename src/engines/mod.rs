@@ -33,6 +33,9 @@ pub struct EngineJob {
     pub frames: u32,
     /// A scratch directory of the job's own.
     pub workdir: PathBuf,
+    /// How long the job should take, from the cost model: engines without progress of their own
+    /// (Sonic's sampler) report progress against it.
+    pub expected_s: Option<f64>,
 }
 
 /// What an engine can do, for `GET /v1/engines` and for refusing parameters it cannot honour.
@@ -152,21 +155,33 @@ fn server_message(code: &str) -> &'static str {
 
 /// Capacity an engine reserved for one job (a place on a GPU server), held until dropped.
 #[derive(Default)]
-pub struct Slot(Option<Box<dyn std::any::Any + Send + Sync>>);
+pub struct Slot {
+    reservation: Option<Box<dyn std::any::Any + Send + Sync>>,
+    instance: Option<String>,
+}
 
 impl Slot {
     /// For engines bounded only by the number of workers.
     pub fn unbounded() -> Self {
-        Self(None)
+        Self::default()
     }
 
-    pub fn holding<T: std::any::Any + Send + Sync>(reservation: T) -> Self {
-        Self(Some(Box::new(reservation)))
+    /// A reservation on the named instance (for its speed estimate).
+    pub fn holding<T: std::any::Any + Send + Sync>(reservation: T, instance: String) -> Self {
+        Self {
+            reservation: Some(Box::new(reservation)),
+            instance: Some(instance),
+        }
+    }
+
+    /// The instance the job will run on, when the engine has several.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
     }
 
     /// The engine's own reservation back.
     pub fn take<T: std::any::Any>(self) -> Option<T> {
-        self.0?.downcast().ok().map(|b| *b)
+        self.reservation?.downcast().ok().map(|b| *b)
     }
 }
 
@@ -196,6 +211,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Its servers, for operators (`with_urls`: platform admins see their addresses).
     fn instances(&self, _with_urls: bool) -> Vec<InstanceView> {
         Vec::new()
+    }
+    /// How many jobs it can run at once (a GPU pool: healthy instances times their in-flight limit);
+    /// `None`: as many as the process has workers. ETAs schedule the queue onto this many slots.
+    fn capacity(&self) -> Option<usize> {
+        None
     }
     /// Writes the finished MP4 (H.264 + AAC, 25 fps) to `out`. Dropping the future stops the work.
     async fn generate(

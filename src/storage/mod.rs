@@ -1,11 +1,12 @@
 //! Persistence: per-concern store traits (`TenantStore`, `UserStore`, `TokenStore`, `AuditStore`,
-//! `WebhookSecretStore`, `JobStore`) composed into `Store`, with a SQLite backend (the embedded default)
+//! `WebhookSecretStore`, `JobStore`, `EstimateStore`) composed into `Store`, with a SQLite backend (the embedded default)
 //! and a PostgreSQL backend, chosen by the scheme of `database_url`. Each backend is its own module with
 //! its own SQL and its own migrations, applied on connect; `shared` holds what they have in common.
 
 pub mod accounts;
 pub mod audit;
 pub mod chain;
+pub mod estimates;
 pub mod jobs;
 mod postgres;
 mod shared;
@@ -22,6 +23,7 @@ use crate::domain::TenantId;
 pub use accounts::{TenantRecord, TenantStore, TenantUpdate, UserRecord, UserStore};
 pub use audit::{AuditQuery, AuditRecord, AuditStore};
 pub use chain::NewAuditRecord;
+pub use estimates::EstimateStore;
 pub use jobs::JobStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -129,6 +131,7 @@ pub trait Store:
     + AuditStore
     + WebhookSecretStore
     + JobStore
+    + EstimateStore
     + 'static
 {
 }
@@ -141,6 +144,7 @@ impl<S> Store for S where
         + AuditStore
         + WebhookSecretStore
         + JobStore
+        + EstimateStore
         + 'static
 {
 }
@@ -148,8 +152,8 @@ impl<S> Store for S where
 /// The store traits, for code that calls store methods on a concrete backend type.
 pub mod prelude {
     pub use super::{
-        AuditStore, HealthCheck, JobStore, Store, TenantStore, TokenStore, UserStore,
-        WebhookSecretStore,
+        AuditStore, EstimateStore, HealthCheck, JobStore, Store, TenantStore, TokenStore,
+        UserStore, WebhookSecretStore,
     };
 }
 

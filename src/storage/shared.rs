@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::chain::{chain_hash, NewAuditRecord, GENESIS_HASH};
+use super::estimates::{EngineSpeed, PendingWork, WorkAhead};
 use super::jobs::{IdempotencyState, JobOutcome, JobRecord, JobScope, QuotaUsage};
 use super::{
     AuditRecord, RefreshTokenRecord, RevokedToken, StoreError, StoreResult, TenantRecord, TokenId,
@@ -326,6 +327,52 @@ fn idempotency_state(
             IdempotencyState::Existing(parse_stored("idempotency_keys.job_id", &job)?)
         }
     })
+}
+
+pub(super) const ENGINE_SPEED_COLUMNS: &str =
+    "engine, instance, seconds_per_second, samples, updated_at";
+
+pub(super) fn engine_speed_from_row(row: &impl StoredRow) -> StoreResult<EngineSpeed> {
+    Ok(EngineSpeed {
+        engine: row.text("engine")?,
+        instance: row.text("instance")?,
+        seconds_per_second: row.real("seconds_per_second")?,
+        samples: row.int("samples")?,
+        updated_at: row.instant("updated_at")?,
+    })
+}
+
+/// Rows of the `work_ahead` query (status, params, output_plan, started_at, vtag, created_at, id,
+/// running and queued mixed) split into running jobs and queued ones in dispatch order.
+pub(super) fn work_ahead_from_rows(rows: &[impl StoredRow]) -> StoreResult<WorkAhead> {
+    let mut queued = Vec::new();
+    let mut ahead = WorkAhead::default();
+    for row in rows {
+        let status: JobStatus = parse_stored("jobs.status", &row.text("status")?)?;
+        let work = PendingWork {
+            status,
+            params: row.text("params")?,
+            output_plan: row.text("output_plan")?,
+            started_at: row.opt_instant("started_at")?,
+        };
+        if status == JobStatus::Running {
+            ahead.running.push(work);
+        } else {
+            let order = (
+                row.real("vtag")?,
+                row.instant("created_at")?,
+                row.text("id")?,
+            );
+            queued.push((order, work));
+        }
+    }
+    queued.sort_by(|(a, _), (b, _)| {
+        a.0.total_cmp(&b.0)
+            .then_with(|| a.1.cmp(&b.1))
+            .then_with(|| a.2.cmp(&b.2))
+    });
+    ahead.queued = queued.into_iter().map(|(_, work)| work).collect();
+    Ok(ahead)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod delivery;
+pub mod eta;
 pub mod events;
 pub mod intake;
 pub mod jobs;
@@ -36,6 +37,8 @@ pub struct VideoSettings {
     pub max_attempts: i64,
     pub link_ttl_s: i64,
     pub webhook_allow_private: bool,
+    /// In-process workers: the slots of engines that do not say their capacity.
+    pub workers: usize,
     /// Scratch space for uploads in flight and jobs being rendered.
     pub work_dir: PathBuf,
 }
@@ -61,6 +64,8 @@ pub struct VideoService {
     /// counted in metrics).
     pub download_audit: crate::audit::Repeats,
     pub settings: VideoSettings,
+    /// Engine speeds, for ETAs.
+    pub costs: eta::CostModel,
 }
 
 /// Where a job's files live in the blob store.
@@ -77,7 +82,8 @@ pub fn result_key(tenant: TenantId, job: JobId) -> String {
 }
 
 impl VideoService {
-    /// The API view of a job, with its queue position and a fresh signed link when finished.
+    /// The API view of a job, with its queue position and ETA while it waits or runs, and a fresh signed
+    /// link when finished.
     pub async fn view(&self, job: &JobRecord) -> anyhow::Result<view::JobView> {
         let position = if job.status == crate::domain::JobStatus::Queued {
             Some(self.store.queue_position(job).await?)
@@ -96,6 +102,10 @@ impl VideoService {
             }
             _ => None,
         };
-        view::JobView::from_record(job, position, result)
+        let mut view = view::JobView::from_record(job, position, result)?;
+        let eta = self.eta(job).await;
+        view.estimated_start_s = eta.start_s.map(view::tenths);
+        view.eta_s = eta.done_s.map(view::tenths);
+        Ok(view)
     }
 }

@@ -75,6 +75,12 @@ pub struct JobView {
     pub progress: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<i64>,
+    /// Seconds until it is expected to start (0 once running); null once it has ended, or when no
+    /// slot can run its engine.
+    pub estimated_start_s: Option<f64>,
+    /// Seconds until it is expected to be done; null once it has ended, or when no slot can run its
+    /// engine.
+    pub eta_s: Option<f64>,
     pub engine: String,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -86,6 +92,11 @@ pub struct JobView {
     pub error: Option<JobError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<JobResult>,
+}
+
+/// Seconds as shown: tenths are as precise as an estimate gets.
+pub fn tenths(seconds: f64) -> f64 {
+    (seconds * 10.0).round() / 10.0
 }
 
 /// Stored JSON that no longer parses is a server bug, reported as such.
@@ -107,6 +118,8 @@ impl JobView {
             queue_position: (job.status == JobStatus::Queued)
                 .then_some(queue_position)
                 .flatten(),
+            estimated_start_s: None,
+            eta_s: None,
             engine: job.engine.clone(),
             created_at: job.created_at.to_rfc3339(),
             started_at: job.started_at.map(UnixMillis::to_rfc3339),

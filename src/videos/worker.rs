@@ -315,7 +315,11 @@ impl VideoService {
         fetch("image", input.image.format.clone(), image_path.clone()).await?;
         fetch("audio", input.audio.format.clone(), audio_path.clone()).await?;
 
+        let work = super::eta::Work::new(&params, &output);
+        let instance = slot.instance().map(str::to_owned);
+        let expected_s = self.costs.estimate(&job.engine, instance.as_deref(), work);
         let engine_job = EngineJob {
+            expected_s: Some(expected_s),
             id: job.id,
             params,
             image_path,
@@ -331,10 +335,19 @@ impl VideoService {
         let progress = self.progress_reporter(worker_id, job);
         // Here rather than in each engine, so that every engine's work has the same span.
         let span = tracing::info_span!("engine.generate", engine = %job.engine, job_id = %job.id);
+        let started = std::time::Instant::now();
         engine
             .generate(&engine_job, &out, Arc::clone(&progress), slot)
             .instrument(span)
             .await?;
+        self.costs
+            .observe(
+                &job.engine,
+                instance.as_deref().unwrap_or(""),
+                work,
+                started.elapsed(),
+            )
+            .await;
         progress(Stage::Storing, 1.0);
         self.blobs
             .put_file(&result_key(job.tenant_id, job.id), &out)

@@ -101,7 +101,7 @@ pub async fn follow(server: &TestServer, token: &str, id: &str) -> Vec<Value> {
 }
 
 /// Follows the job's events until one says it is running.
-async fn wait_until_running(server: &TestServer, token: &str, id: &str) {
+pub async fn wait_until_running(server: &TestServer, token: &str, id: &str) {
     let response = server
         .client
         .get(server.url(&format!("/v1/videos/{id}/events")))

@@ -132,8 +132,14 @@ impl Engine for SonicEngine {
         Some(self.pool.lanes())
     }
 
+    fn capacity(&self) -> Option<usize> {
+        Some(self.pool.capacity())
+    }
+
     async fn reserve(&self) -> Slot {
-        Slot::holding(self.pool.reserve().await)
+        let lease = self.pool.reserve().await;
+        let instance = lease.instance().name.clone();
+        Slot::holding(lease, instance)
     }
 
     fn unavailable(&self) -> Option<String> {
@@ -250,10 +256,9 @@ impl SonicEngine {
             })?;
         tracing::info!(%prompt_id, number, instance = %instance.name, "sonic prompt queued");
         progress(Stage::Generating, 0.1);
-        let generating = std::time::Instant::now();
 
         let entry = self
-            .await_prompt(client, &prompt_id)
+            .await_prompt(client, &prompt_id, job.expected_s, progress)
             .await
             .inspect_err(|err| {
                 if err.retry {
@@ -265,11 +270,10 @@ impl SonicEngine {
         let file = match outcome(&entry, OUTPUT_NODE) {
             Ok(file) => file,
             Err(err) => {
-                pool.record_job(&instance, false, None);
+                pool.record_job(&instance, false);
                 return Err(err);
             }
         };
-        let gpu_seconds = generating.elapsed().as_secs_f64();
         progress(Stage::Encoding, 0.9);
 
         let remote = job.workdir.join("comfyui.mp4");
@@ -280,12 +284,7 @@ impl SonicEngine {
         // The server's part is done: free it for the next job while the result is conformed here.
         drop(guard);
         drop(lease);
-        let reference = reference_scale(job);
-        pool.record_job(
-            &instance,
-            true,
-            (reference > 0.0).then(|| gpu_seconds / reference),
-        );
+        pool.record_job(&instance, true);
         check_length(&remote, job.frames).await?;
         let offset = if p.enable_lip_sync_correction {
             p.lip_sync_offset
@@ -311,15 +310,23 @@ impl SonicEngine {
     /// Polls `/history` until the prompt finished. Every few polls `/queue` is asked too: a
     /// prompt neither queued, running nor in the history was lost (ComfyUI restarted), and the
     /// job runs again elsewhere.
+    /// Sonic's sampler reports no progress: it is estimated from the time the job should take.
     async fn await_prompt(
         &self,
         client: &ComfyClient,
         prompt_id: &str,
+        expected_s: Option<f64>,
+        progress: &ProgressFn,
     ) -> Result<HistoryEntry, EngineError> {
+        let started = std::time::Instant::now();
         let mut polls = 0u32;
         loop {
             tokio::time::sleep(self.settings.poll_interval).await;
             polls += 1;
+            if let Some(expected) = expected_s.filter(|e| *e > 0.0) {
+                let done = (started.elapsed().as_secs_f64() / expected).min(0.95);
+                progress(Stage::Generating, 0.1 + 0.8 * done);
+            }
             let listed = if polls.is_multiple_of(LOST_CHECK_EVERY) {
                 let queue = client.queue().await.map_err(unavailable)?;
                 Some(
@@ -352,14 +359,6 @@ fn unavailable(err: ComfyError) -> EngineError {
     } else {
         call_error(err)
     }
-}
-
-/// Seconds of 512 px, 25-step video the job is worth: its length scaled by output pixels and
-/// inference steps (the unit of the instances' measured speed).
-pub fn reference_scale(job: &EngineJob) -> f64 {
-    let pixels = f64::from(job.output_width) * f64::from(job.output_height);
-    let video_seconds = f64::from(job.frames) / super::workflow::SONIC_FPS;
-    video_seconds * pixels / (512.0 * 512.0) * f64::from(job.params.inference_steps) / 25.0
 }
 
 /// Refuses a result much shorter than the recording (see [`MAX_SHORT_FRAMES`]) or without video.

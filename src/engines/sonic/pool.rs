@@ -59,7 +59,8 @@ pub struct InstanceView {
     pub last_error: Option<String>,
     pub jobs_done: u64,
     pub jobs_failed: u64,
-    /// Measured GPU seconds per second of 512 px, 25-step video (moving average of its jobs).
+    /// Its estimated speed: seconds per second of 512 px, 25-step video (learnt from its jobs,
+    /// else the engine's; filled in by the service's cost model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds_per_video_second: Option<f64>,
 }
@@ -79,7 +80,6 @@ struct State {
     vram_free: Option<u64>,
     jobs_done: u64,
     jobs_failed: u64,
-    speed: Option<f64>,
 }
 
 /// One ComfyUI server.
@@ -159,7 +159,7 @@ impl Pool {
                     last_error: state.last_error.clone(),
                     jobs_done: state.jobs_done,
                     jobs_failed: state.jobs_failed,
-                    seconds_per_video_second: state.speed,
+                    seconds_per_video_second: None,
                 }
             })
             .collect()
@@ -246,19 +246,13 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// A job ended on `instance`: counts it, and folds its speed into the instance's average.
-    pub fn record_job(&self, instance: &Instance, succeeded: bool, speed: Option<f64>) {
+    /// A job's prompt ended on `instance`.
+    pub fn record_job(&self, instance: &Instance, succeeded: bool) {
         let mut state = instance.state();
         if succeeded {
             state.jobs_done += 1;
         } else {
             state.jobs_failed += 1;
-        }
-        if let Some(speed) = speed.filter(|s| s.is_finite() && *s > 0.0) {
-            state.speed = Some(match state.speed {
-                Some(old) => old * 0.7 + speed * 0.3,
-                None => speed,
-            });
         }
     }
 

@@ -41,10 +41,16 @@ pub async fn list(
     for engine in state.videos.engines.all() {
         let capabilities = engine.capabilities();
         let mut instances = engine.instances(operator);
-        if !operator {
-            for instance in &mut instances {
+        for instance in &mut instances {
+            if !operator {
                 instance.last_error = None;
             }
+            instance.seconds_per_video_second = Some(
+                state
+                    .videos
+                    .costs
+                    .speed(&capabilities.name, Some(&instance.name)),
+            );
         }
         items.push(EngineView {
             instances,

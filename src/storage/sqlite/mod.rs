@@ -4,6 +4,7 @@
 
 mod accounts;
 mod audit;
+mod estimates;
 mod jobs;
 mod tokens;
 mod webhooks;
