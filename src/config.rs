@@ -103,6 +103,9 @@ pub struct Config {
     pub sonic_unet: String,
     #[serde(deserialize_with = "text")]
     pub sonic_dtype: String,
+    /// An API-format workflow with placeholders used instead of the built-in graph; empty: built-in.
+    #[serde(deserialize_with = "text")]
+    pub sonic_workflow: String,
 }
 
 impl Default for Config {
@@ -152,6 +155,7 @@ impl Default for Config {
             sonic_checkpoint: "svd_xt_1_1.safetensors".to_owned(),
             sonic_unet: "unet.pth".to_owned(),
             sonic_dtype: "fp16".to_owned(),
+            sonic_workflow: String::new(),
         }
     }
 }
@@ -204,6 +208,7 @@ impl fmt::Debug for Config {
             sonic_checkpoint,
             sonic_unet,
             sonic_dtype,
+            sonic_workflow,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -263,6 +268,7 @@ impl fmt::Debug for Config {
             .field("sonic_checkpoint", sonic_checkpoint)
             .field("sonic_unet", sonic_unet)
             .field("sonic_dtype", sonic_dtype)
+            .field("sonic_workflow", sonic_workflow)
             .finish()
     }
 }
@@ -365,6 +371,7 @@ const ENV_KEYS: &[&str] = &[
     "sonic_checkpoint",
     "sonic_unet",
     "sonic_dtype",
+    "sonic_workflow",
 ];
 
 impl Config {

@@ -95,6 +95,8 @@ pub struct QueueState {
 pub struct ComfyClient {
     base: url::Url,
     http: reqwest::Client,
+    /// The configured headers (sensitive), also sent on the websocket upgrade.
+    headers: HeaderMap,
 }
 
 impl std::fmt::Debug for ComfyClient {
@@ -132,13 +134,22 @@ impl ComfyClient {
             header_map.insert(name, value);
         }
         let http = reqwest::Client::builder()
-            .default_headers(header_map)
+            .default_headers(header_map.clone())
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| format!("http client: {e}"))?;
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            http,
+            headers: header_map,
+        })
+    }
+
+    /// The configured headers, marked sensitive.
+    pub(super) fn headers(&self) -> &HeaderMap {
+        &self.headers
     }
 
     /// The server's base URL (operators' eyes only: it may name a private host).

@@ -1,5 +1,5 @@
 //! The `sonic` engine: one job on one ComfyUI server. Upload the inputs, queue the workflow,
-//! poll its history, download the video, and conform it to the recording.
+//! follow it to its end, download the video, and conform it to the recording.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,8 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::client::ComfyClient;
+use super::follow::{await_prompt, RemoteStage};
 use super::outcome::{call_error, outcome};
-use super::workflow::{self, JobInputs, OUTPUT_NODE};
+use super::workflow::JobInputs;
 use super::{inputs, SonicSettings};
 use crate::domain::Stage;
 use crate::engines::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn};
@@ -150,6 +151,7 @@ impl SonicEngine {
         })
         .await
         .map_err(|e| EngineError::server("internal", e.to_string()))??;
+        progress(Stage::Uploading, 0.02);
 
         // Job-unique names: a retry of the same job gets new ones too, and nothing else's is touched.
         let unique = format!("sonicgw-{}-{}", job.id, uuid::Uuid::new_v4().simple());
@@ -163,22 +165,27 @@ impl SonicEngine {
             .upload(&format!("{unique}-speech.wav"), prepared.wav, "audio/wav")
             .await
             .map_err(call_error)?;
-        progress(Stage::Preprocessing, 0.05);
 
         let p = &job.params;
-        let prompt = workflow::build(
-            &self.settings.models,
-            &JobInputs {
-                image: &image_ref.input_name(),
-                audio: &audio_ref.input_name(),
-                audio_seconds: prepared.audio_seconds.max(p.duration),
-                min_resolution: p.min_resolution,
-                expand_ratio: p.expand_ratio,
-                seed: p.seed,
-                inference_steps: p.inference_steps,
-                dynamic_scale: p.dynamic_scale,
-            },
-        );
+        let prompt = self.settings.workflow.build(&JobInputs {
+            image: &image_ref.input_name(),
+            audio: &audio_ref.input_name(),
+            audio_seconds: prepared.audio_seconds.max(p.duration),
+            min_resolution: p.min_resolution,
+            expand_ratio: p.expand_ratio,
+            seed: p.seed,
+            inference_steps: p.inference_steps,
+            dynamic_scale: p.dynamic_scale,
+        });
+        let client_id = format!("sonicgw-{}-{}", job.id, uuid::Uuid::new_v4().simple());
+        // Before submitting: execution events go only to this client id, from the first one on.
+        let events = match self.client.events(&client_id).await {
+            Ok(events) => Some(events),
+            Err(err) => {
+                tracing::warn!(error = %err, "no ComfyUI websocket; following the prompt through /history");
+                None
+            }
+        };
         let prompt_id = uuid::Uuid::new_v4().to_string();
         // Armed before submitting: if the answer is lost, the id still finds the prompt.
         let mut guard = PromptGuard {
@@ -186,7 +193,6 @@ impl SonicEngine {
             prompt_id: prompt_id.clone(),
             armed: true,
         };
-        let client_id = format!("sonicgw-{}", job.id);
         let number = self
             .client
             .submit(&prompt, &client_id, &prompt_id)
@@ -198,17 +204,20 @@ impl SonicEngine {
                 call_error(err)
             })?;
         tracing::info!(%prompt_id, number, comfyui = %crate::config::redacted_url(self.client.base().as_str()), "sonic prompt queued");
-        progress(Stage::Generating, 0.1);
 
-        let entry = loop {
-            tokio::time::sleep(self.settings.poll_interval).await;
-            if let Some(entry) = self.client.history(&prompt_id).await.map_err(call_error)? {
-                break entry;
-            }
-        };
+        let entry = await_prompt(
+            &self.client,
+            events,
+            &prompt,
+            &prompt_id,
+            self.settings.poll_interval,
+            |stage| progress(stage.job_stage(), remote_progress(stage)),
+        )
+        .await
+        .map_err(call_error)?;
         // Finished one way or the other: nothing left to cancel.
         guard.armed = false;
-        let file = outcome(&entry, OUTPUT_NODE)?;
+        let file = outcome(&entry, self.settings.workflow.output_node())?;
         progress(Stage::Encoding, 0.9);
 
         let remote = job.workdir.join("comfyui.mp4");
@@ -236,6 +245,16 @@ impl SonicEngine {
         .map_err(|e| EngineError::server(e.code(), e.to_string()))?;
         progress(Stage::Encoding, 0.98);
         Ok(())
+    }
+}
+
+/// Fixed progress at the start of each remote stage (the store keeps the highest value).
+fn remote_progress(stage: RemoteStage) -> f64 {
+    match stage {
+        RemoteStage::QueuedOnGpu => 0.05,
+        RemoteStage::LoadingModel => 0.08,
+        RemoteStage::Generating => 0.1,
+        RemoteStage::Encoding => 0.85,
     }
 }
 
