@@ -2,6 +2,7 @@
 //! the API and metrics listeners.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -396,6 +397,26 @@ fn url_signing_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     Ok(encoded)
 }
 
+/// The graph of the `sonic` engine: the operator's `sonic_workflow`, checked now, or the built-in one.
+fn sonic_workflow(config: &Config) -> anyhow::Result<crate::engines::sonic::workflow::Workflow> {
+    use crate::engines::sonic::workflow::{Models, Workflow};
+    let models = Models {
+        checkpoint: config.sonic_checkpoint.clone(),
+        unet: config.sonic_unet.clone(),
+        dtype: config.sonic_dtype.clone(),
+    };
+    if config.sonic_workflow.is_empty() {
+        return Ok(Workflow::builtin(models));
+    }
+    let workflow = Workflow::from_file(Path::new(&config.sonic_workflow), models)
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        output_node = workflow.output_node(),
+        "sonic_workflow loaded"
+    );
+    Ok(workflow)
+}
+
 /// Builds the engines, blob store and settings of video generation.
 async fn video_service(
     config: &Config,
@@ -444,7 +465,7 @@ async fn video_service(
                 models: models.clone(),
             },
             crate::engines::sonic::SonicSettings {
-                models,
+                workflow: sonic_workflow(config)?,
                 timeout: Duration::from_secs(config.engine_timeout_s),
                 poll_interval: Duration::from_millis(250),
                 image_limits,

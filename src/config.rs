@@ -112,6 +112,9 @@ pub struct Config {
     pub comfyui_max_in_flight: usize,
     /// Seconds between health checks of a healthy ComfyUI server.
     pub comfyui_health_interval_s: u64,
+    /// An API-format workflow with placeholders used instead of the built-in graph; empty: built-in.
+    #[serde(deserialize_with = "text")]
+    pub sonic_workflow: String,
 }
 
 impl Default for Config {
@@ -164,6 +167,7 @@ impl Default for Config {
             sonic_dtype: "fp16".to_owned(),
             comfyui_max_in_flight: 1,
             comfyui_health_interval_s: 10,
+            sonic_workflow: String::new(),
         }
     }
 }
@@ -219,6 +223,7 @@ impl fmt::Debug for Config {
             sonic_dtype,
             comfyui_max_in_flight,
             comfyui_health_interval_s,
+            sonic_workflow,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -281,6 +286,7 @@ impl fmt::Debug for Config {
             .field("sonic_dtype", sonic_dtype)
             .field("comfyui_max_in_flight", comfyui_max_in_flight)
             .field("comfyui_health_interval_s", comfyui_health_interval_s)
+            .field("sonic_workflow", sonic_workflow)
             .finish()
     }
 }
@@ -386,6 +392,7 @@ const ENV_KEYS: &[&str] = &[
     "sonic_dtype",
     "comfyui_max_in_flight",
     "comfyui_health_interval_s",
+    "sonic_workflow",
 ];
 
 impl Config {

@@ -82,6 +82,10 @@ fn comfyui_settings_come_from_the_environment_and_headers_stay_secret() {
         assert_eq!(config.sonic_checkpoint, "svd_xt_1_1.safetensors");
         assert_eq!(config.sonic_unet, "unet.pth");
         assert_eq!(config.sonic_dtype, "fp16");
+        assert_eq!(config.sonic_workflow, "", "the built-in graph by default");
+        jail.set_env("SONICGW_SONIC_WORKFLOW", "/etc/sonicgw/sonic-api.json");
+        let config = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(config.sonic_workflow, "/etc/sonicgw/sonic-api.json");
         jail.set_env("SONICGW_COMFYUI_URLS", "http://gpu1:8188, http://gpu2:8188");
         jail.set_env(
             "SONICGW_COMFYUI_HEADERS",

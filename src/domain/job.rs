@@ -45,11 +45,11 @@ impl FromStr for JobId {
 }
 
 macro_rules! string_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
 
         impl $name {
             pub fn as_str(self) -> &'static str {
@@ -94,6 +94,12 @@ string_enum!(
     Stage {
         Queued = "queued",
         Preprocessing = "preprocessing",
+        /// Sending the inputs to the GPU machine.
+        Uploading = "uploading",
+        /// Waiting in the GPU machine's own queue.
+        QueuedOnGpu = "queued_on_gpu",
+        /// The GPU machine loads the models and inputs.
+        LoadingModel = "loading_model",
         Generating = "generating",
         Encoding = "encoding",
         Storing = "storing",

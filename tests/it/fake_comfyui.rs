@@ -1,22 +1,25 @@
 //! A protocol-faithful fake ComfyUI with the ComfyUI_Sonic nodes: the real routes (also under
-//! `/api`) and JSON shapes, validation of prompts like the server's (`missing_node_type`,
+//! `/api`) and JSON shapes, validation of prompts like the server's (`invalid_prompt` for an unknown node,
 //! `required_input_missing`, `invalid_input_type`, ranges, combo lists, loader files), one prompt
-//! at a time from a FIFO, history entries with status messages, and a real MP4 from the uploaded
-//! photo with Sonic's frame arithmetic (2K-1 frames at 25 fps, a little short of the audio).
+//! at a time from a FIFO, history entries with status messages, the websocket (`/ws?clientId=`)
+//! with execution events for the client that submitted the prompt, and a real MP4 from the
+//! uploaded photo with Sonic's frame arithmetic (2K-1 frames at 25 fps, a little short of the
+//! audio), saved by SaveVideo or VideoHelperSuite's VHS_VideoCombine.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Multipart, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 /// How the fake behaves for the next prompts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,12 +35,21 @@ pub enum Mode {
     Slow(Duration),
 }
 
+/// A prompt in the queue.
+#[derive(Clone)]
+struct Queued {
+    number: u64,
+    id: String,
+    graph: Value,
+    client_id: Option<String>,
+}
+
 struct Shared {
     dir: tempfile::TempDir,
     mode: Mutex<Mode>,
     received: Mutex<Vec<Value>>,
-    queue: Mutex<VecDeque<(u64, String, Value)>>,
-    running: Mutex<Option<(u64, String, Value)>>,
+    queue: Mutex<VecDeque<Queued>>,
+    running: Mutex<Option<Queued>>,
     history: Mutex<BTreeMap<String, Value>>,
     interrupted: Mutex<Option<String>>,
     interrupts: Mutex<Vec<Value>>,
@@ -46,10 +58,22 @@ struct Shared {
     counter: AtomicU64,
     /// Most prompts it ever held at once (queued plus running).
     peak: AtomicUsize,
+    /// Bumped by `restart`: what ran before is forgotten.
+    generation: AtomicU64,
     /// Node classes that are "not installed".
     missing: Mutex<Vec<String>>,
     /// How long an interrupt takes to stop the running prompt (ComfyUI checks between nodes).
     interrupt_delay: Mutex<Duration>,
+    /// Open sockets by client id (a newer connection with the same id replaces the older, as in
+    /// ComfyUI), each with the number of its connection.
+    sockets: Mutex<BTreeMap<String, (u64, mpsc::UnboundedSender<String>)>>,
+    websocket_enabled: AtomicBool,
+    websocket_attempts: AtomicU64,
+    /// Bumped by `drop_websockets`: every open socket closes.
+    drop_sockets: watch::Sender<u64>,
+    /// While set, execution waits for a permit before it starts and before each node.
+    stepping: AtomicBool,
+    steps: Semaphore,
 }
 
 /// A running fake; stops with the test's runtime.
@@ -59,6 +83,7 @@ pub struct FakeComfy {
 }
 
 const CKPTS: &[&str] = &["svd_xt.safetensors", "svd_xt_1_1.safetensors"];
+const OUTPUT_CLASSES: &[&str] = &["SaveVideo", "VHS_VideoCombine"];
 
 impl FakeComfy {
     pub async fn start() -> Self {
@@ -78,8 +103,15 @@ impl FakeComfy {
             wake: Notify::new(),
             counter: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
             missing: Mutex::default(),
             interrupt_delay: Mutex::new(Duration::ZERO),
+            sockets: Mutex::default(),
+            websocket_enabled: AtomicBool::new(true),
+            websocket_attempts: AtomicU64::new(0),
+            drop_sockets: watch::Sender::new(0),
+            stepping: AtomicBool::new(false),
+            steps: Semaphore::new(0),
         });
         let routes = Router::new()
             .route("/prompt", post(prompt))
@@ -90,7 +122,8 @@ impl FakeComfy {
             .route("/interrupt", post(interrupt))
             .route("/object_info", get(object_info_all))
             .route("/object_info/{class}", get(object_info_one))
-            .route("/system_stats", get(system_stats));
+            .route("/system_stats", get(system_stats))
+            .route("/ws", get(websocket));
         let app = Router::new()
             .merge(routes.clone())
             .nest("/api", routes)
@@ -125,7 +158,7 @@ impl FakeComfy {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|r| r.1.clone())
+            .map(|r| r.id.clone())
     }
 
     /// Most prompts it held at once (queued plus running).
@@ -136,6 +169,17 @@ impl FakeComfy {
     /// Makes a node class "not installed": `/object_info` omits it and prompts using it fail.
     pub fn remove_node(&self, class: &str) {
         self.shared.missing.lock().unwrap().push(class.to_owned());
+    }
+
+    /// As if the process restarted: the queue, the running prompt and the history are forgotten
+    /// and open websockets close.
+    pub fn restart(&self) {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.queue.lock().unwrap().clear();
+        let running = self.shared.running.lock().unwrap().take();
+        *self.shared.interrupted.lock().unwrap() = running.map(|r| r.id);
+        self.shared.history.lock().unwrap().clear();
+        self.drop_websockets();
     }
 
     /// Installs the removed nodes again.
@@ -150,6 +194,43 @@ impl FakeComfy {
 
     pub fn history_of(&self, prompt_id: &str) -> Option<Value> {
         self.shared.history.lock().unwrap().get(prompt_id).cloned()
+    }
+
+    /// `false`: websocket upgrades are answered 404, like a proxy that does not pass them.
+    pub fn set_websocket(&self, enabled: bool) {
+        self.shared
+            .websocket_enabled
+            .store(enabled, Ordering::SeqCst);
+    }
+
+    /// Upgrade requests to `/ws`, accepted or refused.
+    pub fn websocket_attempts(&self) -> u64 {
+        self.shared.websocket_attempts.load(Ordering::SeqCst)
+    }
+
+    /// Closes every open websocket now, without a close frame (a dropped connection); returns
+    /// how many were open.
+    pub fn drop_websockets(&self) -> usize {
+        let open = std::mem::take(&mut *self.shared.sockets.lock().unwrap()).len();
+        self.shared.drop_sockets.send_modify(|n| *n += 1);
+        open
+    }
+
+    /// From now on, execution waits for [`FakeComfy::step`] before starting a prompt and before
+    /// each node (a prompt of the built-in graph takes 9 steps: start, then nodes 1 to 8).
+    pub fn set_stepping(&self) {
+        self.shared.stepping.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets execution take `n` more steps.
+    pub fn step(&self, n: usize) {
+        self.shared.steps.add_permits(n);
+    }
+
+    /// Stops stepping: execution runs freely again.
+    pub fn run_freely(&self) {
+        self.shared.stepping.store(false, Ordering::SeqCst);
+        self.shared.steps.add_permits(1 << 20);
     }
 }
 
@@ -186,6 +267,15 @@ fn input_types(class: &str) -> Option<Value> {
             json!({"required": {"video": ["VIDEO"], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
                               "format": [["auto", "mp4"]], "codec": [["auto", "h264"]]}})
         }
+        "VHS_VideoCombine" => json!({"required": {
+            "images": ["IMAGE"],
+            "frame_rate": ["FLOAT", {"default": 8, "min": 1, "step": 1}],
+            "loop_count": ["INT", {"default": 0, "min": 0, "max": 100, "step": 1}],
+            "filename_prefix": ["STRING", {"default": "AnimateDiff"}],
+            "format": [["image/gif", "image/webp", "video/h264-mp4", "video/h265-mp4", "video/webm"]],
+            "pingpong": ["BOOLEAN", {"default": false}],
+            "save_output": ["BOOLEAN", {"default": true}]},
+            "optional": {"audio": ["AUDIO"], "meta_batch": ["VHS_BatchManager"], "vae": ["VAE"]}}),
         _ => return None,
     })
 }
@@ -202,7 +292,7 @@ fn node_info(class: &str) -> Option<Value> {
     };
     Some(json!({
         "input": input_types(class)?, "output": output, "output_name": names, "name": class,
-        "display_name": class, "category": "Sonic", "output_node": class == "SaveVideo",
+        "display_name": class, "category": "Sonic", "output_node": OUTPUT_CLASSES.contains(&class),
     }))
 }
 
@@ -366,19 +456,19 @@ async fn prompt(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> R
             );
         }
     }
-    if !nodes.values().any(|n| n["class_type"] == "SaveVideo") {
+    let Some(output) = output_node(&graph) else {
         return refuse(
             json!({"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}}),
             json!({}),
         );
-    }
+    };
     let mut node_errors = serde_json::Map::new();
     for (id, node) in nodes {
         let errors = validate_node(&shared, mode, node, &graph);
         if !errors.is_empty() {
             node_errors.insert(
                 id.clone(),
-                json!({"errors": errors, "dependent_outputs": ["8"],
+                json!({"errors": errors, "dependent_outputs": [output],
                 "class_type": node["class_type"]}),
             );
         }
@@ -397,11 +487,17 @@ async fn prompt(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> R
     let number = shared.counter.fetch_add(1, Ordering::SeqCst);
     {
         let mut queue = shared.queue.lock().unwrap();
-        queue.push_back((number, prompt_id.clone(), graph));
+        queue.push_back(Queued {
+            number,
+            id: prompt_id.clone(),
+            graph,
+            client_id: body["client_id"].as_str().map(str::to_owned),
+        });
         let held = queue.len() + usize::from(shared.running.lock().unwrap().is_some());
         shared.peak.fetch_max(held, Ordering::SeqCst);
     }
     shared.wake.notify_one();
+    broadcast_status(&shared);
     Json(json!({"prompt_id": prompt_id, "number": number, "node_errors": {}})).into_response()
 }
 
@@ -458,8 +554,26 @@ async fn view(
     }
 }
 
-fn queue_item(item: &(u64, String, Value)) -> Value {
-    json!([item.0, item.1, item.2, {"client_id": "?"}, ["8"]])
+fn queue_item(item: &Queued) -> Value {
+    json!([item.number, item.id, item.graph, {"client_id": item.client_id},
+           [output_node(&item.graph).unwrap_or_default()]])
+}
+
+/// The id of the graph's (first) SaveVideo or VHS_VideoCombine node.
+fn output_node(graph: &Value) -> Option<String> {
+    graph.as_object()?.iter().find_map(|(id, node)| {
+        OUTPUT_CLASSES
+            .contains(&node["class_type"].as_str().unwrap_or_default())
+            .then(|| id.clone())
+    })
+}
+
+/// The id of the graph's first node of `class`.
+fn node_of(graph: &Value, class: &str) -> Option<String> {
+    graph
+        .as_object()?
+        .iter()
+        .find_map(|(id, node)| (node["class_type"] == class).then(|| id.clone()))
 }
 
 async fn queue(State(shared): State<Arc<Shared>>) -> Json<Value> {
@@ -487,7 +601,7 @@ async fn queue_change(State(shared): State<Arc<Shared>>, Json(body): Json<Value>
         queue.clear();
     }
     for id in body["delete"].as_array().into_iter().flatten() {
-        queue.retain(|item| Some(item.1.as_str()) != id.as_str());
+        queue.retain(|item| Some(item.id.as_str()) != id.as_str());
     }
     StatusCode::OK
 }
@@ -495,7 +609,12 @@ async fn queue_change(State(shared): State<Arc<Shared>>, Json(body): Json<Value>
 async fn interrupt(State(shared): State<Arc<Shared>>, body: Option<Json<Value>>) -> StatusCode {
     let body = body.map(|b| b.0).unwrap_or(json!({}));
     shared.interrupts.lock().unwrap().push(body.clone());
-    let running = shared.running.lock().unwrap().as_ref().map(|r| r.1.clone());
+    let running = shared
+        .running
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|r| r.id.clone());
     if let Some(running) = running {
         if body["prompt_id"].as_str().is_none_or(|id| id == running) {
             *shared.interrupted.lock().unwrap() = Some(running);
@@ -515,6 +634,7 @@ async fn object_info_all(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "SONICSampler",
         "CreateVideo",
         "SaveVideo",
+        "VHS_VideoCombine",
     ]
     .iter()
     .filter(|c| !missing.iter().any(|m| m == *c))
@@ -544,55 +664,251 @@ async fn system_stats() -> Json<Value> {
     }))
 }
 
+// ---- the websocket ----
+
+async fn websocket(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<BTreeMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    shared.websocket_attempts.fetch_add(1, Ordering::SeqCst);
+    if !shared.websocket_enabled.load(Ordering::SeqCst) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let sid = q
+        .get("clientId")
+        .cloned()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    upgrade.on_upgrade(move |socket| serve_socket(shared, sid, socket))
+}
+
+/// ComfyUI's `websocket_handler`: the status with our sid first, then whatever is sent to it.
+async fn serve_socket(shared: Arc<Shared>, sid: String, mut socket: WebSocket) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let connection = shared.counter.fetch_add(1, Ordering::SeqCst);
+    let mut dropped = shared.drop_sockets.subscribe();
+    let hello = json!({"type": "status", "data": {"status": queue_info(&shared), "sid": sid}});
+    if socket
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    shared
+        .sockets
+        .lock()
+        .unwrap()
+        .insert(sid.clone(), (connection, tx));
+    loop {
+        tokio::select! {
+            message = rx.recv() => {
+                let Some(text) = message else { break };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => {
+                if !matches!(incoming, Some(Ok(_))) {
+                    break;
+                }
+            }
+            // Dropped without a close frame, as a broken connection would be.
+            _ = dropped.changed() => return,
+        }
+    }
+    let mut sockets = shared.sockets.lock().unwrap();
+    if sockets.get(&sid).is_some_and(|(c, _)| *c == connection) {
+        sockets.remove(&sid);
+    }
+}
+
+fn queue_info(shared: &Shared) -> Value {
+    let remaining =
+        shared.queue.lock().unwrap().len() + usize::from(shared.running.lock().unwrap().is_some());
+    json!({"exec_info": {"queue_remaining": remaining}})
+}
+
+/// Sends a message to one client's socket, if it has one open (execution events go only to the
+/// client that submitted the prompt).
+fn send_to(shared: &Shared, client_id: Option<&str>, kind: &str, data: Value) {
+    let Some(client_id) = client_id else { return };
+    if let Some((_, tx)) = shared.sockets.lock().unwrap().get(client_id) {
+        let _ = tx.send(json!({"type": kind, "data": data}).to_string());
+    }
+}
+
+/// The queue changed: every socket hears it.
+fn broadcast_status(shared: &Shared) {
+    let message = json!({"type": "status", "data": {"status": queue_info(shared)}}).to_string();
+    for (_, tx) in shared.sockets.lock().unwrap().values() {
+        let _ = tx.send(message.clone());
+    }
+}
+
 // ---- execution: one prompt at a time ----
 
 async fn execute_forever(shared: Arc<Shared>) {
     loop {
-        let next = shared.queue.lock().unwrap().pop_front();
-        let Some(item) = next else {
+        let waiting = !shared.queue.lock().unwrap().is_empty();
+        if !waiting {
             shared.wake.notified().await;
             continue;
-        };
+        }
+        // While stepping, the prompt stays pending until it may start.
+        step(&shared).await;
+        let next = shared.queue.lock().unwrap().pop_front();
+        let Some(item) = next else { continue };
         *shared.running.lock().unwrap() = Some(item.clone());
         *shared.interrupted.lock().unwrap() = None;
-        let (_, id, graph) = item;
+        let Queued {
+            number,
+            id,
+            graph,
+            client_id,
+        } = item;
+        let client = client_id.as_deref();
+        let output = output_node(&graph).unwrap_or_default();
         let started = json!({"prompt_id": id, "timestamp": 0});
+        let cached = json!({"nodes": [], "prompt_id": id, "timestamp": 0});
+        send_to(&shared, client, "execution_start", started.clone());
+        send_to(&shared, client, "execution_cached", cached.clone());
         let mut messages = vec![
             json!(["execution_start", started]),
-            json!(["execution_cached", {"nodes": [], "prompt_id": id}]),
+            json!(["execution_cached", cached]),
         ];
         let mode = *shared.mode.lock().unwrap();
-        let result = run(&shared, &id, &graph, mode).await;
+        let generation = shared.generation.load(Ordering::SeqCst);
+        let result = run(&shared, &id, &graph, client, mode).await;
+        if shared.generation.load(Ordering::SeqCst) != generation {
+            continue;
+        }
         let (status, outputs) = match result {
-            Ok(file) => {
-                messages.push(json!(["execution_success", {"prompt_id": id}]));
-                (
-                    "success",
-                    json!({"8": {"images": [{"filename": file, "subfolder": "video", "type": "output"}], "animated": [true]}}),
-                )
+            Ok(saved) => {
+                let success = json!({"prompt_id": id, "timestamp": 0});
+                send_to(&shared, client, "execution_success", success.clone());
+                messages.push(json!(["execution_success", success]));
+                ("success", json!({ output.clone(): saved }))
             }
-            Err(message) => {
-                messages.push(message);
+            Err((kind, data)) => {
+                send_to(&shared, client, kind, data.clone());
+                messages.push(json!([kind, data]));
                 ("error", json!({}))
             }
         };
-        let entry = json!({"prompt": [0, id, graph, {}, ["8"]], "outputs": outputs,
+        let entry = json!({"prompt": [number, id, graph, {"client_id": client_id}, [output]],
+            "outputs": outputs,
             "status": {"status_str": status, "completed": status == "success", "messages": messages},
             "meta": {}});
         shared.history.lock().unwrap().insert(id.clone(), entry);
         *shared.running.lock().unwrap() = None;
+        // As ComfyUI's prompt worker: after the history is written.
+        send_to(
+            &shared,
+            client,
+            "executing",
+            json!({"node": null, "prompt_id": id}),
+        );
+        broadcast_status(&shared);
     }
 }
 
-fn execution_error(id: &str, node: &str, class: &str, kind: &str, message: &str) -> Value {
-    json!(["execution_error", {"prompt_id": id, "node_id": node, "node_type": class, "executed": ["1", "3", "4"],
-        "exception_message": message, "exception_type": kind,
-        "traceback": ["Traceback (most recent call last):\n", "  File \"execution.py\", line 496, in execute\n"],
-        "current_inputs": {}, "current_outputs": {}}])
+/// Waits for a permit while stepping.
+async fn step(shared: &Shared) {
+    if shared.stepping.load(Ordering::SeqCst) {
+        shared.steps.acquire().await.unwrap().forget();
+    }
 }
 
-/// Runs the graph: the Sonic frame arithmetic and a real MP4, or the configured failure.
-async fn run(shared: &Shared, id: &str, graph: &Value, mode: Mode) -> Result<String, Value> {
+/// Node ids in an order ComfyUI could run them: each after the nodes it links to, lower ids first.
+fn execution_order(graph: &Value) -> Vec<String> {
+    let nodes = graph.as_object().unwrap();
+    let number = |id: &String| id.parse::<u64>().unwrap_or(u64::MAX);
+    let mut left: Vec<&String> = nodes.keys().collect();
+    left.sort_by_key(|id| (number(id), (*id).clone()));
+    let mut order: Vec<String> = Vec::new();
+    while !left.is_empty() {
+        let ready = left
+            .iter()
+            .position(|id| {
+                nodes[id.as_str()]["inputs"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(_, v)| v.as_array().filter(|l| l.len() == 2)?[0].as_str())
+                    .all(|dep| order.iter().any(|done| done == dep))
+            })
+            .expect("the graph has no cycle");
+        order.push(left.remove(ready).clone());
+    }
+    order
+}
+
+type Failure = (&'static str, Value);
+
+fn execution_error(id: &str, node: &str, class: &str, kind: &str, message: &str) -> Failure {
+    (
+        "execution_error",
+        json!({"prompt_id": id, "node_id": node, "node_type": class, "executed": ["1", "3", "4"],
+        "exception_message": message, "exception_type": kind,
+        "traceback": ["Traceback (most recent call last):\n", "  File \"execution.py\", line 496, in execute\n"],
+        "current_inputs": {}, "current_outputs": {}, "timestamp": 0}),
+    )
+}
+
+/// Runs the graph node by node with the events ComfyUI sends: the Sonic frame arithmetic and a
+/// real MP4, or the configured failure. Returns the output node's output.
+async fn run(
+    shared: &Shared,
+    id: &str,
+    graph: &Value,
+    client: Option<&str>,
+    mode: Mode,
+) -> Result<Value, Failure> {
+    let mut output = Value::Null;
+    for node in execution_order(graph) {
+        step(shared).await;
+        let class = graph[&node]["class_type"].as_str().unwrap_or_default();
+        send_to(
+            shared,
+            client,
+            "executing",
+            json!({"node": node, "display_node": node, "prompt_id": id}),
+        );
+        match (class, mode) {
+            ("SONIC_PreData", Mode::Exception) => {
+                return Err(execution_error(
+                    id,
+                    &node,
+                    class,
+                    "IndexError",
+                    "list index out of range",
+                ));
+            }
+            ("SONICSampler", _) => {
+                sample(shared, id, &node, mode).await?;
+                if mode == Mode::OutOfMemory {
+                    return Err(execution_error(id, &node, class, "torch.OutOfMemoryError",
+                        "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 23.64 GiB of which 1.02 GiB is free."));
+                }
+            }
+            ("SaveVideo" | "VHS_VideoCombine", _) => {
+                output = save_video(shared, id, graph, &node).await?;
+                send_to(
+                    shared,
+                    client,
+                    "executed",
+                    json!({"node": node, "display_node": node, "output": output, "prompt_id": id}),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(output)
+}
+
+/// The sampler's time (no progress events, like Sonic's), interruptible.
+async fn sample(shared: &Shared, id: &str, node: &str, mode: Mode) -> Result<(), Failure> {
     let budget = match mode {
         Mode::Slow(d) => d,
         _ => Duration::from_millis(50),
@@ -602,32 +918,29 @@ async fn run(shared: &Shared, id: &str, graph: &Value, mode: Mode) -> Result<Str
         if shared.interrupted.lock().unwrap().as_deref() == Some(id) {
             let delay = *shared.interrupt_delay.lock().unwrap();
             tokio::time::sleep(delay).await;
-            return Err(
-                json!(["execution_interrupted", {"prompt_id": id, "node_id": "6", "node_type": "SONICSampler", "executed": ["1"]}]),
-            );
+            return Err((
+                "execution_interrupted",
+                json!({"prompt_id": id, "node_id": node,
+                "node_type": "SONICSampler", "executed": ["1"], "timestamp": 0}),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    match mode {
-        Mode::OutOfMemory => {
-            return Err(execution_error(id, "6", "SONICSampler", "torch.OutOfMemoryError",
-                "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 23.64 GiB of which 1.02 GiB is free."));
-        }
-        Mode::Exception => {
-            return Err(execution_error(
-                id,
-                "5",
-                "SONIC_PreData",
-                "IndexError",
-                "list index out of range",
-            ));
-        }
-        _ => {}
-    }
+    Ok(())
+}
+
+/// What SaveVideo (`images`, under `video/`) or VHS_VideoCombine (`gifs`) writes and reports.
+async fn save_video(
+    shared: &Shared,
+    id: &str,
+    graph: &Value,
+    node: &str,
+) -> Result<Value, Failure> {
+    let find = |class: &str| graph[node_of(graph, class).unwrap_or_default()].clone();
     let input = shared.dir.path().join("input");
-    let image = input.join(graph["3"]["inputs"]["image"].as_str().unwrap());
-    let audio = input.join(graph["4"]["inputs"]["audio"].as_str().unwrap());
-    let pre = &graph["5"]["inputs"];
+    let image = input.join(find("LoadImage")["inputs"]["image"].as_str().unwrap());
+    let audio = input.join(find("LoadAudio")["inputs"]["audio"].as_str().unwrap());
+    let pre = find("SONIC_PreData")["inputs"].clone();
     let duration = pre["duration"].as_f64().unwrap();
     let min_resolution = pre["min_resolution"].as_f64().unwrap();
     let reader = hound::WavReader::open(&audio)
@@ -642,10 +955,25 @@ async fn run(shared: &Shared, id: &str, graph: &Value, mode: Mode) -> Result<Str
     let out_w = ((f64::from(w) * scale / 64.0).round() * 64.0) as u32;
     let out_h = ((f64::from(h) * scale / 64.0).round() * 64.0) as u32;
     let number = shared.counter.fetch_add(1, Ordering::SeqCst);
-    let name = format!("sonicgw_{number:05}_.mp4");
-    let out: PathBuf = shared.dir.path().join("output/video").join(&name);
+    let vhs = graph[node]["class_type"] == "VHS_VideoCombine";
+    let (subfolder, name) = if vhs {
+        let prefix = graph[node]["inputs"]["filename_prefix"]
+            .as_str()
+            .unwrap_or("AnimateDiff");
+        ("", format!("{prefix}_{number:05}.mp4"))
+    } else {
+        ("video", format!("sonicgw_{number:05}_.mp4"))
+    };
+    let out: PathBuf = shared.dir.path().join("output").join(subfolder).join(&name);
     make_video(&image, &audio, frames, out_w, out_h, &out).await;
-    Ok(name)
+    Ok(if vhs {
+        json!({"gifs": [{"filename": name, "subfolder": subfolder, "type": "output",
+                         "format": "video/h264-mp4", "frame_rate": 25.0,
+                         "workflow": name.replace(".mp4", ".png"), "fullpath": out}]})
+    } else {
+        json!({"images": [{"filename": name, "subfolder": subfolder, "type": "output"}],
+               "animated": [true]})
+    })
 }
 
 async fn make_video(image: &Path, audio: &Path, frames: u64, w: u32, h: u32, out: &Path) {

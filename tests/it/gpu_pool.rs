@@ -247,3 +247,24 @@ async fn a_cancelled_prompt_keeps_its_instance_busy_until_comfyui_stops_it() {
         "the next prompt was sent only after the interrupted one stopped"
     );
 }
+
+#[tokio::test]
+async fn a_prompt_lost_to_a_comfyui_restart_runs_again() {
+    let fake = FakeComfy::start().await;
+    fake.set_mode(Mode::Slow(Duration::from_secs(120)));
+    let server = pool_server(vec![fake.url.clone()], |_| {}).await;
+    let admin = server.admin().await;
+    let created = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    let id = created["id"].as_str().unwrap();
+    eventually("the prompt runs", || async { fake.running().is_some() }).await;
+    fake.set_mode(Mode::Works);
+    fake.restart();
+    let events = follow(&server, &admin.access, id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["status"], "succeeded", "{last}");
+    assert_eq!(
+        fake.received().len(),
+        2,
+        "submitted again after the restart"
+    );
+}

@@ -35,6 +35,11 @@ pub enum ComfyError {
         status: u16,
         body: String,
     },
+    /// The server no longer knows a prompt it accepted (it restarted).
+    #[error(
+        "ComfyUI lost prompt {prompt_id}: neither queued, running nor in its history (restarted?)"
+    )]
+    Lost { prompt_id: String },
     /// An answer we cannot use (not the documented JSON, a file too large).
     #[error("ComfyUI {what}: {reason}")]
     Protocol { what: &'static str, reason: String },
@@ -95,6 +100,8 @@ pub struct QueueState {
 pub struct ComfyClient {
     base: url::Url,
     http: reqwest::Client,
+    /// The configured headers (sensitive), also sent on the websocket upgrade.
+    headers: HeaderMap,
 }
 
 impl std::fmt::Debug for ComfyClient {
@@ -132,13 +139,22 @@ impl ComfyClient {
             header_map.insert(name, value);
         }
         let http = reqwest::Client::builder()
-            .default_headers(header_map)
+            .default_headers(header_map.clone())
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| format!("http client: {e}"))?;
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            http,
+            headers: header_map,
+        })
+    }
+
+    /// The configured headers, marked sensitive.
+    pub(super) fn headers(&self) -> &HeaderMap {
+        &self.headers
     }
 
     /// The server's base URL (operators' eyes only: it may name a private host).

@@ -8,10 +8,11 @@ use async_trait::async_trait;
 
 use std::sync::Arc;
 
-use super::client::{ComfyClient, ComfyError, HistoryEntry};
+use super::client::{ComfyClient, ComfyError};
+use super::follow::{await_prompt, RemoteStage};
 use super::outcome::{call_error, outcome};
 use super::pool::{Lease, Pool, PoolSettings};
-use super::workflow::{self, JobInputs, OUTPUT_NODE};
+use super::workflow::JobInputs;
 use super::{inputs, SonicSettings};
 use crate::domain::Stage;
 use crate::engines::{
@@ -208,6 +209,7 @@ impl SonicEngine {
         })
         .await
         .map_err(|e| EngineError::server("internal", e.to_string()))??;
+        progress(Stage::Uploading, 0.02);
 
         // Job-unique names: a retry of the same job gets new ones too, and nothing else's is touched.
         let unique = format!("sonicgw-{}-{}", job.id, uuid::Uuid::new_v4().simple());
@@ -219,22 +221,28 @@ impl SonicEngine {
             .upload(&format!("{unique}-speech.wav"), prepared.wav, "audio/wav")
             .await
             .map_err(failed)?;
-        progress(Stage::Preprocessing, 0.05);
 
         let p = &job.params;
-        let prompt = workflow::build(
-            &self.settings.models,
-            &JobInputs {
-                image: &image_ref.input_name(),
-                audio: &audio_ref.input_name(),
-                audio_seconds: prepared.audio_seconds.max(p.duration),
-                min_resolution: p.min_resolution,
-                expand_ratio: p.expand_ratio,
-                seed: p.seed,
-                inference_steps: p.inference_steps,
-                dynamic_scale: p.dynamic_scale,
-            },
-        );
+        let prompt = self.settings.workflow.build(&JobInputs {
+            image: &image_ref.input_name(),
+            audio: &audio_ref.input_name(),
+            audio_seconds: prepared.audio_seconds.max(p.duration),
+            min_resolution: p.min_resolution,
+            expand_ratio: p.expand_ratio,
+            seed: p.seed,
+            inference_steps: p.inference_steps,
+            dynamic_scale: p.dynamic_scale,
+        });
+        // Unique per attempt: ComfyUI keeps only the newest socket of a client id.
+        let client_id = format!("sonicgw-{}-{}", job.id, uuid::Uuid::new_v4().simple());
+        // Before submitting: execution events go only to this client id, from the first one on.
+        let events = match client.events(&client_id).await {
+            Ok(events) => Some(events),
+            Err(err) => {
+                tracing::warn!(instance = %instance.name, error = %err, "no ComfyUI websocket; following the prompt through /history");
+                None
+            }
+        };
         let prompt_id = uuid::Uuid::new_v4().to_string();
         // Armed before submitting: if the answer is lost, the id still finds the prompt.
         let mut guard = PromptGuard {
@@ -242,7 +250,6 @@ impl SonicEngine {
             prompt_id: prompt_id.clone(),
             armed: true,
         };
-        let client_id = format!("sonicgw-{}", job.id);
         let number = client
             .submit(&prompt, &client_id, &prompt_id)
             .await
@@ -255,19 +262,28 @@ impl SonicEngine {
                 failed(err)
             })?;
         tracing::info!(%prompt_id, number, instance = %instance.name, "sonic prompt queued");
-        progress(Stage::Generating, 0.1);
 
         let entry = self
-            .await_prompt(client, &prompt_id, job.expected_s, progress)
+            .follow_prompt(
+                client,
+                events,
+                &prompt,
+                &prompt_id,
+                job.expected_s,
+                progress,
+            )
             .await
-            .inspect_err(|err| {
-                if err.retry {
-                    pool.report_failure(&instance, &err.detail);
+            .map_err(|err| match err {
+                // Gone or forgotten mid-run: the server is checked again, the job runs elsewhere.
+                ComfyError::Unreachable { .. } | ComfyError::Lost { .. } => {
+                    pool.report_failure(&instance, &err.to_string());
+                    EngineError::retry_elsewhere("engine_unavailable", err.to_string())
                 }
+                other => call_error(other),
             })?;
         // Finished one way or the other: nothing left to cancel.
         guard.armed = false;
-        let file = match outcome(&entry, OUTPUT_NODE) {
+        let file = match outcome(&entry, self.settings.workflow.output_node()) {
             Ok(file) => file,
             Err(err) => {
                 pool.record_job(&instance, false);
@@ -307,58 +323,63 @@ impl SonicEngine {
         Ok(())
     }
 
-    /// Polls `/history` until the prompt finished. Every few polls `/queue` is asked too: a
-    /// prompt neither queued, running nor in the history was lost (ComfyUI restarted), and the
-    /// job runs again elsewhere.
-    /// Sonic's sampler reports no progress: it is estimated from the time the job should take.
-    async fn await_prompt(
+    /// Follows the prompt to its end (see [`await_prompt`]), reporting its stages; while it
+    /// generates, progress comes from the time the job should take (Sonic's sampler reports none)
+    /// and never goes backwards.
+    async fn follow_prompt(
         &self,
         client: &ComfyClient,
+        events: Option<super::events::EventStream>,
+        prompt: &serde_json::Value,
         prompt_id: &str,
         expected_s: Option<f64>,
         progress: &ProgressFn,
-    ) -> Result<HistoryEntry, EngineError> {
-        let started = std::time::Instant::now();
-        let mut polls = 0u32;
+    ) -> Result<super::client::HistoryEntry, ComfyError> {
+        let generating_since = std::sync::Mutex::new(None::<std::time::Instant>);
+        let follow = await_prompt(
+            client,
+            events,
+            prompt,
+            prompt_id,
+            self.settings.poll_interval,
+            |stage| {
+                if stage == RemoteStage::Generating {
+                    *generating_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(std::time::Instant::now());
+                }
+                progress(stage.job_stage(), remote_progress(stage));
+            },
+        );
+        tokio::pin!(follow);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tokio::time::sleep(self.settings.poll_interval).await;
-            polls += 1;
-            if let Some(expected) = expected_s.filter(|e| *e > 0.0) {
-                let done = (started.elapsed().as_secs_f64() / expected).min(0.95);
-                progress(Stage::Generating, 0.1 + 0.8 * done);
-            }
-            let listed = if polls.is_multiple_of(LOST_CHECK_EVERY) {
-                let queue = client.queue().await.map_err(unavailable)?;
-                Some(
-                    queue.running.iter().any(|id| id == prompt_id)
-                        || queue.pending.iter().any(|id| id == prompt_id),
-                )
-            } else {
-                None
-            };
-            if let Some(entry) = client.history(prompt_id).await.map_err(unavailable)? {
-                return Ok(entry);
-            }
-            if listed == Some(false) {
-                return Err(EngineError::retry_elsewhere(
-                    "engine_unavailable",
-                    format!("ComfyUI lost prompt {prompt_id} (restarted?)"),
-                ));
+            tokio::select! {
+                entry = &mut follow => return entry,
+                _ = tick.tick() => {
+                    let since = *generating_since.lock().unwrap_or_else(|e| e.into_inner());
+                    if let (Some(since), Some(expected)) = (since, expected_s.filter(|e| *e > 0.0)) {
+                        progress(Stage::Generating, generating_progress(since.elapsed().as_secs_f64(), expected));
+                    }
+                }
             }
         }
     }
 }
 
-/// How many history polls between checks that the prompt is still known.
-const LOST_CHECK_EVERY: u32 = 4;
-
-/// A failed call while waiting for a prompt: unreachable means the job runs elsewhere.
-fn unavailable(err: ComfyError) -> EngineError {
-    if matches!(err, ComfyError::Unreachable { .. }) {
-        EngineError::retry_elsewhere("engine_unavailable", err.to_string())
-    } else {
-        call_error(err)
+/// Fixed progress at the start of each remote stage (the store keeps the highest value).
+fn remote_progress(stage: RemoteStage) -> f64 {
+    match stage {
+        RemoteStage::QueuedOnGpu => 0.05,
+        RemoteStage::LoadingModel => 0.08,
+        RemoteStage::Generating => 0.1,
+        RemoteStage::Encoding => 0.85,
     }
+}
+
+/// Progress while generating, from the expected time: 0.1 to at most 0.8, below the encoding
+/// stage's 0.85 however late the job runs.
+fn generating_progress(elapsed_s: f64, expected_s: f64) -> f64 {
+    0.1 + 0.75 * (elapsed_s / expected_s).clamp(0.0, 0.95)
 }
 
 /// Refuses a result much shorter than the recording (see [`MAX_SHORT_FRAMES`]) or without video.

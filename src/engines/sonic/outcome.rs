@@ -93,7 +93,7 @@ fn is_out_of_memory(kind: &str, message: &str) -> bool {
 /// A failed call to ComfyUI as the job's error.
 pub fn call_error(err: ComfyError) -> EngineError {
     let code = match &err {
-        ComfyError::Unreachable { .. } => "engine_unavailable",
+        ComfyError::Unreachable { .. } | ComfyError::Lost { .. } => "engine_unavailable",
         ComfyError::Rejected { .. } => "engine_rejected_workflow",
         ComfyError::Status { .. } | ComfyError::Protocol { .. } => "engine_failed",
     };
