@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::traces::{span, Traces};
+use crate::traces::{in_request, span, Traces};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -454,14 +454,19 @@ async fn handler_events_carry_the_request_id_and_route_template_never_the_path()
     assert_eq!(response.headers()["x-request-id"], "trace-ops-1");
 
     // Logged by the `Caller` extractor, inside the handler's route.
-    let refused = traces.event("bearer token refused");
+    let ours = |line: &Value| in_request(line, "trace-ops-1");
+    let refused = traces.event_where("bearer token refused", ours);
     let request = span(&refused, "request");
     assert_eq!(request["request_id"], "trace-ops-1");
     assert_eq!(request["method"], "GET");
     assert_eq!(request["route"], "/v1/videos/{id}");
-    let access = traces.event("request");
+    let access = traces.event_where("request", ours);
     assert_eq!(access["span"]["request_id"], "trace-ops-1");
-    let verify = &traces.closed("token.verify")[0];
+    let verify = &traces
+        .closed("token.verify")
+        .into_iter()
+        .find(ours)
+        .expect("the token check was traced");
     assert_eq!(verify["span"]["outcome"], "rejected");
     assert_eq!(verify["span"]["reason"], "malformed");
     assert_eq!(span(verify, "request")["request_id"], "trace-ops-1");
@@ -480,7 +485,11 @@ async fn token_verification_records_its_outcome_and_subject_never_the_token_or_i
     let response = server.get("/v1/me", &admin.access).await;
     assert_eq!(response.status(), StatusCode::OK);
 
-    let verify = &traces.closed("token.verify")[0];
+    let verify = &traces
+        .closed("token.verify")
+        .into_iter()
+        .find(|line| line["span"]["user_id"] == claims["sub"])
+        .expect("the token check was traced");
     assert_eq!(verify["span"]["outcome"], "accepted");
     assert_eq!(verify["span"]["user_id"], claims["sub"]);
     assert!(verify["span"].get("reason").is_none(), "{verify}");

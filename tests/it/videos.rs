@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use crate::traces::{span, Traces};
+use crate::traces::{in_request, span, Traces};
 
 pub fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -978,10 +978,18 @@ async fn job_is_traced_from_claim_through_the_engine_to_its_ffmpeg_process() {
     assert_eq!(generate["span"]["engine"], "builtin");
     assert_eq!(span(&generate, "job.run")["job_id"], *id);
     let encode = traces
-        .closed("process")
-        .into_iter()
-        .find(|line| span(line, "engine.generate")["job_id"] == *id)
-        .unwrap_or_else(|| panic!("no ffmpeg process span in\n{}", traces.text()));
+        .wait_closed_where(
+            "process",
+            |line| {
+                line["spans"].as_array().is_some_and(|spans| {
+                    spans
+                        .iter()
+                        .any(|s| s["name"] == "engine.generate" && s["job_id"] == *id)
+                })
+            },
+            within,
+        )
+        .await;
     assert_eq!(encode["span"]["program"], "ffmpeg");
     assert_eq!(encode["span"]["what"], "encode");
     assert_eq!(encode["span"]["outcome"], "success");
@@ -1025,17 +1033,26 @@ async fn signed_link_signature_never_reaches_the_logs() {
     let sig = url.split_once("sig=").unwrap().1.to_owned();
 
     let traces = Traces::capture();
-    let played = server.client.get(server.url(&url)).send().await.unwrap();
+    let played = server
+        .client
+        .get(server.url(&url))
+        .header("x-request-id", "trace-link-1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(played.status(), StatusCode::OK);
     let tampered = server
         .client
         .get(server.url(&url.replace("sig=", "sig=A")))
+        .header("x-request-id", "trace-link-2")
         .send()
         .await
         .unwrap();
     assert_eq!(tampered.status(), StatusCode::FORBIDDEN);
 
-    let requests = traces.events("request");
+    let requests = traces.events_where("request", |line| {
+        in_request(line, "trace-link-1") || in_request(line, "trace-link-2")
+    });
     assert_eq!(requests.len(), 2, "{}", traces.text());
     for request in &requests {
         assert_eq!(request["span"]["route"], "/v1/files/videos/{file}");

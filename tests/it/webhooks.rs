@@ -203,8 +203,13 @@ async fn delivery_is_traced_by_tenant_message_and_attempt_never_the_query_secret
             .await
             .expect("a delivery")
             .unwrap();
+    let message_id = headers["webhook-id"].to_str().unwrap().to_owned();
     let delivered = traces
-        .wait_for("webhook delivered", std::time::Duration::from_secs(10))
+        .wait_for_where(
+            "webhook delivered",
+            |line| line["fields"]["message_id"] == message_id.as_str(),
+            std::time::Duration::from_secs(10),
+        )
         .await;
 
     let deliver = span(&delivered, "webhook.deliver");
