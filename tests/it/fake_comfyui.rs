@@ -60,6 +60,8 @@ struct Shared {
     peak: AtomicUsize,
     /// Bumped by `restart`: what ran before is forgotten.
     generation: AtomicU64,
+    /// When each prompt it ran started and ended, by prompt id.
+    timeline: Mutex<Vec<(String, std::time::Instant, std::time::Instant)>>,
     /// Node classes that are "not installed".
     missing: Mutex<Vec<String>>,
     /// How long an interrupt takes to stop the running prompt (ComfyUI checks between nodes).
@@ -104,6 +106,7 @@ impl FakeComfy {
             counter: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
+            timeline: Mutex::default(),
             missing: Mutex::default(),
             interrupt_delay: Mutex::new(Duration::ZERO),
             sockets: Mutex::default(),
@@ -180,6 +183,11 @@ impl FakeComfy {
         *self.shared.interrupted.lock().unwrap() = running.map(|r| r.id);
         self.shared.history.lock().unwrap().clear();
         self.drop_websockets();
+    }
+
+    /// When each prompt it ran started and ended (benchmarks: utilisation, dispatch gaps).
+    pub fn timeline(&self) -> Vec<(String, std::time::Instant, std::time::Instant)> {
+        self.shared.timeline.lock().unwrap().clone()
     }
 
     /// Installs the removed nodes again.
@@ -779,7 +787,13 @@ async fn execute_forever(shared: Arc<Shared>) {
         ];
         let mode = *shared.mode.lock().unwrap();
         let generation = shared.generation.load(Ordering::SeqCst);
+        let began = std::time::Instant::now();
         let result = run(&shared, &id, &graph, client, mode).await;
+        shared
+            .timeline
+            .lock()
+            .unwrap()
+            .push((id.clone(), began, std::time::Instant::now()));
         if shared.generation.load(Ordering::SeqCst) != generation {
             continue;
         }

@@ -268,3 +268,44 @@ async fn a_prompt_lost_to_a_comfyui_restart_runs_again() {
         "submitted again after the restart"
     );
 }
+
+#[tokio::test]
+async fn a_job_cancelled_while_its_prompt_waits_in_comfyuis_queue_is_deleted_there() {
+    let fake = FakeComfy::start().await;
+    fake.set_mode(Mode::Slow(Duration::from_secs(120)));
+    // Two prompts per server: the second waits in ComfyUI's own queue.
+    let server = pool_server(vec![fake.url.clone()], |c| c.comfyui_max_in_flight = 2).await;
+    let admin = server.admin().await;
+    submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    let waiting = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    let id = waiting["id"].as_str().unwrap();
+    eventually("both prompts reached ComfyUI", || async {
+        fake.received().len() == 2
+    })
+    .await;
+    let running = fake.running().expect("the first prompt runs");
+    let response = server
+        .client
+        .post(server.url(&format!("/v1/videos/{id}/cancel")))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    eventually(
+        "the waiting prompt is deleted from ComfyUI's queue",
+        || async { !fake.cancellations().1.is_empty() },
+    )
+    .await;
+    let (_, deletes) = fake.cancellations();
+    let deleted = deletes[0]["delete"][0].as_str().unwrap().to_owned();
+    assert_ne!(
+        deleted, running,
+        "the running prompt is not the one deleted"
+    );
+    assert_eq!(
+        fake.running().as_deref(),
+        Some(running.as_str()),
+        "the other job runs on"
+    );
+}
