@@ -212,7 +212,7 @@ impl FromRequestParts<AppState> for WorkerCaller {
             .worker_account(claims.sub)
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
-        if !account.is_some_and(|a| !a.disabled) {
+        if account.is_none_or(|a| a.disabled) {
             crate::metrics::auth_failure("client_disabled");
             tracing::info!(account = %claims.sub, "worker token of a disabled or deleted account refused");
             return Err(ApiError::Unauthorized(TokenRejection::Revoked));

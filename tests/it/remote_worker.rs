@@ -354,8 +354,17 @@ async fn a_worker_touches_only_the_job_it_leases() {
 }
 
 #[tokio::test]
-async fn a_disabled_accounts_worker_is_refused_at_its_next_call() {
-    let server = api_only(30).await;
+async fn a_disabled_accounts_worker_is_refused_at_its_next_call_sqlite() {
+    a_disabled_accounts_worker_is_refused_at_its_next_call(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_disabled_accounts_worker_is_refused_at_its_next_call_postgres() {
+    a_disabled_accounts_worker_is_refused_at_its_next_call(Backend::Postgres).await;
+}
+
+async fn a_disabled_accounts_worker_is_refused_at_its_next_call(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.workers = 0).await;
     let credentials = create_worker(&server, "gpu-1").await;
     let token = worker_token(&server, &credentials).await;
     assert_eq!(
@@ -384,6 +393,16 @@ async fn a_disabled_accounts_worker_is_refused_at_its_next_call() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let accounts = server.state().workers.list().await.unwrap();
+    assert_eq!(accounts.len(), 1);
+    assert!(accounts[0].disabled && accounts[0].last_seen_at.is_some());
+    assert_ne!(accounts[0].secret_hash, credentials.1, "stored hashed");
+    let again = server
+        .state()
+        .workers
+        .create(&AuditContext::cli(), "gpu-1")
+        .await;
+    assert!(again.is_err(), "names are unique");
 }
 
 #[tokio::test]
