@@ -224,7 +224,7 @@ impl RunningServer {
     }
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -305,6 +305,7 @@ pub async fn start_with_admin_password(
             shutdown.subscribe(),
         );
     }
+    crate::videos::worker::spawn_lease_reaper(Arc::clone(&videos), shutdown.subscribe());
 
     let state = AppState::new(Services {
         issuer,
@@ -315,6 +316,7 @@ pub async fn start_with_admin_password(
         plans: core.plans.clone(),
         directory: Directory::new(config.token_cache_size),
         accounts: core.accounts.clone(),
+        workers: crate::auth::workers::WorkerAccounts::new(&core.accounts),
         videos: Arc::clone(&videos),
         denials: crate::audit::Repeats::new(10_000, Duration::from_secs(60)),
         config: config.clone(),
@@ -417,11 +419,9 @@ fn sonic_workflow(config: &Config) -> anyhow::Result<crate::engines::sonic::work
     Ok(workflow)
 }
 
-/// Builds the engines, blob store and settings of video generation.
-async fn video_service(
-    config: &Config,
-    core: &Core,
-) -> anyhow::Result<crate::videos::VideoService> {
+/// The engines `config` configures: builtin, simulated (tests), and Sonic over `comfyui_urls`. The
+/// server and a remote worker (`sonicgw worker`) build them the same way.
+pub async fn build_engines(config: &Config) -> anyhow::Result<crate::engines::Engines> {
     use crate::engines::{builtin::BuiltinEngine, simulated::SimulatedEngine, Engines};
     use crate::media::image::ImageLimits;
     let image_limits = ImageLimits {
@@ -472,6 +472,15 @@ async fn video_service(
             },
         )));
     }
+    Ok(engines)
+}
+
+/// Builds the engines, blob store and settings of video generation.
+async fn video_service(
+    config: &Config,
+    core: &Core,
+) -> anyhow::Result<crate::videos::VideoService> {
+    let engines = build_engines(config).await?;
     anyhow::ensure!(
         engines.get(config.default_engine()).is_some(),
         "default_engine {:?} is not one of the configured engines ({})",
@@ -507,7 +516,10 @@ async fn video_service(
         ),
         settings: crate::videos::VideoSettings {
             default_engine: config.default_engine().to_owned(),
-            image_limits,
+            image_limits: crate::media::image::ImageLimits {
+                max_bytes: config.max_image_bytes,
+                max_side: config.max_image_side,
+            },
             max_audio_bytes: config.max_audio_bytes,
             lease: Duration::from_secs(config.job_lease_s),
             max_attempts: config.job_max_attempts,
@@ -581,7 +593,7 @@ async fn housekeeping(tokens: Arc<Tokens>, sessions: Arc<Sessions>) {
 }
 
 /// Creates `dir` (and its parents) if needed and makes it owner-only (0700), also when it existed.
-fn owner_only_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn owner_only_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::accounts::{Actor, NewUser, UserChanges};
 use crate::app::{generate_password, Core};
 use crate::audit::AuditContext;
+use crate::auth::workers::WorkerAccounts;
 use crate::config::Config;
 use crate::domain::{TenantName, Username};
 use crate::storage::UserRecord;
@@ -41,6 +42,9 @@ enum Command {
     /// Inspect the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run jobs for a gateway on this host (next to its ComfyUI): a remote worker with a service
+    /// account's credentials, no database and no signing keys.
+    Worker(WorkerArgs),
     /// The whole path in one command: a fresh server, the bundled sample face and speech, an MP4.
     Demo {
         /// Where to write the video.
@@ -100,6 +104,37 @@ enum AdminCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Create a remote worker's service account; prints its client id and secret, once.
+    CreateWorker { name: String },
+    /// Disable a worker's service account: its worker is refused at its next call.
+    DisableWorker { name: String },
+    /// Enable a disabled worker's service account.
+    EnableWorker { name: String },
+    /// List the workers' service accounts.
+    ListWorkers,
+}
+
+/// `sonicgw worker`'s options.
+#[derive(Args)]
+struct WorkerArgs {
+    /// The gateway's base URL.
+    #[arg(long, env = "SONICGW_SERVER")]
+    server: String,
+    /// A ComfyUI server with Sonic on this host (repeatable; default: the comfyui_urls setting).
+    #[arg(long = "comfyui-url")]
+    comfyui_urls: Vec<String>,
+    /// The engine to run: builtin, sonic or simulated (tests only).
+    #[arg(long, default_value = "builtin")]
+    engine: String,
+    /// Jobs at once for an engine that does not bound itself (Sonic runs one per ComfyUI place).
+    #[arg(long, default_value_t = 1)]
+    lanes: usize,
+    /// The service account's client id (`sonicgw admin create-worker`).
+    #[arg(long, env = "SONICGW_WORKER_CLIENT_ID", hide_env_values = true)]
+    client_id: String,
+    /// The service account's secret; prefer the environment to the command line.
+    #[arg(long, env = "SONICGW_WORKER_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: String,
 }
 
 /// A user named by tenant and username.
@@ -180,6 +215,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let path = crate::demo::run(config, out).await?;
             let absolute = std::fs::canonicalize(&path).unwrap_or(path);
             println!("video written to {}", absolute.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(args) => {
+            let options = crate::remote::worker::WorkerOptions {
+                server: args.server,
+                client_id: args.client_id,
+                client_secret: args.client_secret,
+                engine: args.engine,
+                comfyui_urls: args.comfyui_urls,
+                lanes: args.lanes,
+            };
+            crate::remote::worker::serve(config, options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin(command) => admin(command, &config).await.map(|()| ExitCode::SUCCESS),
@@ -345,6 +392,47 @@ async fn admin(command: AdminCommand, config: &Config) -> anyhow::Result<()> {
             println!("password reset; all of the user's tokens are revoked");
             if generated {
                 println!("new password (shown only now): {password}");
+            }
+        }
+        AdminCommand::CreateWorker { name } => {
+            let created = WorkerAccounts::new(&core.accounts)
+                .create(&context, &name)
+                .await?;
+            println!("created worker {} ({})", name, created.account.id);
+            println!("SONICGW_WORKER_CLIENT_ID={}", created.account.client_id);
+            println!(
+                "SONICGW_WORKER_CLIENT_SECRET={} (shown only now)",
+                created.client_secret
+            );
+        }
+        AdminCommand::DisableWorker { name } => {
+            WorkerAccounts::new(&core.accounts)
+                .set_disabled(&context, &name, true)
+                .await?;
+            println!("worker disabled: it is refused at its next call");
+        }
+        AdminCommand::EnableWorker { name } => {
+            WorkerAccounts::new(&core.accounts)
+                .set_disabled(&context, &name, false)
+                .await?;
+            println!("worker enabled");
+        }
+        AdminCommand::ListWorkers => {
+            for account in WorkerAccounts::new(&core.accounts).list().await? {
+                let seen = account
+                    .last_seen_at
+                    .map_or_else(|| "never".to_owned(), |t| t.as_millis().to_string());
+                println!(
+                    "{}\t{}\t{}\tlast seen {}",
+                    account.name,
+                    account.client_id,
+                    if account.disabled {
+                        "disabled"
+                    } else {
+                        "enabled"
+                    },
+                    seen
+                );
             }
         }
     }

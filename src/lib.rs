@@ -19,6 +19,7 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod net;
+pub mod remote;
 pub mod storage;
 pub mod time;
 pub mod videos;

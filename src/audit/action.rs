@@ -27,11 +27,17 @@ pub enum AuditAction {
     VideoFailed,
     VideoCancelled,
     WebhookSecretRotate,
+    /// A remote worker's service account was created.
+    WorkerCreate,
+    /// A remote worker's service account was disabled or enabled.
+    WorkerUpdate,
+    /// A remote worker obtained a token (`client_credentials`), or was refused one.
+    AuthClientCredentials,
 }
 
 impl AuditAction {
     /// Every action, for validating filters and for documentation.
-    pub const ALL: [AuditAction; 18] = [
+    pub const ALL: [AuditAction; 21] = [
         AuditAction::AccessDenied,
         AuditAction::AuthLogin,
         AuditAction::AuthLogout,
@@ -50,6 +56,9 @@ impl AuditAction {
         AuditAction::VideoFailed,
         AuditAction::VideoCancelled,
         AuditAction::WebhookSecretRotate,
+        AuditAction::WorkerCreate,
+        AuditAction::WorkerUpdate,
+        AuditAction::AuthClientCredentials,
     ];
 
     /// The stable name stored in the log.
@@ -73,6 +82,9 @@ impl AuditAction {
             AuditAction::VideoFailed => "video.failed",
             AuditAction::VideoCancelled => "video.cancelled",
             AuditAction::WebhookSecretRotate => "webhook_secret.rotate",
+            AuditAction::WorkerCreate => "worker.create",
+            AuditAction::WorkerUpdate => "worker.update",
+            AuditAction::AuthClientCredentials => "auth.client_credentials",
         }
     }
 }

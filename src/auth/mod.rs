@@ -6,3 +6,4 @@ pub mod revocation;
 pub mod sessions;
 pub mod throttle;
 pub mod tokens;
+pub mod workers;

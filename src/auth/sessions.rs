@@ -47,6 +47,9 @@ pub enum GrantError {
     /// Wrong credentials, or an unknown, used, revoked or expired refresh token. Deliberately vague.
     #[error("invalid_grant")]
     InvalidGrant,
+    /// Client authentication failed (`client_credentials`): unknown client, wrong secret or disabled.
+    #[error("invalid_client")]
+    InvalidClient,
     #[error("invalid_request: {0}")]
     InvalidRequest(&'static str),
     /// Too many failed logins; retry after the duration.

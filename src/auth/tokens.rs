@@ -346,6 +346,18 @@ impl Tokens {
     }
 
     fn verify_uncached(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+        let presented: PresentedClaims = self.decode(token, &self.settings.audience)?;
+        let claims = presented.complete().ok_or(TokenRejection::MissingClaim)?;
+        self.check_times(&claims)?;
+        Ok(claims)
+    }
+
+    /// Checks header, key, signature, issuer, audience and the time claims, and returns the claims.
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<T, TokenRejection> {
         let header = checked_header(token)?;
         let mut ring = self.key_ring();
         if ring.verifying_key(&header.kid).is_none() && self.reload_keys_throttled() {
@@ -359,28 +371,107 @@ impl Tokens {
         }
         let mut validation = Validation::new(key.alg.jwt_algorithm());
         validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
+        validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = self.settings.leeway_s.max(0) as u64;
-        let data = jsonwebtoken::decode::<PresentedClaims>(token, &key.decoding, &validation)
-            .map_err(|err| match err.kind() {
-                ErrorKind::InvalidSignature => TokenRejection::BadSignature,
-                ErrorKind::ExpiredSignature => TokenRejection::Expired,
-                ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
-                ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
-                ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
-                ErrorKind::MissingRequiredClaim(_) => TokenRejection::MissingClaim,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    TokenRejection::AlgorithmMismatch
-                }
-                _ => TokenRejection::Malformed,
-            })?;
-        let claims = data.claims.complete().ok_or(TokenRejection::MissingClaim)?;
-        self.check_times(&claims)?;
+        let data =
+            jsonwebtoken::decode::<T>(token, &key.decoding, &validation).map_err(
+                |err| match err.kind() {
+                    ErrorKind::InvalidSignature => TokenRejection::BadSignature,
+                    ErrorKind::ExpiredSignature => TokenRejection::Expired,
+                    ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
+                    ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
+                    ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
+                    ErrorKind::MissingRequiredClaim(_) => TokenRejection::MissingClaim,
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        TokenRejection::AlgorithmMismatch
+                    }
+                    _ => TokenRejection::Malformed,
+                },
+            )?;
+        Ok(data.claims)
+    }
+
+    /// The audience of worker tokens: not the users' audience, so `verify` refuses them everywhere
+    /// and only `verify_worker` accepts them.
+    fn worker_audience(&self) -> String {
+        format!("{}:worker", self.settings.audience)
+    }
+
+    /// Signs an access token for a remote worker's service account (scope `worker`).
+    pub fn issue_worker(&self, account: uuid::Uuid) -> anyhow::Result<IssuedWorkerToken> {
+        let now = now_s();
+        let claims = WorkerClaims {
+            iss: self.settings.issuer.clone(),
+            aud: self.worker_audience(),
+            sub: account,
+            scope: WORKER_SCOPE.to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + self.settings.ttl_s,
+            jti: Jti::generate(),
+        };
+        let ring = self.key_ring();
+        let mut header = Header::new(ring.signing.alg.jwt_algorithm());
+        header.kid = Some(ring.signing.kid.clone());
+        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
+        let token = jsonwebtoken::encode(&header, &claims, &ring.signing.encoding)?;
+        Ok(IssuedWorkerToken {
+            token,
+            expires_in: self.settings.ttl_s,
+        })
+    }
+
+    /// Verifies a worker's bearer token completely, revocation included. User tokens are refused
+    /// here (their audience differs), as worker tokens are refused by `verify`.
+    pub fn verify_worker(&self, token: &str) -> Result<WorkerClaims, TokenRejection> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenRejection::Oversized);
+        }
+        let claims: WorkerClaims = self.decode(token, &self.worker_audience())?;
+        if claims.scope != WORKER_SCOPE {
+            return Err(TokenRejection::WrongAudience);
+        }
+        let now = now_s();
+        let leeway = self.settings.leeway_s;
+        if claims.exp + leeway <= now {
+            return Err(TokenRejection::Expired);
+        }
+        if claims.nbf - leeway > now {
+            return Err(TokenRejection::NotYetValid);
+        }
+        if claims.iat - leeway > now {
+            return Err(TokenRejection::IssuedInFuture);
+        }
+        if self.revocations.is_revoked(&claims.jti) {
+            return Err(TokenRejection::Revoked);
+        }
         Ok(claims)
     }
+}
+
+/// The scope of worker tokens, and the only thing they allow.
+pub const WORKER_SCOPE: &str = "worker";
+
+/// The claims of a remote worker's access token: the service account, nothing about any user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: uuid::Uuid,
+    pub scope: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: Jti,
+}
+
+/// A freshly signed worker token.
+pub struct IssuedWorkerToken {
+    pub token: String,
+    pub expires_in: i64,
 }
 
 /// Records a verification's outcome on the current `token.verify` span: the reason of a rejection, the

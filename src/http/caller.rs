@@ -1,6 +1,7 @@
 //! Who is calling. `Caller` is the only way a handler learns the user, and extracting it verifies the
 //! bearer token completely, so a handler that takes a `Caller` cannot run on a bad token. `Admin` and
-//! `PlatformAdmin` add the role check; `scope()` gives the tenant scope every query needs.
+//! `PlatformAdmin` add the role check; `scope()` gives the tenant scope every query needs. `WorkerCaller`
+//! is the remote workers' counterpart: a worker token passes only it, and a user token never does.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -176,6 +177,52 @@ impl FromRequestParts<AppState> for Caller {
             client,
         };
         Ok(caller)
+    }
+}
+
+/// A remote worker: a verified, unrevoked worker token whose service account exists and is enabled
+/// now (checked on every call, so disabling an account stops its worker at its next call). The
+/// only extractor of `/v1/worker/*`, and worker tokens pass no other.
+#[derive(Debug, Clone)]
+pub struct WorkerCaller {
+    pub account_id: uuid::Uuid,
+    pub claims: Arc<crate::auth::tokens::WorkerClaims>,
+    pub client: ClientInfo,
+}
+
+impl FromRequestParts<AppState> for WorkerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let verified =
+            bearer_token(&parts.headers).and_then(|token| state.tokens.verify_worker(token));
+        let claims = match verified {
+            Ok(claims) => claims,
+            Err(reason) => {
+                crate::metrics::auth_failure(reason.code());
+                tracing::info!(reason = reason.code(), "worker token refused");
+                return Err(ApiError::Unauthorized(reason));
+            }
+        };
+        let account = state
+            .store
+            .worker_account(claims.sub)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        if account.is_none_or(|a| a.disabled) {
+            crate::metrics::auth_failure("client_disabled");
+            tracing::info!(account = %claims.sub, "worker token of a disabled or deleted account refused");
+            return Err(ApiError::Unauthorized(TokenRejection::Revoked));
+        }
+        let Ok(client) = ClientInfo::from_request_parts(parts, state).await;
+        Ok(WorkerCaller {
+            account_id: claims.sub,
+            claims: Arc::new(claims),
+            client,
+        })
     }
 }
 

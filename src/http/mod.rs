@@ -52,7 +52,7 @@ pub fn router(state: AppState) -> Router {
 /// Every route of the API, each registered once from its handler's `#[utoipa::path]`, which gives both
 /// the route and its operation in the OpenAPI document. Handlers sharing a path go in one `routes!`.
 fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
-    use routes::{audit, auth, engines, files, me, ops, tenants, users, videos, webhooks};
+    use routes::{audit, auth, engines, files, me, ops, tenants, users, videos, webhooks, worker};
     let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
@@ -77,6 +77,10 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(files::signed))
         .routes(routes!(engines::list))
         .routes(routes!(webhooks::get, webhooks::rotate))
+        .routes(routes!(worker::lease))
+        .routes(routes!(worker::input))
+        .routes(routes!(worker::heartbeat))
+        .routes(routes!(worker::fail))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES));
     // Uploads stream to disk with per-file limits; the request as a whole may hold both files.
     let upload_limit = (config.max_image_bytes + config.max_audio_bytes) as usize + MAX_BODY_BYTES;
@@ -84,7 +88,14 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(videos::create))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(upload_limit));
-    api.merge(uploads)
+    // A worker's result streams to disk; its handler checks the declared length.
+    let results = OpenApiRouter::default()
+        .routes(routes!(worker::result))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(
+            worker::MAX_RESULT_BYTES as usize,
+        ));
+    api.merge(uploads).merge(results)
 }
 
 /// The only routes left out of the OpenAPI document: the document itself and the vendored Swagger UI

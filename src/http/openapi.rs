@@ -17,6 +17,7 @@ use utoipa::Modify;
         (name = "platform", description = "Platform administration"),
         (name = "videos", description = "Video generation"),
         (name = "ops", description = "Health"),
+        (name = "worker", description = "The remote worker protocol (worker tokens only)"),
     )
 )]
 pub struct ApiDoc;

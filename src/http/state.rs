@@ -26,6 +26,7 @@ pub struct Services {
     pub plans: Plans,
     pub directory: super::directory::Directory,
     pub accounts: Accounts,
+    pub workers: crate::auth::workers::WorkerAccounts,
     pub videos: Arc<crate::videos::VideoService>,
     /// Role refusals already audited (per user and route, for a minute).
     pub denials: crate::audit::Repeats,

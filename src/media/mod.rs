@@ -9,7 +9,7 @@ pub mod face;
 pub mod ffmpeg;
 pub mod image;
 mod mp4edit;
-mod mp4guard;
+pub mod mp4guard;
 mod resample;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,5 +1,5 @@
 //! Persistence: per-concern store traits (`TenantStore`, `UserStore`, `TokenStore`, `AuditStore`,
-//! `WebhookSecretStore`, `JobStore`, `EstimateStore`) composed into `Store`, with a SQLite backend (the embedded default)
+//! `WebhookSecretStore`, `JobStore`, `EstimateStore`, `WorkerAccountStore`) composed into `Store`, with a SQLite backend (the embedded default)
 //! and a PostgreSQL backend, chosen by the scheme of `database_url`. Each backend is its own module with
 //! its own SQL and its own migrations, applied on connect; `shared` holds what they have in common.
 
@@ -13,6 +13,7 @@ mod shared;
 mod sqlite;
 pub mod tokens;
 pub mod webhooks;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use tokens::{RefreshTokenRecord, RevokedToken, TokenId, TokenStore};
 pub use webhooks::WebhookSecretStore;
+pub use workers::{WorkerAccount, WorkerAccountStore};
 
 /// Failures of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,7 @@ pub trait Store:
     + WebhookSecretStore
     + JobStore
     + EstimateStore
+    + WorkerAccountStore
     + 'static
 {
 }
@@ -145,6 +148,7 @@ impl<S> Store for S where
         + WebhookSecretStore
         + JobStore
         + EstimateStore
+        + WorkerAccountStore
         + 'static
 {
 }

@@ -375,6 +375,25 @@ pub(super) fn work_ahead_from_rows(rows: &[impl StoredRow]) -> StoreResult<WorkA
     Ok(ahead)
 }
 
+/// The columns `worker_account_from_row` reads.
+pub(super) const WORKER_ACCOUNT_COLUMNS: &str =
+    "id, name, client_id, secret_hash, disabled, created_at, last_seen_at";
+
+/// A row of `WORKER_ACCOUNT_COLUMNS`.
+pub(super) fn worker_account_from_row(
+    row: &impl StoredRow,
+) -> StoreResult<crate::storage::workers::WorkerAccount> {
+    Ok(crate::storage::workers::WorkerAccount {
+        id: parse_stored("worker_accounts.id", &row.text("id")?)?,
+        name: row.text("name")?,
+        client_id: row.text("client_id")?,
+        secret_hash: row.text("secret_hash")?,
+        disabled: row.flag("disabled")?,
+        created_at: row.instant("created_at")?,
+        last_seen_at: row.opt_instant("last_seen_at")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use sqlx::sqlite::SqliteRow;

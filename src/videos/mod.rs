@@ -7,6 +7,7 @@ pub mod eta;
 pub mod events;
 pub mod intake;
 pub mod jobs;
+pub mod remote;
 pub mod view;
 pub mod webhook;
 pub mod worker;

@@ -20,7 +20,7 @@ use crate::time::now_ms;
 /// How often the progress of a running job is written to the database at most.
 const PROGRESS_INTERVAL_MS: u64 = 500;
 
-/// Starts the workers and the lease reaper on the service's task tracker. Engines bounded by the
+/// Starts the workers on the service's task tracker. Engines bounded by the
 /// `workers` setting (CPU engines) share `count` workers; an engine that bounds itself (a GPU
 /// pool) gets one worker per place, and each reserves its place before it claims a job. With
 /// `count` 0 this process runs no jobs at all. They stop when `shutdown` turns true; a job being
@@ -54,7 +54,11 @@ pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::
             }
         });
     }
-    let mut stop = shutdown;
+}
+
+/// Starts the lease reaper: jobs whose worker (in-process or remote) stopped renewing its lease go
+/// back to the queue. Every server runs it, also one without workers of its own.
+pub fn spawn_lease_reaper(service: Arc<VideoService>, mut stop: watch::Receiver<bool>) {
     let tasks = service.tasks.clone();
     tasks.spawn(async move {
         tokio::select! {
@@ -104,7 +108,7 @@ impl VideoService {
         skip_all,
         fields(worker_id = %worker_id, job_id = Empty, engine = Empty, attempt = Empty)
     )]
-    async fn claim(
+    pub(super) async fn claim(
         &self,
         worker_id: &WorkerId,
         engines: &[String],
@@ -182,7 +186,7 @@ impl VideoService {
             },
         );
         if let Err(err) = &outcome {
-            if err.retry && self.requeue(worker_id, &job, err).await {
+            if err.retry && self.requeue(worker_id, &job, err.code, &err.detail).await {
                 return;
             }
         }
@@ -201,36 +205,61 @@ impl VideoService {
                 }
             }
         };
-        match self
+        self.record_end(worker_id, &job, &outcome).await;
+    }
+
+    /// Records the end of a job this worker runs (audit and webhook when it was still ours; an
+    /// unwanted result is removed when it was not). `true` when the end was recorded.
+    pub(super) async fn record_end(
+        &self,
+        worker_id: &WorkerId,
+        job: &JobRecord,
+        outcome: &JobOutcome,
+    ) -> bool {
+        let recorded = match self
             .store
-            .finish_job(job.id, worker_id, &outcome, now_ms())
+            .finish_job(job.id, worker_id, outcome, now_ms())
             .await
         {
-            Ok(Some(finished)) => self.finished(&finished).await,
+            Ok(Some(finished)) => {
+                self.finished(&finished).await;
+                true
+            }
             Ok(None) => {
                 // Cancelled or deleted while the engine was finishing: its video is not wanted.
                 tracing::info!(job = %job.id, "job ended elsewhere before it finished here");
-                if let Err(err) = self.blobs.delete(&result_key(job.tenant_id, job.id)).await {
-                    tracing::warn!(job = %job.id, error = %err, "removing an unwanted result failed");
+                if let JobOutcome::Succeeded { result_key, .. } = outcome {
+                    if let Err(err) = self.blobs.delete(result_key).await {
+                        tracing::warn!(job = %job.id, error = %err, "removing an unwanted result failed");
+                    }
                 }
+                false
             }
             Err(err) => {
-                tracing::error!(job = %job.id, error = %err, "recording the end of a job failed")
+                tracing::error!(job = %job.id, error = %err, "recording the end of a job failed");
+                false
             }
-        }
+        };
         self.events.changed(job.id);
+        recorded
     }
 
     /// Puts the job back in the queue after its engine's machine failed; `false` when it is out of
     /// attempts (or no longer ours) and must end here.
-    async fn requeue(&self, worker_id: &WorkerId, job: &JobRecord, err: &EngineError) -> bool {
+    pub(super) async fn requeue(
+        &self,
+        worker_id: &WorkerId,
+        job: &JobRecord,
+        code: &str,
+        detail: &str,
+    ) -> bool {
         match self
             .store
             .requeue_job(job.id, worker_id, self.settings.max_attempts, now_ms())
             .await
         {
             Ok(Some(_)) => {
-                tracing::warn!(job = %job.id, attempt = job.attempts, code = err.code, detail = %err.detail, "job requeued: its engine failed under it");
+                tracing::warn!(job = %job.id, attempt = job.attempts, code, detail, "job requeued: its engine failed under it");
                 metrics::counter!("jobs_requeued_total", "engine" => job.engine.clone())
                     .increment(1);
                 self.events.changed(job.id);

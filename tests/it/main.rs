@@ -16,6 +16,7 @@ mod hostile_media;
 mod ops;
 mod queue;
 mod redis_replicas;
+mod remote_worker;
 mod security_auth;
 mod sessions;
 mod sonic;

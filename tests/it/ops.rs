@@ -87,7 +87,7 @@ async fn authorization_server_metadata_follows_rfc8414() {
     );
     assert_eq!(
         meta["grant_types_supported"],
-        serde_json::json!(["password", "refresh_token"])
+        serde_json::json!(["password", "refresh_token", "client_credentials"])
     );
     let token = server.admin().await.access;
     assert_eq!(decode_part(&token, 1)["iss"], issuer.as_str());
@@ -122,7 +122,7 @@ async fn openapi_document_and_vendored_docs_are_served() {
         .collect();
     assert_eq!(
         tags,
-        ["auth", "account", "admin", "platform", "videos", "ops"]
+        ["auth", "account", "admin", "platform", "videos", "ops", "worker"]
     );
     let html = server
         .client

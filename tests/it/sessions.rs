@@ -268,13 +268,20 @@ async fn token_endpoint_speaks_rfc6749_errors() {
             .form(&form)
             .send()
     };
-    let body: Value = post(vec![("grant_type", "client_credentials")])
+    let body: Value = post(vec![("grant_type", "authorization_code")])
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(body["error"], "unsupported_grant_type");
+    let body: Value = post(vec![("grant_type", "client_credentials")])
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["error"], "invalid_request", "no client credentials");
     let body: Value = post(vec![("grant_type", "password"), ("username", "admin")])
         .await
         .unwrap()

@@ -1,4 +1,4 @@
-//! The OAuth 2.0 endpoints: token (password and refresh_token grants), revoke (RFC 7009) and logout.
+//! The OAuth 2.0 endpoints: token (password, refresh_token and client_credentials grants), revoke (RFC 7009) and logout.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -118,12 +118,113 @@ fn grant_response(result: Result<TokenPair, GrantError>) -> Response {
             "the credentials or refresh token are invalid (a username that exists in several tenants \
              also needs the tenant parameter)",
         ),
+        Err(GrantError::InvalidClient) => invalid_client(),
         Err(GrantError::InvalidRequest(description)) => {
             oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
         }
         Err(GrantError::Throttled(retry_after)) => throttled(retry_after),
         Err(GrantError::Internal(err)) => ApiError::Internal(err).into_response(),
     }
+}
+
+/// RFC 6749 5.2 `invalid_client`: 401 with the Basic challenge.
+fn invalid_client() -> Response {
+    let mut response = oauth_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "client authentication failed",
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"sonicgw\""),
+    );
+    response
+}
+
+/// A token response without a refresh token: the client_credentials grant (RFC 6749 4.4.3).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClientTokenResponse {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    /// Always `worker`.
+    pub scope: &'static str,
+}
+
+/// HTTP Basic client credentials (RFC 6749 2.3.1: each part form-urlencoded), if the header is there.
+fn basic_credentials(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<(String, String)>, OAuthFailure> {
+    use base64::Engine as _;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || invalid_request("malformed Basic credentials");
+    let value = value.to_str().map_err(|_| malformed())?;
+    let Some((scheme, encoded)) = value.split_once(' ') else {
+        return Err(malformed());
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| malformed())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    let unescape = |part: &str| {
+        url::form_urlencoded::parse(format!("x={part}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((unescape(id), unescape(secret))))
+}
+
+/// `grant_type=client_credentials` for remote workers: credentials in the form or as HTTP Basic,
+/// not both.
+async fn client_credentials_grant(
+    state: &AppState,
+    client: &ClientInfo,
+    basic: Option<(String, String)>,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthFailure> {
+    let in_form = params.contains_key("client_id") || params.contains_key("client_secret");
+    let (client_id, client_secret) = match basic {
+        Some(_) if in_form => {
+            return Err(invalid_request(
+                "send the client credentials either as HTTP Basic or in the form, not both",
+            ))
+        }
+        Some(pair) => pair,
+        None => (
+            required(params, "client_id")?.to_owned(),
+            required(params, "client_secret")?.to_owned(),
+        ),
+    };
+    let result = state
+        .workers
+        .client_credentials_grant(
+            &state.tokens,
+            state.sessions.throttle(),
+            &client.audit_context(),
+            &client_id,
+            &client_secret,
+        )
+        .await;
+    Ok(match result {
+        Ok(issued) => no_store(
+            Json(ClientTokenResponse {
+                access_token: issued.token,
+                token_type: "Bearer",
+                expires_in: issued.expires_in,
+                scope: crate::auth::tokens::WORKER_SCOPE,
+            })
+            .into_response(),
+        ),
+        Err(err) => grant_response(Err(err)),
+    })
 }
 
 /// The form's parameters; each may appear once (RFC 6749 3.2).
@@ -157,13 +258,15 @@ fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a s
         .ok_or_else(|| invalid_request(format!("missing parameter {name}")))
 }
 
-/// Issues tokens: `grant_type=password` (username, password, optional tenant) or
-/// `grant_type=refresh_token` (refresh_token).
+/// Issues tokens: `grant_type=password` (username, password, optional tenant),
+/// `grant_type=refresh_token` (refresh_token), or for remote workers `grant_type=client_credentials`
+/// (client_id and client_secret in the form or as HTTP Basic; no refresh token).
 #[utoipa::path(
     post, path = "/v1/auth/token", tag = "auth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type=password&username=...&password=...[&tenant=...] or grant_type=refresh_token&refresh_token=..."),
+    request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type=password&username=...&password=...[&tenant=...], grant_type=refresh_token&refresh_token=... or grant_type=client_credentials&client_id=...&client_secret=..."),
     responses(
-        (status = 200, description = "Tokens issued", body = TokenResponse),
+        (status = 200, description = "Tokens issued (client_credentials: ClientTokenResponse)", body = TokenResponse),
+        (status = 401, description = "invalid_client (client_credentials)", body = OAuthError),
         (status = 400, description = "invalid_grant, invalid_request or unsupported_grant_type", body = OAuthError),
         (status = 429, description = "Too many failed sign-ins", body = OAuthError),
     )
@@ -183,9 +286,13 @@ async fn token_grant(
     client: &ClientInfo,
     request: Request,
 ) -> Result<Response, OAuthFailure> {
+    let basic = basic_credentials(request.headers())?;
     let params = read_form(request).await?;
     let context = client.audit_context();
     let result = match params.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {
+            return client_credentials_grant(state, client, basic, &params).await
+        }
         Some("password") => password_grant(state, client, &params).await?,
         Some("refresh_token") => {
             let token = required(&params, "refresh_token")?;
@@ -195,7 +302,7 @@ async fn token_grant(
             return Err(oauth_failure(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                format!("grant_type {other:?} is not supported; use password or refresh_token"),
+                format!("grant_type {other:?} is not supported; use password, refresh_token or client_credentials"),
             ))
         }
         None => return Err(invalid_request("missing parameter grant_type")),

@@ -10,3 +10,4 @@ pub mod tenants;
 pub mod users;
 pub mod videos;
 pub mod webhooks;
+pub mod worker;

@@ -76,9 +76,9 @@ pub async fn oauth_metadata(State(state): State<AppState>) -> Json<serde_json::V
         "token_endpoint": format!("{issuer}/v1/auth/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "revocation_endpoint": format!("{issuer}/v1/auth/revoke"),
-        "grant_types_supported": ["password", "refresh_token"],
+        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "token_endpoint_auth_signing_alg_values_supported": [state.tokens.settings().alg.as_str()],
     }))

@@ -8,6 +8,7 @@ mod estimates;
 mod jobs;
 mod tokens;
 mod webhooks;
+mod workers;
 
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;

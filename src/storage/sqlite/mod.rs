@@ -8,6 +8,7 @@ mod estimates;
 mod jobs;
 mod tokens;
 mod webhooks;
+mod workers;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,0 +1,268 @@
+//! The job side of remote workers (`/v1/worker/*`): leasing a job to a worker's service account,
+//! renewing the lease with progress, and recording a failure, through the same store calls and
+//! end-of-job path as the in-process workers. A lease id is the worker id the job is claimed under,
+//! `remote-<account>-<random>`, so a lease names its account and a worker can only touch jobs it
+//! currently leases.
+
+use std::time::Duration;
+
+use super::VideoService;
+use crate::domain::{JobId, Stage, WorkerId};
+use crate::storage::jobs::{JobOutcome, JobRecord, JobScope};
+use crate::storage::{StoreResult, TenantScope};
+use crate::time::now_ms;
+
+/// How long a lease request may wait for a job at most.
+pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// A failure a remote worker reports, validated.
+#[derive(Debug, Clone)]
+pub struct RemoteFailure {
+    pub code: String,
+    pub message: String,
+    pub detail: String,
+    pub server_side: bool,
+    pub retry: bool,
+}
+
+impl RemoteFailure {
+    /// `code` is `[a-z_]{1,64}`, `message` one line of at most 300 characters, `detail` at most
+    /// 4000; `Err` names the field that is not.
+    pub fn parse(
+        code: String,
+        message: String,
+        detail: String,
+        server_side: bool,
+        retry: bool,
+    ) -> Result<Self, (&'static str, &'static str)> {
+        if code.is_empty()
+            || code.len() > 64
+            || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            return Err(("code", "1 to 64 of a-z and _"));
+        }
+        if message.chars().count() > 300 || message.contains(['\n', '\r']) {
+            return Err(("message", "one line of at most 300 characters"));
+        }
+        if detail.chars().count() > 4000 {
+            return Err(("detail", "at most 4000 characters"));
+        }
+        Ok(Self {
+            code,
+            message,
+            detail,
+            server_side,
+            retry,
+        })
+    }
+}
+
+/// The lease (worker) id prefix of an account's leases.
+fn lease_prefix(account: uuid::Uuid) -> String {
+    format!("remote-{}-", account.simple())
+}
+
+/// The worker id of `lease` when it is one of `account`'s leases.
+fn own_lease(account: uuid::Uuid, lease: &str) -> Option<WorkerId> {
+    let random = lease.strip_prefix(&lease_prefix(account))?;
+    if random.len() != 12 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    WorkerId::parse(lease).ok()
+}
+
+impl VideoService {
+    /// Claims the next job of `engines` for `account` under a new lease, waiting up to `wait` for one.
+    pub async fn lease_remote(
+        &self,
+        account: uuid::Uuid,
+        engines: &[String],
+        wait: Duration,
+    ) -> StoreResult<Option<(WorkerId, JobRecord)>> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_LEASE_WAIT);
+        loop {
+            let queued = self.events.next_queued();
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            let lease = format!("{}{}", lease_prefix(account), &random[..12]);
+            let worker_id = WorkerId::parse(&lease)
+                .map_err(|_| crate::storage::StoreError::Corrupt(lease.clone()))?;
+            if let Some(job) = self.claim(&worker_id, engines).await? {
+                self.events.changed(job.id);
+                return Ok(Some((worker_id, job)));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            // Woken by a job queued in this process; other processes' jobs are polled for.
+            let _ =
+                tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), queued).await;
+        }
+    }
+
+    /// The running job `id` when `lease` is `account`'s and the job runs under it now.
+    pub async fn leased_job(
+        &self,
+        account: uuid::Uuid,
+        id: JobId,
+        lease: &str,
+    ) -> StoreResult<Option<(WorkerId, JobRecord)>> {
+        let Some(worker_id) = own_lease(account, lease) else {
+            return Ok(None);
+        };
+        // The lease, not a caller's tenant, decides the row: it names exactly one running job.
+        let scope = JobScope {
+            tenant: TenantScope::by_trusted_id(),
+            user: None,
+        };
+        let job = self.store.job(scope, id).await?;
+        Ok(job
+            .filter(|j| {
+                j.status == crate::domain::JobStatus::Running
+                    && j.worker_id.as_ref() == Some(&worker_id)
+            })
+            .map(|j| (worker_id, j)))
+    }
+
+    /// Renews `account`'s lease on job `id` and records its progress; `None` when the job is no
+    /// longer under that lease (cancelled, deleted, expired and taken over).
+    pub async fn heartbeat_remote(
+        &self,
+        account: uuid::Uuid,
+        id: JobId,
+        lease: &str,
+        stage: Stage,
+        progress: f64,
+    ) -> StoreResult<Option<Duration>> {
+        let Some(worker_id) = own_lease(account, lease) else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if !self
+            .store
+            .heartbeat(id, &worker_id, now, now + self.settings.lease)
+            .await?
+        {
+            return Ok(None);
+        }
+        if self
+            .store
+            .set_progress(id, &worker_id, stage, progress.clamp(0.0, 1.0), now)
+            .await?
+        {
+            self.events.changed(id);
+        }
+        Ok(Some(self.settings.lease))
+    }
+
+    /// Records a remote worker's failure: back to the queue when it asks for a retry and attempts
+    /// remain, else the job fails. `false` when the job is not under that lease.
+    pub async fn fail_remote(
+        &self,
+        account: uuid::Uuid,
+        id: JobId,
+        lease: &str,
+        failure: RemoteFailure,
+    ) -> StoreResult<bool> {
+        let Some((worker_id, job)) = self.leased_job(account, id, lease).await? else {
+            return Ok(false);
+        };
+        if failure.retry
+            && self
+                .requeue(&worker_id, &job, &failure.code, &failure.detail)
+                .await
+        {
+            return Ok(true);
+        }
+        tracing::warn!(job = %job.id, code = %failure.code, server_side = failure.server_side, detail = %failure.detail, "job failed on a remote worker");
+        let outcome = JobOutcome::Failed {
+            code: failure.code,
+            message: failure.message,
+            detail: failure.detail,
+            refund: failure.server_side,
+        };
+        Ok(self.record_end(&worker_id, &job, &outcome).await)
+    }
+}
+
+/// Why an uploaded result was refused; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultRejection {
+    #[error("the result is not an MP4 with an H.264 video stream: {0}")]
+    NotMp4(String),
+}
+
+impl ResultRejection {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ResultRejection::NotMp4(_) => "result_not_mp4",
+        }
+    }
+}
+
+impl VideoService {
+    /// Checks an uploaded result (a sane MP4 with H.264 video), stores it as the job's video and
+    /// records the job's success. `Ok(false)`: the job is not under that lease.
+    pub async fn accept_result(
+        &self,
+        account: uuid::Uuid,
+        id: JobId,
+        lease: &str,
+        file: &std::path::Path,
+        bytes: u64,
+    ) -> anyhow::Result<Result<bool, ResultRejection>> {
+        let Some((worker_id, job)) = self.leased_job(account, id, lease).await? else {
+            return Ok(Ok(false));
+        };
+        if let Err(err) = crate::media::mp4guard::check(file) {
+            return Ok(Err(ResultRejection::NotMp4(err.to_string())));
+        }
+        match crate::media::ffmpeg::probe(file).await {
+            Ok(info) if info.video_codec.as_deref() == Some("h264") && info.nb_frames > 0 => {}
+            Ok(info) => {
+                return Ok(Err(ResultRejection::NotMp4(format!(
+                    "video codec {:?}, {} frames",
+                    info.video_codec, info.nb_frames
+                ))))
+            }
+            Err(err) => return Ok(Err(ResultRejection::NotMp4(err.to_string()))),
+        }
+        let key = super::result_key(job.tenant_id, job.id);
+        let _ = self
+            .store
+            .set_progress(id, &worker_id, Stage::Storing, 1.0, now_ms())
+            .await;
+        self.blobs.put_file(&key, file).await?;
+        let outcome = JobOutcome::Succeeded {
+            result_key: key,
+            result_bytes: bytes as i64,
+        };
+        Ok(Ok(self.record_end(&worker_id, &job, &outcome).await))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_belongs_to_the_account_named_in_it() {
+        let account = uuid::Uuid::new_v4();
+        let lease = format!("{}0123456789ab", lease_prefix(account));
+        assert!(own_lease(account, &lease).is_some());
+        assert!(own_lease(uuid::Uuid::new_v4(), &lease).is_none());
+        assert!(own_lease(account, &format!("{lease}0")).is_none());
+        assert!(own_lease(account, "0123456789ab-0").is_none());
+    }
+
+    #[test]
+    fn remote_failures_are_validated() {
+        let parse = |code: &str, message: &str| {
+            RemoteFailure::parse(code.into(), message.into(), String::new(), true, false)
+        };
+        assert!(parse("gpu_out_of_memory", "out of memory").is_ok());
+        assert_eq!(parse("Bad-Code", "x").unwrap_err().0, "code");
+        assert_eq!(parse("x", "two\nlines").unwrap_err().0, "message");
+        assert_eq!(parse("x", &"m".repeat(301)).unwrap_err().0, "message");
+    }
+}
