@@ -103,7 +103,8 @@ impl Work {
 }
 
 /// An instance's speed after one more job measured at `sample` seconds per reference second: the
-/// moving average from its stored speed, or from `seed` when it has none. `None` when the sample is
+/// moving average from its stored speed; its first measurement replaces the configured `seed` (a
+/// guess, often far off for the operator's hardware). `None` when the sample is
 /// implausible and should be ignored.
 pub fn next_speed(current: Option<(f64, i64)>, seed: f64, sample: f64) -> Option<(f64, i64)> {
     if !sample.is_finite() || !(PLAUSIBLE_SPEED.0..=PLAUSIBLE_SPEED.1).contains(&sample) {
@@ -112,6 +113,9 @@ pub fn next_speed(current: Option<(f64, i64)>, seed: f64, sample: f64) -> Option
     let (speed, samples) = current.unwrap_or((seed, 0));
     if samples >= SETTLED_SAMPLES && !(speed / MAX_JUMP..=speed * MAX_JUMP).contains(&sample) {
         return None;
+    }
+    if samples == 0 {
+        return Some((sample, 1));
     }
     Some((speed + ALPHA * (sample - speed), samples + 1))
 }

@@ -94,6 +94,13 @@ async fn the_backlog_waits_in_the_gateway_and_jobs_spread_over_free_instances() 
         let events = follow(&server, &admin.access, id).await;
         assert_eq!(events.last().unwrap()["status"], "succeeded");
     }
+    for fake in [&a, &b] {
+        let mut runs = fake.timeline();
+        runs.sort_by_key(|r| r.1);
+        for pair in runs.windows(2) {
+            assert!(pair[1].1 >= pair[0].2, "one prompt at a time per server");
+        }
+    }
     assert_eq!(a.peak_in_flight(), 1, "ComfyUI never holds a backlog");
     assert_eq!(b.peak_in_flight(), 1, "ComfyUI never holds a backlog");
     assert_eq!(a.received().len() + b.received().len(), 4);

@@ -18,6 +18,9 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of an error body is kept for the log.
 const BODY_TAIL: usize = 2000;
+/// Largest JSON answer read (stats, node definitions, history, queue): a hostile or broken server
+/// must not make the gateway buffer gigabytes.
+const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why a call to ComfyUI failed.
 #[derive(Debug, thiserror::Error)]
@@ -202,10 +205,9 @@ impl ComfyClient {
         what: &'static str,
         response: reqwest::Response,
     ) -> Result<T, ComfyError> {
-        let bytes = response.bytes().await.map_err(|e| ComfyError::Protocol {
-            what,
-            reason: without_url(&e),
-        })?;
+        let bytes = read_capped(response, MAX_JSON_BYTES)
+            .await
+            .map_err(|reason| ComfyError::Protocol { what, reason })?;
         serde_json::from_slice(&bytes).map_err(|e| ComfyError::Protocol {
             what,
             reason: format!("unexpected answer: {e}"),
@@ -289,7 +291,7 @@ impl ComfyClient {
                 what: "prompt",
                 reason: format!(
                     "asked for prompt id {prompt_id}, got {} (ComfyUI too old to take a client's id?)",
-                    queued.prompt_id
+                    clip(&queued.prompt_id, 100)
                 ),
             });
         }
@@ -446,7 +448,7 @@ pub fn rejection_summary(body: &Value) -> String {
     if parts.is_empty() {
         parts.push(format!("400 {}", truncate(&body.to_string())));
     }
-    parts.join("; ").replace('\n', " ")
+    clip(&parts.join("; "), BODY_TAIL)
 }
 
 /// reqwest's error without the URL it carries (the query of `/view` is ours, but the base may
@@ -465,8 +467,46 @@ fn without_url(err: &reqwest::Error) -> String {
     text
 }
 
+/// Reads at most `max` bytes of a body; more is an error (the rest is never read).
+async fn read_capped(response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| without_url(&e))?;
+        if body.len() + chunk.len() > max {
+            return Err(format!("the answer is larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The start of an error body, for the log: reading stops after `BODY_TAIL` bytes.
 async fn body_tail(response: reqwest::Response) -> String {
-    truncate(&response.text().await.unwrap_or_default())
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= BODY_TAIL {
+            break;
+        }
+    }
+    truncate(&String::from_utf8_lossy(&body))
+}
+
+/// Text a ComfyUI server sent, made safe to store, log and show: one line without control
+/// characters, at most `max` bytes (cut on a character boundary, marked with an ellipsis).
+pub fn clip(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn truncate(text: &str) -> String {

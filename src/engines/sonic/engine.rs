@@ -129,8 +129,10 @@ impl Engine for SonicEngine {
         }
     }
 
+    /// Twice the server places: a server is released as soon as its result is downloaded, so
+    /// while one worker conforms that video another already runs the next job there.
     fn lanes(&self) -> Option<usize> {
-        Some(self.pool.lanes())
+        Some(2 * self.pool.lanes())
     }
 
     fn capacity(&self) -> Option<usize> {

@@ -3,7 +3,10 @@
 
 use serde_json::Value;
 
-use super::client::{ComfyError, FileRef, HistoryEntry};
+use super::client::{clip, ComfyError, FileRef, HistoryEntry};
+
+/// Longest failure detail kept from ComfyUI's text (stored with the job and logged).
+const MAX_DETAIL: usize = 2000;
 use crate::engines::EngineError;
 
 /// The video file a finished prompt produced, or why there is none.
@@ -42,7 +45,7 @@ pub fn outcome(entry: &HistoryEntry, output_node: &str) -> Result<FileRef, Engin
                 entry
                     .outputs
                     .get(output_node)
-                    .map_or("no output".to_owned(), Value::to_string)
+                    .map_or("no output".to_owned(), |v| clip(&v.to_string(), 500))
             ),
         )
     })
@@ -76,7 +79,7 @@ pub fn execution_error(data: &Value) -> EngineError {
         data["node_id"].as_str().unwrap_or("?"),
         data["node_type"].as_str().unwrap_or("?")
     );
-    let detail = format!("{kind} in {node}: {message}");
+    let detail = clip(&format!("{kind} in {node}: {message}"), MAX_DETAIL);
     if is_out_of_memory(kind, message) {
         EngineError::server("gpu_out_of_memory", detail)
     } else {

@@ -14,7 +14,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use super::client::{ComfyClient, ComfyError};
+use super::client::{clip, ComfyClient, ComfyError};
+
+/// Longest `last_error` kept for an instance.
+const MAX_ERROR: usize = 500;
 use super::workflow::Models;
 use crate::time::{now_ms, UnixMillis};
 
@@ -80,6 +83,10 @@ struct State {
     vram_free: Option<u64>,
     jobs_done: u64,
     jobs_failed: u64,
+    /// Jobs that lost this instance since its last successful job, and until when it gets no new
+    /// one: a server that passes health checks but fails jobs is not picked again at once.
+    job_failures: u32,
+    held_until: Option<Instant>,
 }
 
 /// One ComfyUI server.
@@ -182,10 +189,11 @@ impl Pool {
     /// The least busy healthy instance with room (the least recently used among equals).
     pub fn try_reserve(self: &Arc<Self>) -> Option<Lease> {
         let max = self.settings.max_in_flight;
+        let now = Instant::now();
         let mut best: Option<(usize, u64, &Arc<Instance>)> = None;
         for instance in &self.instances {
             let state = instance.state();
-            if !state.healthy || state.busy >= max {
+            if !state.healthy || state.busy >= max || state.held_until.is_some_and(|t| t > now) {
                 continue;
             }
             let key = (state.busy, instance.last_used.load(Ordering::Relaxed));
@@ -196,7 +204,7 @@ impl Pool {
         let (_, _, instance) = best?;
         let mut state = instance.state();
         // Checked again under the lock: another lane may have taken the room meanwhile.
-        if !state.healthy || state.busy >= max {
+        if !state.healthy || state.busy >= max || state.held_until.is_some_and(|t| t > now) {
             drop(state);
             return self.try_reserve();
         }
@@ -233,16 +241,26 @@ impl Pool {
         instance.state().next_check = Some(Instant::now());
     }
 
-    /// A job found its instance failing: skip it until a check passes (the next one is due now).
+    /// A job found its instance failing: skip it until a check passes (the next one is due now),
+    /// and give it no new job for a while that doubles with each job it fails in a row (1 s to
+    /// 60 s) however its health checks go, so a server that answers checks but fails jobs does
+    /// not burn the queue's attempts.
     pub fn report_failure(&self, instance: &Instance, error: &str) {
+        let error = clip(error, MAX_ERROR);
+        let hold;
         {
             let mut state = instance.state();
             state.healthy = false;
-            state.last_error = Some(error.to_owned());
+            state.jobs_failed += 1;
+            state.job_failures = state.job_failures.saturating_add(1);
+            hold = Duration::from_secs(1u64 << state.job_failures.saturating_sub(1).min(6))
+                .min(Duration::from_secs(60));
+            state.held_until = Some(Instant::now() + hold);
+            state.last_error = Some(error.clone());
             state.next_check = Some(Instant::now());
         }
         set_health_gauge(instance, false);
-        tracing::warn!(instance = %instance.name, error, "ComfyUI instance marked unhealthy");
+        tracing::warn!(instance = %instance.name, %error, hold_s = hold.as_secs(), "ComfyUI instance failed a job");
         self.changed.notify_waiters();
     }
 
@@ -251,6 +269,8 @@ impl Pool {
         let mut state = instance.state();
         if succeeded {
             state.jobs_done += 1;
+            state.job_failures = 0;
+            state.held_until = None;
         } else {
             state.jobs_failed += 1;
         }
@@ -285,6 +305,8 @@ impl Pool {
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(100), Duration::from_secs(1));
             tokio::time::sleep(wait).await;
+            // Instances whose hold after a failed job ended can be reserved again.
+            self.changed.notify_waiters();
         }
     }
 
@@ -309,6 +331,7 @@ impl Pool {
                     state.next_check = Some(Instant::now() + self.settings.health_interval);
                 }
                 Err(error) => {
+                    let error = clip(&error, MAX_ERROR);
                     state.healthy = false;
                     state.consecutive_failures = state.consecutive_failures.saturating_add(1);
                     // 1 s doubling, at most the check interval: a server that comes back is
@@ -415,11 +438,12 @@ struct Stats {
 async fn check_instance(client: &ComfyClient, models: &Models) -> Result<Stats, String> {
     let stats = client.system_stats().await.map_err(|e| e.to_string())?;
     let device = &stats["devices"][0];
+    // Shown to every user in GET /v1/engines: the server's text, kept short and on one line.
     let found = Stats {
         version: stats["system"]["comfyui_version"]
             .as_str()
-            .map(str::to_owned),
-        device: device["name"].as_str().map(str::to_owned),
+            .map(|v| clip(v, 64)),
+        device: device["name"].as_str().map(|d| clip(d, 100)),
         vram_total: device["vram_total"].as_u64(),
         vram_free: device["vram_free"].as_u64(),
     };
@@ -541,7 +565,12 @@ impl Requirement {
 
 /// A combo list for an error message, shortened.
 fn offered(choices: &[Value]) -> String {
-    let names: Vec<&str> = choices.iter().filter_map(Value::as_str).take(10).collect();
+    let names: Vec<String> = choices
+        .iter()
+        .filter_map(Value::as_str)
+        .take(10)
+        .map(|n| clip(n, 64))
+        .collect();
     let more = choices.len().saturating_sub(names.len());
     let mut text = if names.is_empty() {
         "none".to_owned()

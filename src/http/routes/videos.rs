@@ -114,8 +114,10 @@ impl From<IntakeError> for ApiError {
                 retry_after: Duration::from_secs(5),
             },
             IntakeError::EngineUnavailable { engine, reason } => {
-                // The reason names servers and their errors: for the log, not the caller.
-                tracing::warn!(%engine, %reason, "submission refused: engine unavailable");
+                // The reason names servers and their errors: not for the caller, and not logged per
+                // request either (a caller could flood the log); the pool logs each state change.
+                let _ = reason;
+                tracing::info!(%engine, "submission refused: engine unavailable");
                 ApiError::Busy {
                     code: "engine_unavailable",
                     detail: format!("no server can run engine {engine} right now; try again later"),
