@@ -471,6 +471,10 @@ pub async fn build_engines(config: &Config) -> anyhow::Result<crate::engines::En
                 image_limits,
             },
         )));
+    } else if config.remote_engines.iter().any(|e| e == "sonic") {
+        engines.add(Arc::new(crate::engines::remote_only::RemoteOnly {
+            capabilities: crate::engines::sonic::capabilities(),
+        }));
     }
     Ok(engines)
 }

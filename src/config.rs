@@ -108,6 +108,10 @@ pub struct Config {
     pub sonic_unet: String,
     #[serde(deserialize_with = "text")]
     pub sonic_dtype: String,
+    /// Engines whose jobs this process accepts though only remote workers run them (`sonic` on
+    /// an API server that does not reach the GPU hosts).
+    #[serde(deserialize_with = "list")]
+    pub remote_engines: Vec<String>,
     /// Prompts one ComfyUI server is given at once (1: the gateway's queue decides every order).
     pub comfyui_max_in_flight: usize,
     /// Seconds between health checks of a healthy ComfyUI server.
@@ -165,6 +169,7 @@ impl Default for Config {
             sonic_checkpoint: "svd_xt_1_1.safetensors".to_owned(),
             sonic_unet: "unet.pth".to_owned(),
             sonic_dtype: "fp16".to_owned(),
+            remote_engines: Vec::new(),
             comfyui_max_in_flight: 1,
             comfyui_health_interval_s: 10,
             sonic_workflow: String::new(),
@@ -221,6 +226,7 @@ impl fmt::Debug for Config {
             sonic_checkpoint,
             sonic_unet,
             sonic_dtype,
+            remote_engines,
             comfyui_max_in_flight,
             comfyui_health_interval_s,
             sonic_workflow,
@@ -284,6 +290,7 @@ impl fmt::Debug for Config {
             .field("sonic_checkpoint", sonic_checkpoint)
             .field("sonic_unet", sonic_unet)
             .field("sonic_dtype", sonic_dtype)
+            .field("remote_engines", remote_engines)
             .field("comfyui_max_in_flight", comfyui_max_in_flight)
             .field("comfyui_health_interval_s", comfyui_health_interval_s)
             .field("sonic_workflow", sonic_workflow)
@@ -390,6 +397,7 @@ const ENV_KEYS: &[&str] = &[
     "sonic_checkpoint",
     "sonic_unet",
     "sonic_dtype",
+    "remote_engines",
     "comfyui_max_in_flight",
     "comfyui_health_interval_s",
     "sonic_workflow",
@@ -446,6 +454,9 @@ impl Config {
         if !matches!(self.sonic_dtype.as_str(), "fp16" | "fp32" | "bf16") {
             bail!("sonic_dtype must be fp16, fp32 or bf16");
         }
+        if let Some(engine) = self.remote_engines.iter().find(|e| e.as_str() != "sonic") {
+            bail!("remote_engines: {engine:?} is not an engine that runs remotely (only sonic)");
+        }
         if !(1..=16).contains(&self.comfyui_max_in_flight) {
             bail!("comfyui_max_in_flight must be between 1 and 16");
         }
@@ -470,7 +481,8 @@ impl Config {
     pub fn default_engine(&self) -> &str {
         if !self.default_engine.is_empty() {
             &self.default_engine
-        } else if self.comfyui_urls.is_empty() {
+        } else if self.comfyui_urls.is_empty() && !self.remote_engines.iter().any(|e| e == "sonic")
+        {
             "builtin"
         } else {
             "sonic"

@@ -179,3 +179,37 @@ fn engine_speed_seeds_come_from_a_table_or_the_environment_and_must_be_plausible
         Ok(())
     });
 }
+
+#[test]
+fn pool_and_remote_engine_settings_are_checked() {
+    figment::Jail::expect_with(|jail| {
+        let config = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(
+            (
+                config.comfyui_max_in_flight,
+                config.comfyui_health_interval_s
+            ),
+            (1, 10)
+        );
+        jail.set_env("SONICGW_REMOTE_ENGINES", "sonic");
+        let config = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(config.remote_engines, ["sonic"]);
+        assert_eq!(
+            config.default_engine(),
+            "sonic",
+            "jobs go to the remote GPUs"
+        );
+        jail.set_env("SONICGW_REMOTE_ENGINES", "sonic, builtin");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("remote_engines"), "{err}");
+        jail.set_env("SONICGW_REMOTE_ENGINES", "sonic");
+        jail.set_env("SONICGW_COMFYUI_MAX_IN_FLIGHT", "0");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("comfyui_max_in_flight"), "{err}");
+        jail.set_env("SONICGW_COMFYUI_MAX_IN_FLIGHT", "2");
+        jail.set_env("SONICGW_COMFYUI_HEALTH_INTERVAL_S", "0");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("comfyui_health_interval_s"), "{err}");
+        Ok(())
+    });
+}

@@ -3,6 +3,7 @@
 //! the input files and returns a finished video.
 
 pub mod builtin;
+pub mod remote_only;
 pub mod simulated;
 pub mod sonic;
 

@@ -465,3 +465,44 @@ async fn client_credentials_with_a_wrong_secret_is_invalid_client() {
         assert!(started.elapsed() < Duration::from_secs(30));
     }
 }
+
+#[tokio::test]
+async fn an_api_server_without_gpu_access_queues_sonic_jobs_for_a_remote_sonic_worker() {
+    let fake = crate::fake_comfyui::FakeComfy::start().await;
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.workers = 0;
+        c.remote_engines = vec!["sonic".to_owned()];
+        c.job_lease_s = 30;
+    })
+    .await;
+    let admin = server.admin().await;
+    let credentials = create_worker(&server, "gpu-1").await;
+    let created = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    assert_eq!(created["engine"], "sonic", "sonic is the default engine");
+    let id = created["id"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sonicgw"))
+        .args(["worker", "--engine", "sonic", "--comfyui-url", &fake.url])
+        .env("SONICGW_SERVER", server.url(""))
+        .env("SONICGW_WORKER_CLIENT_ID", &credentials.0)
+        .env("SONICGW_WORKER_CLIENT_SECRET", &credentials.1)
+        .env("SONICGW_DATA_DIR", dir.path().join("data"))
+        .env("SONICGW_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("sonicgw worker starts");
+    let _worker = WorkerProcess { child, _dir: dir };
+    let events = follow(&server, &admin.access, id).await;
+    assert_eq!(events.last().unwrap()["status"], "succeeded", "{events:?}");
+    assert_eq!(
+        fake.received().len(),
+        1,
+        "the remote worker ran it on its ComfyUI"
+    );
+    let response = server
+        .get(&format!("/v1/videos/{id}/content"), &admin.access)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -94,26 +94,7 @@ impl Drop for PromptGuard {
 #[async_trait]
 impl Engine for SonicEngine {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            name: "sonic".to_owned(),
-            description: "Sonic (CVPR 2025) on a GPU through ComfyUI: diffusion-based talking \
-                          heads whose lips follow the audio."
-                .to_owned(),
-            // No motion_scale: Sonic has none (dynamic_scale scales all motion).
-            honours: [
-                "min_resolution",
-                "expand_ratio",
-                "inference_steps",
-                "dynamic_scale",
-                "seed",
-                "enable_lip_sync_correction",
-                "lip_sync_offset",
-            ]
-            .map(String::from)
-            .to_vec(),
-            min_resolution: 128,
-            max_resolution: 2048,
-        }
+        capabilities()
     }
 
     async fn health(&self) -> Health {
@@ -415,4 +396,28 @@ async fn check_length(remote: &Path, frames: u32) -> Result<(), EngineError> {
         ));
     }
     Ok(())
+}
+
+/// What the `sonic` engine honours, wherever it runs (here, or only on remote workers).
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        name: "sonic".to_owned(),
+        description: "Sonic (CVPR 2025) on a GPU through ComfyUI: diffusion-based talking \
+                      heads whose lips follow the audio."
+            .to_owned(),
+        // No motion_scale: Sonic has none (dynamic_scale scales all motion).
+        honours: [
+            "min_resolution",
+            "expand_ratio",
+            "inference_steps",
+            "dynamic_scale",
+            "seed",
+            "enable_lip_sync_correction",
+            "lip_sync_offset",
+        ]
+        .map(String::from)
+        .to_vec(),
+        min_resolution: 128,
+        max_resolution: 2048,
+    }
 }

@@ -18,7 +18,7 @@ pub mod workflow;
 
 use std::time::Duration;
 
-pub use engine::SonicEngine;
+pub use engine::{capabilities, SonicEngine};
 pub use pool::PoolSettings;
 
 use crate::media::image::ImageLimits;
