@@ -26,6 +26,8 @@ pub type SpeedUpdate<'a> = dyn Fn(Option<&EngineSpeed>) -> Option<EngineSpeed> +
 /// A job running on an engine or queued for it, with what its cost depends on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingWork {
+    /// The job's id, as stored.
+    pub id: String,
     pub status: JobStatus,
     /// The job's stored `params` and `output_plan` documents.
     pub params: String,

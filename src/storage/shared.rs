@@ -350,6 +350,7 @@ pub(super) fn work_ahead_from_rows(rows: &[impl StoredRow]) -> StoreResult<WorkA
     for row in rows {
         let status: JobStatus = parse_stored("jobs.status", &row.text("status")?)?;
         let work = PendingWork {
+            id: row.text("id")?,
             status,
             params: row.text("params")?,
             output_plan: row.text("output_plan")?,

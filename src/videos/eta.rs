@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::view::OutputPlan;
 use super::VideoService;
-use crate::domain::{JobStatus, SonicParams};
+use crate::domain::{JobId, JobStatus, SonicParams};
 use crate::engines::Engines;
 use crate::storage::estimates::EngineSpeed;
 use crate::storage::jobs::JobRecord;
@@ -363,6 +363,97 @@ impl VideoService {
                 Eta::default()
             }
         }
+    }
+
+    /// The estimates of a page of jobs with one queue query per engine, not one per job: the
+    /// queue ahead of the page's last queued job holds every earlier one's queue too. A job the
+    /// shared query does not reach (beyond its cap) is estimated on its own.
+    pub async fn etas(&self, jobs: &[JobRecord]) -> std::collections::HashMap<JobId, Eta> {
+        let mut etas = std::collections::HashMap::new();
+        let mut last_queued: std::collections::BTreeMap<&str, &JobRecord> = Default::default();
+        for job in jobs.iter().filter(|j| j.status == JobStatus::Queued) {
+            let later = |other: &JobRecord| {
+                (job.vtag, job.created_at, job.id.to_string())
+                    > (other.vtag, other.created_at, other.id.to_string())
+            };
+            let slot = last_queued.entry(job.engine.as_str()).or_insert(job);
+            if later(slot) {
+                *slot = job;
+            }
+        }
+        for (engine, last) in last_queued {
+            if let Err(err) = self.page_etas(engine, last, jobs, &mut etas).await {
+                tracing::warn!(engine, error = %err, "estimating a page's ETAs failed");
+            }
+        }
+        for job in jobs {
+            if let std::collections::hash_map::Entry::Vacant(slot) = etas.entry(job.id) {
+                slot.insert(self.eta(job).await);
+            }
+        }
+        etas
+    }
+
+    async fn page_etas(
+        &self,
+        engine: &str,
+        last: &JobRecord,
+        jobs: &[JobRecord],
+        etas: &mut std::collections::HashMap<JobId, Eta>,
+    ) -> anyhow::Result<()> {
+        let slots = self.slots(engine);
+        if slots == 0 {
+            return Ok(());
+        }
+        let costs = &self.costs;
+        costs.reload_if_stale().await;
+        let cost = |params: &str, output: &str| -> anyhow::Result<f64> {
+            Ok(costs.estimate(engine, None, Work::from_stored(params, output)?))
+        };
+        let ahead = self.store.work_ahead(last, MAX_JOBS_CONSIDERED).await?;
+        let now = now_ms();
+        let busy_for = ahead
+            .running
+            .iter()
+            .map(|w| {
+                let total = cost(&w.params, &w.output_plan)?;
+                Ok(remaining(total, elapsed_s(w.started_at, now)))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let queued = ahead
+            .queued
+            .iter()
+            .map(|w| cost(&w.params, &w.output_plan))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let position: std::collections::HashMap<&str, usize> = ahead
+            .queued
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.id.as_str(), i))
+            .collect();
+        for job in jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Queued && j.engine == engine)
+        {
+            let id = job.id.to_string();
+            let before = if job.id == last.id {
+                queued.len()
+            } else if let Some(index) = position.get(id.as_str()) {
+                *index
+            } else {
+                continue;
+            };
+            let start = start_after(slots, &busy_for, &queued[..before]);
+            let own = cost(&job.params, &job.output_plan)?;
+            etas.insert(
+                job.id,
+                Eta {
+                    start_s: start,
+                    done_s: start.map(|s| s + own),
+                },
+            );
+        }
+        Ok(())
     }
 
     async fn try_eta(&self, job: &JobRecord) -> anyhow::Result<Eta> {

@@ -121,7 +121,18 @@ impl VideoService {
 
     /// The job as `audience` sees it.
     pub async fn view_for(&self, job: &JobRecord, audience: Audience) -> anyhow::Result<JobView> {
-        let mut view = self.view(job).await?;
+        let eta = self.eta(job).await;
+        self.view_for_with_eta(job, audience, eta).await
+    }
+
+    /// The job as `audience` sees it, with its ETA already estimated (see `etas`).
+    pub async fn view_for_with_eta(
+        &self,
+        job: &JobRecord,
+        audience: Audience,
+        eta: super::eta::Eta,
+    ) -> anyhow::Result<JobView> {
+        let mut view = self.view_with_eta(job, eta).await?;
         if audience == Audience::Platform {
             if let Some(error) = view.error.as_mut() {
                 error.detail = job.error_detail.clone();

@@ -86,6 +86,16 @@ impl VideoService {
     /// The API view of a job, with its queue position and ETA while it waits or runs, and a fresh signed
     /// link when finished.
     pub async fn view(&self, job: &JobRecord) -> anyhow::Result<view::JobView> {
+        let eta = self.eta(job).await;
+        self.view_with_eta(job, eta).await
+    }
+
+    /// The view with an ETA already estimated (pages estimate all their jobs at once).
+    pub async fn view_with_eta(
+        &self,
+        job: &JobRecord,
+        eta: eta::Eta,
+    ) -> anyhow::Result<view::JobView> {
         let position = if job.status == crate::domain::JobStatus::Queued {
             Some(self.store.queue_position(job).await?)
         } else {
@@ -104,7 +114,6 @@ impl VideoService {
             _ => None,
         };
         let mut view = view::JobView::from_record(job, position, result)?;
-        let eta = self.eta(job).await;
         view.estimated_start_s = eta.start_s.map(view::tenths);
         view.eta_s = eta.done_s.map(view::tenths);
         Ok(view)

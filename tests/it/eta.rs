@@ -160,6 +160,26 @@ async fn queued_jobs_start_after_the_jobs_ahead_of_them() {
         assert!((eta - start - cost).abs() < 0.2, "job {i}: {queued}");
         previous_start = start;
     }
+
+    // A page estimates all its jobs with one queue query per engine: the same answers.
+    let page: Value = server
+        .get("/v1/videos?status=queued", &admin.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{page}");
+    for item in items {
+        let alone = job(&server, &admin.access, item["id"].as_str().unwrap()).await;
+        for field in ["estimated_start_s", "eta_s"] {
+            let (listed, single) = (seconds(item, field), seconds(&alone, field));
+            assert!(
+                (listed - single).abs() < 0.5,
+                "{field}: listed {listed}, alone {single}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

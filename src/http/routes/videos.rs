@@ -284,8 +284,16 @@ pub async fn list(
         .page(caller.job_scope(), status, after, limit)
         .await?;
     let mut items = Vec::with_capacity(page.jobs.len());
+    // One queue query per engine for the whole page, not one per queued job.
+    let etas = state.videos.etas(&page.jobs).await;
     for job in &page.jobs {
-        items.push(state.videos.view_for(job, audience(&caller)).await?);
+        let eta = etas.get(&job.id).copied().unwrap_or_default();
+        items.push(
+            state
+                .videos
+                .view_for_with_eta(job, audience(&caller), eta)
+                .await?,
+        );
     }
     Ok(Json(JobPage {
         items,
