@@ -127,9 +127,10 @@ impl WorkerAccounts {
         client_secret: &str,
     ) -> Result<IssuedWorkerToken, GrantError> {
         let address = context.client_ip.clone().unwrap_or_default();
-        // Its own key space: a client id can never collide with a username's failures.
+        // Throttled by address only: a secret is 256 random bits, so counting failures per client
+        // id would guard nothing and let anyone who knows the id lock its worker out.
         let attempt = match throttle
-            .begin(&format!("client:{client_id}"), &address)
+            .begin(&format!("client-from:{address}"), &address)
             .await
         {
             Ok(attempt) => attempt,

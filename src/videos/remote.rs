@@ -41,7 +41,7 @@ impl RemoteFailure {
         {
             return Err(("code", "1 to 64 of a-z and _"));
         }
-        if message.chars().count() > 300 || message.contains(['\n', '\r']) {
+        if message.chars().count() > 300 || message.chars().any(hidden_or_control) {
             return Err(("message", "one line of at most 300 characters"));
         }
         if detail.chars().count() > 4000 {
@@ -174,7 +174,7 @@ impl VideoService {
         {
             return Ok(true);
         }
-        tracing::warn!(job = %job.id, code = %failure.code, server_side = failure.server_side, detail = %failure.detail, "job failed on a remote worker");
+        tracing::warn!(job = %job.id, code = %failure.code, server_side = failure.server_side, detail = ?failure.detail, "job failed on a remote worker");
         let outcome = JobOutcome::Failed {
             code: failure.code,
             message: failure.message,
@@ -241,6 +241,14 @@ impl VideoService {
     }
 }
 
+/// Characters a one-line message shown to users must not hold: controls (line breaks, terminal
+/// escapes) and invisible format characters (bidirectional overrides, zero-width, line and
+/// paragraph separators).
+fn hidden_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +271,10 @@ mod tests {
         assert!(parse("gpu_out_of_memory", "out of memory").is_ok());
         assert_eq!(parse("Bad-Code", "x").unwrap_err().0, "code");
         assert_eq!(parse("x", "two\nlines").unwrap_err().0, "message");
+        for hidden in ["m\u{2028}x", "red\u{1b}[31m", "rtl\u{202E}gpj.exe", "nul\0"] {
+            assert_eq!(parse("x", hidden).unwrap_err().0, "message", "{hidden:?}");
+        }
+        assert!(parse("x", "GPU 显存不足, retry later").is_ok());
         assert_eq!(parse("x", &"m".repeat(301)).unwrap_err().0, "message");
     }
 }

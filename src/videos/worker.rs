@@ -229,8 +229,20 @@ impl VideoService {
                 // Cancelled or deleted while the engine was finishing: its video is not wanted.
                 tracing::info!(job = %job.id, "job ended elsewhere before it finished here");
                 if let JobOutcome::Succeeded { result_key, .. } = outcome {
-                    if let Err(err) = self.blobs.delete(result_key).await {
-                        tracing::warn!(job = %job.id, error = %err, "removing an unwanted result failed");
+                    // Another upload of this job (a worker's retried request) may have succeeded
+                    // with the same key: its video stays.
+                    let scope = crate::storage::jobs::JobScope {
+                        tenant: crate::storage::TenantScope::by_trusted_id(),
+                        user: None,
+                    };
+                    let succeeded = matches!(
+                        self.store.job(scope, job.id).await,
+                        Ok(Some(now)) if now.status == JobStatus::Succeeded
+                    );
+                    if !succeeded {
+                        if let Err(err) = self.blobs.delete(result_key).await {
+                            tracing::warn!(job = %job.id, error = %err, "removing an unwanted result failed");
+                        }
                     }
                 }
                 false

@@ -243,6 +243,12 @@ pub async fn heartbeat(
     if !(0.0..=1.0).contains(&request.progress) {
         return Err(ApiError::invalid("progress", "between 0 and 1"));
     }
+    if request.stage == Stage::Queued {
+        return Err(ApiError::invalid(
+            "stage",
+            "a running job's stage, not queued",
+        ));
+    }
     let renewed = state
         .videos
         .heartbeat_remote(
