@@ -411,20 +411,7 @@ impl VideoService {
             Ok(costs.estimate(engine, None, Work::from_stored(params, output)?))
         };
         let ahead = self.store.work_ahead(last, MAX_JOBS_CONSIDERED).await?;
-        let now = now_ms();
-        let busy_for = ahead
-            .running
-            .iter()
-            .map(|w| {
-                let total = cost(&w.params, &w.output_plan)?;
-                Ok(remaining(total, elapsed_s(w.started_at, now)))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let queued = ahead
-            .queued
-            .iter()
-            .map(|w| cost(&w.params, &w.output_plan))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (busy_for, queued) = self.queue_costs(engine, &ahead)?;
         let position: std::collections::HashMap<&str, usize> = ahead
             .queued
             .iter()
@@ -456,6 +443,35 @@ impl VideoService {
         Ok(())
     }
 
+    /// The queue ahead as the scheduler needs it: how long each running job still holds its slot,
+    /// and each queued job's cost, in dispatch order.
+    fn queue_costs(
+        &self,
+        engine: &str,
+        ahead: &crate::storage::estimates::WorkAhead,
+    ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+        let cost = |params: &str, output: &str| -> anyhow::Result<f64> {
+            Ok(self
+                .costs
+                .estimate(engine, None, Work::from_stored(params, output)?))
+        };
+        let now = now_ms();
+        let busy_for = ahead
+            .running
+            .iter()
+            .map(|w| {
+                let total = cost(&w.params, &w.output_plan)?;
+                Ok(remaining(total, elapsed_s(w.started_at, now)))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let queued = ahead
+            .queued
+            .iter()
+            .map(|w| cost(&w.params, &w.output_plan))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((busy_for, queued))
+    }
+
     async fn try_eta(&self, job: &JobRecord) -> anyhow::Result<Eta> {
         let costs = &self.costs;
         let cost = |params: &str, output: &str| -> anyhow::Result<f64> {
@@ -478,20 +494,7 @@ impl VideoService {
                 }
                 costs.reload_if_stale().await;
                 let ahead = self.store.work_ahead(job, MAX_JOBS_CONSIDERED).await?;
-                let now = now_ms();
-                let busy_for = ahead
-                    .running
-                    .iter()
-                    .map(|w| {
-                        let total = cost(&w.params, &w.output_plan)?;
-                        Ok(remaining(total, elapsed_s(w.started_at, now)))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let queued = ahead
-                    .queued
-                    .iter()
-                    .map(|w| cost(&w.params, &w.output_plan))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let (busy_for, queued) = self.queue_costs(&job.engine, &ahead)?;
                 let start = start_after(slots, &busy_for, &queued);
                 let own = cost(&job.params, &job.output_plan)?;
                 Ok(Eta {
