@@ -533,6 +533,7 @@ async fn video_service(
             work_dir,
         },
         costs,
+        remote: crate::videos::presence::RemoteCapacity::new(Arc::clone(&core.store)),
     })
 }
 

@@ -108,8 +108,11 @@ enum AdminCommand {
     CreateWorker { name: String },
     /// Disable a worker's service account: its worker is refused at its next call.
     DisableWorker { name: String },
-    /// Enable a disabled worker's service account.
+    /// Enable a disabled worker's service account (tokens issued before it was disabled stay refused).
     EnableWorker { name: String },
+    /// Give a worker's service account a new secret, shown once: tokens issued with the old one are
+    /// refused at once.
+    RotateWorkerSecret { name: String },
     /// List the workers' service accounts.
     ListWorkers,
 }
@@ -416,6 +419,17 @@ async fn admin(command: AdminCommand, config: &Config) -> anyhow::Result<()> {
                 .set_disabled(&context, &name, false)
                 .await?;
             println!("worker enabled");
+        }
+        AdminCommand::RotateWorkerSecret { name } => {
+            let rotated = WorkerAccounts::new(&core.accounts)
+                .rotate_secret(&context, &name)
+                .await?;
+            println!("new secret for worker {name}: its old tokens are refused from now on");
+            println!("SONICGW_WORKER_CLIENT_ID={}", rotated.account.client_id);
+            println!(
+                "SONICGW_WORKER_CLIENT_SECRET={} (shown only now)",
+                rotated.client_secret
+            );
         }
         AdminCommand::ListWorkers => {
             for account in WorkerAccounts::new(&core.accounts).list().await? {

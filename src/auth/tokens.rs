@@ -401,7 +401,12 @@ impl Tokens {
     }
 
     /// Signs an access token for a remote worker's service account (scope `worker`).
-    pub fn issue_worker(&self, account: uuid::Uuid) -> anyhow::Result<IssuedWorkerToken> {
+    /// A token for `account` in its current token `generation` (see `WorkerAccount`).
+    pub fn issue_worker(
+        &self,
+        account: uuid::Uuid,
+        generation: i64,
+    ) -> anyhow::Result<IssuedWorkerToken> {
         let now = now_s();
         let claims = WorkerClaims {
             iss: self.settings.issuer.clone(),
@@ -412,6 +417,7 @@ impl Tokens {
             nbf: now,
             exp: now + self.settings.ttl_s,
             jti: Jti::generate(),
+            gen: generation,
         };
         let ring = self.key_ring();
         let mut header = Header::new(ring.signing.alg.jwt_algorithm());
@@ -466,6 +472,8 @@ pub struct WorkerClaims {
     pub nbf: i64,
     pub exp: i64,
     pub jti: Jti,
+    /// The account's token generation when it was issued: a token of an older one is refused.
+    pub gen: i64,
 }
 
 /// A freshly signed worker token.

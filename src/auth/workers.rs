@@ -73,6 +73,7 @@ impl WorkerAccounts {
             disabled: false,
             created_at: now_ms(),
             last_seen_at: None,
+            token_generation: 0,
         };
         match self.store.insert_worker_account(&account).await {
             Err(StoreError::Conflict) => anyhow::bail!("a worker named {name} already exists"),
@@ -110,6 +111,34 @@ impl WorkerAccounts {
             )
             .await;
         Ok(account)
+    }
+
+    /// Gives the named account a new secret (shown once) and refuses every token issued with the
+    /// old one; its worker is refused at its next call until it is given the new secret.
+    pub async fn rotate_secret(
+        &self,
+        context: &AuditContext,
+        name: &str,
+    ) -> anyhow::Result<CreatedWorker> {
+        let client_secret = random_base64url(32);
+        let secret = zeroize::Zeroizing::new(client_secret.clone());
+        let secret_hash =
+            tokio::task::spawn_blocking(move || super::password::hash_blocking(&secret)).await?;
+        let Some(account) = self.store.set_worker_secret(name, &secret_hash).await? else {
+            anyhow::bail!("no worker named {name}");
+        };
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new(AuditAction::WorkerUpdate, Outcome::Success)
+                    .target(account.id)
+                    .reason("secret_rotated"),
+            )
+            .await;
+        Ok(CreatedWorker {
+            account,
+            client_secret,
+        })
     }
 
     pub async fn list(&self) -> anyhow::Result<Vec<WorkerAccount>> {
@@ -170,7 +199,7 @@ impl WorkerAccounts {
         }
         attempt.succeeded();
         let account = account.expect("refused above when absent");
-        let issued = tokens.issue_worker(account.id)?;
+        let issued = tokens.issue_worker(account.id, account.token_generation)?;
         self.store
             .touch_worker_account(account.id, now_ms())
             .await?;

@@ -186,6 +186,8 @@ impl FromRequestParts<AppState> for Caller {
 #[derive(Debug, Clone)]
 pub struct WorkerCaller {
     pub account_id: uuid::Uuid,
+    /// The service account's name (`admin create-worker NAME`).
+    pub account_name: String,
     pub claims: Arc<crate::auth::tokens::WorkerClaims>,
     pub client: ClientInfo,
 }
@@ -212,14 +214,20 @@ impl FromRequestParts<AppState> for WorkerCaller {
             .worker_account(claims.sub)
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
-        if account.is_none_or(|a| a.disabled) {
+        let Some(account) = account.filter(|a| !a.disabled) else {
             crate::metrics::auth_failure("client_disabled");
             tracing::info!(account = %claims.sub, "worker token of a disabled or deleted account refused");
+            return Err(ApiError::Unauthorized(TokenRejection::Revoked));
+        };
+        if claims.gen != account.token_generation {
+            crate::metrics::auth_failure("token_superseded");
+            tracing::info!(account = %claims.sub, "worker token issued before the account was disabled or its secret rotated refused");
             return Err(ApiError::Unauthorized(TokenRejection::Revoked));
         }
         let Ok(client) = ClientInfo::from_request_parts(parts, state).await;
         Ok(WorkerCaller {
             account_id: claims.sub,
+            account_name: account.name,
             claims: Arc::new(claims),
             client,
         })

@@ -78,6 +78,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(engines::list))
         .routes(routes!(webhooks::get, webhooks::rotate))
         .routes(routes!(worker::lease))
+        .routes(routes!(worker::presence))
         .routes(routes!(worker::input))
         .routes(routes!(worker::heartbeat))
         .routes(routes!(worker::fail))

@@ -26,6 +26,9 @@ pub struct LeasedJob {
     pub output: serde_json::Value,
     pub image_url: String,
     pub audio_url: String,
+    /// Seconds the gateway expects the engine to take (its cost model), for progress estimates.
+    #[serde(default)]
+    pub expected_s: Option<f64>,
 }
 
 /// A granted lease.
@@ -151,6 +154,38 @@ impl Client {
         }
     }
 
+    /// Tells the gateway how many jobs of `engine` this process can run at once now (healthy GPU
+    /// places, or lanes), so that its queue ETAs count this host; `process` names this process.
+    /// Returns how long until the next report is due.
+    pub async fn report_presence(
+        &self,
+        process: &str,
+        engine: &str,
+        capacity: usize,
+    ) -> anyhow::Result<Duration> {
+        #[derive(Deserialize)]
+        struct Answer {
+            report_every_s: u64,
+        }
+        let url = format!("{}/v1/worker/presence", self.server);
+        let body = serde_json::json!({
+            "process": process,
+            "engines": [{ "engine": engine, "capacity": capacity }],
+        });
+        let response = self
+            .send(|http| http.post(&url).json(&body).timeout(Duration::from_secs(30)))
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "the presence report was refused: {}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        let answer: Answer = response.json().await?;
+        Ok(Duration::from_secs(answer.report_every_s.clamp(1, 300)))
+    }
+
     /// Downloads an input of a leased job to `path`.
     pub async fn download(&self, url: &str, lease: &str, path: &Path) -> anyhow::Result<()> {
         let mut response = self
@@ -200,15 +235,18 @@ impl Client {
         job: JobId,
         lease: &str,
         path: &Path,
+        instance: Option<&str>,
     ) -> anyhow::Result<Result<(), String>> {
         let digest = sha256_file(path).await?;
         let length = tokio::fs::metadata(path).await?.len();
         let url = format!("{}/v1/worker/jobs/{job}/result", self.server);
         let token = self.token().await?;
         let file = tokio::fs::File::open(path).await?;
-        let response = self
-            .http
-            .put(&url)
+        let mut request = self.http.put(&url);
+        if let Some(instance) = instance {
+            request = request.header("x-engine-instance", instance);
+        }
+        let response = request
             .bearer_auth(token)
             .header("x-lease-id", lease)
             .header("x-content-sha256", digest)

@@ -16,6 +16,8 @@ use crate::videos::view::{JobInput, OutputPlan};
 
 /// How long one lease request waits on the gateway.
 const LEASE_WAIT: Duration = Duration::from_secs(20);
+/// How soon a failed presence report is tried again.
+const PRESENCE_RETRY: Duration = Duration::from_secs(5);
 /// Progress is sent at most this often (a stage change at once).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -91,6 +93,7 @@ async fn run_job(
     mut stop: watch::Receiver<bool>,
 ) {
     let job = lease.job.id;
+    let instance = slot.instance().map(str::to_owned);
     let (progress_tx, progress_rx) = watch::channel((Stage::Preprocessing, 0.0));
     let out = dir.join("video.mp4");
     let work =
@@ -102,7 +105,10 @@ async fn run_job(
         _ = stop.wait_for(|s| *s) => Err(Interrupted::Stopping),
     };
     let reported = match outcome {
-        Ok(Ok(())) => match client.upload(job, &lease.lease_id, &out).await {
+        Ok(Ok(())) => match client
+            .upload(job, &lease.lease_id, &out, instance.as_deref())
+            .await
+        {
             Ok(Err(refusal)) => {
                 let err = EngineError::server(
                     "engine_failed",
@@ -205,7 +211,7 @@ async fn prepare_and_generate(
         output_height: output.height,
         frames: output.frames,
         workdir: dir.to_path_buf(),
-        expected_s: None,
+        expected_s: job.expected_s.filter(|s| s.is_finite() && *s > 0.0),
     };
     let progress: ProgressFn = Arc::new(move |stage, value| {
         progress_tx.send_replace((stage, value));
@@ -265,6 +271,49 @@ pub async fn serve(
         stop_tx.send_replace(true);
     });
     tracing::info!(engine = %options.engine, lanes, server = %options.server, "remote worker started");
-    run(client, engine, lanes, work_dir, stop).await;
+    let presence = tokio::spawn(report_presence(
+        Arc::clone(&client),
+        Arc::clone(&engine),
+        lanes,
+        stop.clone(),
+    ));
+    run(
+        Arc::clone(&client),
+        Arc::clone(&engine),
+        lanes,
+        work_dir,
+        stop,
+    )
+    .await;
+    let _ = presence.await;
     Ok(())
+}
+
+/// Reports this process's capacity (healthy GPU places, or its lanes) to the gateway as often as it
+/// asks, and zero when stopping, so that the gateway's ETAs count exactly the hosts that can run jobs.
+async fn report_presence(
+    client: Arc<Client>,
+    engine: Arc<dyn Engine>,
+    lanes: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let process = uuid::Uuid::new_v4().simple().to_string();
+    let name = engine.capabilities().name;
+    loop {
+        let capacity = engine.capacity().unwrap_or(lanes);
+        let every = match client.report_presence(&process, &name, capacity).await {
+            Ok(next) => next,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "reporting this worker's capacity failed");
+                PRESENCE_RETRY
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    if let Err(err) = client.report_presence(&process, &name, 0).await {
+        tracing::debug!(error = %format!("{err:#}"), "withdrawing this worker's capacity failed");
+    }
 }

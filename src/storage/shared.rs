@@ -378,7 +378,7 @@ pub(super) fn work_ahead_from_rows(rows: &[impl StoredRow]) -> StoreResult<WorkA
 
 /// The columns `worker_account_from_row` reads.
 pub(super) const WORKER_ACCOUNT_COLUMNS: &str =
-    "id, name, client_id, secret_hash, disabled, created_at, last_seen_at";
+    "id, name, client_id, secret_hash, disabled, created_at, last_seen_at, token_generation";
 
 /// A row of `WORKER_ACCOUNT_COLUMNS`.
 pub(super) fn worker_account_from_row(
@@ -392,6 +392,7 @@ pub(super) fn worker_account_from_row(
         disabled: row.flag("disabled")?,
         created_at: row.instant("created_at")?,
         last_seen_at: row.opt_instant("last_seen_at")?,
+        token_generation: row.int("token_generation")?,
     })
 }
 

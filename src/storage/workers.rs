@@ -16,6 +16,17 @@ pub struct WorkerAccount {
     pub disabled: bool,
     pub created_at: UnixMillis,
     pub last_seen_at: Option<UnixMillis>,
+    /// Worker tokens carry the generation they were issued in, and only the current one is
+    /// honoured: disabling the account or replacing its secret increments it, so re-enabling the
+    /// account does not revive old tokens.
+    pub token_generation: i64,
+}
+
+/// What one `sonicgw worker` process said it can run: `capacity` jobs of `engine` at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Presence {
+    pub engine: String,
+    pub capacity: u32,
 }
 
 /// Storage of worker service accounts.
@@ -29,11 +40,37 @@ pub trait WorkerAccountStore: Send + Sync {
         client_id: &str,
     ) -> StoreResult<Option<WorkerAccount>>;
     async fn worker_accounts(&self) -> StoreResult<Vec<WorkerAccount>>;
-    /// Disables or enables the named account; `None` when there is none.
+    /// Disables or enables the named account; disabling also starts a new token generation.
+    /// `None` when there is none.
     async fn set_worker_disabled(
         &self,
         name: &str,
         disabled: bool,
     ) -> StoreResult<Option<WorkerAccount>>;
+    /// Replaces the named account's secret and starts a new token generation.
+    async fn set_worker_secret(
+        &self,
+        name: &str,
+        secret_hash: &str,
+    ) -> StoreResult<Option<WorkerAccount>>;
     async fn touch_worker_account(&self, id: uuid::Uuid, now: UnixMillis) -> StoreResult<()>;
+    /// Records what a worker `process` of `account` can run now, replacing its earlier report,
+    /// and forgets reports older than `forget_before`.
+    async fn record_presence(
+        &self,
+        account: uuid::Uuid,
+        process: &str,
+        engines: &[Presence],
+        now: UnixMillis,
+        forget_before: UnixMillis,
+    ) -> StoreResult<()>;
+    /// How many processes of `account` reported since `since` (other than `process`).
+    async fn other_present_processes(
+        &self,
+        account: uuid::Uuid,
+        process: &str,
+        since: UnixMillis,
+    ) -> StoreResult<u64>;
+    /// The capacity per engine that enabled accounts' processes reported since `since`.
+    async fn remote_capacity(&self, since: UnixMillis) -> StoreResult<Vec<Presence>>;
 }

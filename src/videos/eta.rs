@@ -346,11 +346,17 @@ fn elapsed_s(started_at: Option<UnixMillis>, now: UnixMillis) -> f64 {
 }
 
 impl VideoService {
-    /// How many of `engine`'s jobs can run at once: what the engine says, or the in-process workers.
-    fn slots(&self, engine: &str) -> usize {
-        self.engines
-            .get(engine)
-            .map_or(0, |e| e.capacity().unwrap_or(self.settings.workers))
+    /// How many of `engine`'s jobs can run at once: this process's (what the engine says, or the
+    /// in-process workers; none without workers or for an engine that runs only remotely) plus what
+    /// the remote workers reported.
+    async fn slots(&self, engine: &str) -> usize {
+        let local = match self.engines.get(engine) {
+            Some(_) if self.settings.workers == 0 => 0,
+            Some(e) if e.lanes() == Some(0) => 0,
+            Some(e) => e.capacity().unwrap_or(self.settings.workers),
+            None => 0,
+        };
+        local + self.remote.slots(engine).await
     }
 
     /// The job's estimated start and end. Never fails the view it is part of: a problem is logged and
@@ -401,7 +407,7 @@ impl VideoService {
         jobs: &[JobRecord],
         etas: &mut std::collections::HashMap<JobId, Eta>,
     ) -> anyhow::Result<()> {
-        let slots = self.slots(engine);
+        let slots = self.slots(engine).await;
         if slots == 0 {
             return Ok(());
         }
@@ -488,7 +494,7 @@ impl VideoService {
                 })
             }
             JobStatus::Queued => {
-                let slots = self.slots(&job.engine);
+                let slots = self.slots(&job.engine).await;
                 if slots == 0 {
                     return Ok(Eta::default());
                 }

@@ -7,6 +7,7 @@ pub mod eta;
 pub mod events;
 pub mod intake;
 pub mod jobs;
+pub mod presence;
 pub mod remote;
 pub mod view;
 pub mod webhook;
@@ -67,6 +68,8 @@ pub struct VideoService {
     pub settings: VideoSettings,
     /// Engine speeds, for ETAs.
     pub costs: eta::CostModel,
+    /// What remote workers can run, for ETAs.
+    pub remote: presence::RemoteCapacity,
 }
 
 /// Where a job's files live in the blob store.

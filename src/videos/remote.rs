@@ -203,9 +203,14 @@ impl ResultRejection {
 impl VideoService {
     /// Checks an uploaded result (a sane MP4 with H.264 video), stores it as the job's video and
     /// records the job's success. `Ok(false)`: the job is not under that lease.
+    /// `instance` is the engine instance the worker ran it on: with the account's name it keys the
+    /// speed this run teaches the cost model (from the lease to the result, what a slot costs).
+    #[allow(clippy::too_many_arguments)]
     pub async fn accept_result(
         &self,
         account: uuid::Uuid,
+        account_name: &str,
+        instance: Option<&str>,
         id: JobId,
         lease: &str,
         file: &std::path::Path,
@@ -215,7 +220,12 @@ impl VideoService {
             return Ok(Ok(false));
         };
         if let Err(err) = crate::media::mp4guard::check(file) {
-            return Ok(Err(ResultRejection::NotMp4(err.to_string())));
+            // The guard speaks of audio uploads; a result is a video.
+            let why = match err {
+                crate::media::MediaError::UnsupportedAudioFormat { detail } => detail,
+                other => other.to_string(),
+            };
+            return Ok(Err(ResultRejection::NotMp4(why)));
         }
         match crate::media::ffmpeg::probe(file).await {
             Ok(info) if info.video_codec.as_deref() == Some("h264") && info.nb_frames > 0 => {}
@@ -237,8 +247,54 @@ impl VideoService {
             result_key: key,
             result_bytes: bytes as i64,
         };
-        Ok(Ok(self.record_end(&worker_id, &job, &outcome).await))
+        let recorded = self.record_end(&worker_id, &job, &outcome).await;
+        if recorded {
+            self.observe_remote(&job, account_name, instance).await;
+        }
+        Ok(Ok(recorded))
     }
+
+    /// Teaches the cost model how long the remote run of `job` took, lease to result.
+    async fn observe_remote(&self, job: &JobRecord, account_name: &str, instance: Option<&str>) {
+        let Some(started) = job.started_at else {
+            return;
+        };
+        let work = match super::eta::Work::from_stored(&job.params, &job.output_plan) {
+            Ok(work) => work,
+            Err(err) => {
+                tracing::warn!(job = %job.id, error = %err, "a finished job's size is unreadable");
+                return;
+            }
+        };
+        let instance = match instance {
+            Some(instance) => format!("{account_name}/{instance}"),
+            None => account_name.to_owned(),
+        };
+        let took = now_ms().saturating_sub(started);
+        self.costs.observe(&job.engine, &instance, work, took).await;
+    }
+
+    /// Seconds `job` is expected to take on a remote worker, for its progress estimates.
+    pub fn expected_remote_s(&self, job: &JobRecord) -> Option<f64> {
+        let work = super::eta::Work::from_stored(&job.params, &job.output_plan).ok()?;
+        Some(self.costs.estimate(&job.engine, None, work))
+    }
+}
+
+/// An engine instance name a worker reports: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_instance_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A worker process's name in presence reports: 8 to 32 of `a-z 0-9`.
+pub fn valid_process_name(name: &str) -> bool {
+    (8..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Characters a one-line message shown to users must not hold: controls (line breaks, terminal
@@ -275,6 +331,13 @@ mod tests {
             assert_eq!(parse("x", hidden).unwrap_err().0, "message", "{hidden:?}");
         }
         assert!(parse("x", "GPU 显存不足, retry later").is_ok());
+        assert!(valid_instance_name("comfyui-1"));
+        assert!(!valid_instance_name("a/b") && !valid_instance_name(""));
+        assert!(!valid_instance_name(&"a".repeat(65)));
+        assert!(valid_process_name(
+            &uuid::Uuid::new_v4().simple().to_string()
+        ));
+        assert!(!valid_process_name("short") && !valid_process_name("UPPERCASE1"));
         assert_eq!(parse("x", &"m".repeat(301)).unwrap_err().0, "message");
     }
 }

@@ -83,6 +83,7 @@ pub struct JobView {
     pub eta_s: Option<f64>,
     pub engine: String,
     pub created_at: String,
+    /// When its latest attempt started (a job put back in the queue starts again).
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub params: SonicParams,

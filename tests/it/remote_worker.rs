@@ -126,6 +126,10 @@ async fn api_only_server_and_a_remote_builtin_worker_process_complete_a_job() {
     let credentials = create_worker(&server, "cpu-1").await;
     let created = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
     let id = created["id"].as_str().unwrap();
+    assert!(
+        created["estimated_start_s"].is_null(),
+        "nothing can run it yet: {created}"
+    );
     let _worker = WorkerProcess::start(&server, &credentials, "builtin", 0);
 
     let events = follow(&server, &admin.access, id).await;
@@ -136,6 +140,154 @@ async fn api_only_server_and_a_remote_builtin_worker_process_complete_a_job() {
     assert_eq!(response.status(), StatusCode::OK);
     let video = response.bytes().await.unwrap();
     assert_eq!(&video[4..8], b"ftyp", "an MP4");
+
+    // The worker process reported its capacity, and its run taught the cost model its speed.
+    let store = &server.state().store;
+    let since = sonicgw::time::now_ms() - Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut capacity = store.remote_capacity(since).await.unwrap();
+    while capacity.is_empty() && Instant::now() < deadline {
+        // Polled: the report comes from another process.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        capacity = store.remote_capacity(since).await.unwrap();
+    }
+    assert_eq!(
+        capacity,
+        vec![sonicgw::storage::Presence {
+            engine: "builtin".into(),
+            capacity: 1
+        }]
+    );
+    let speeds = store.engine_speeds().await.unwrap();
+    assert!(
+        speeds
+            .iter()
+            .any(|s| s.engine == "builtin" && s.instance == "cpu-1" && s.samples == 1),
+        "{speeds:?}"
+    );
+}
+
+async fn report_presence(
+    server: &TestServer,
+    token: &str,
+    process: &str,
+    engines: Value,
+) -> reqwest::Response {
+    server
+        .client
+        .post(server.url("/v1/worker/presence"))
+        .bearer_auth(token)
+        .json(&json!({ "process": process, "engines": engines }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_api_only_server_estimates_its_queue_on_the_capacity_remote_workers_report() {
+    let server = api_only(30).await;
+    let admin = server.admin().await;
+    let credentials = create_worker(&server, "gpu-1").await;
+    let token = worker_token(&server, &credentials).await;
+    let first = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    let first_id = first["id"].as_str().unwrap();
+    assert!(first["estimated_start_s"].is_null() && first["eta_s"].is_null());
+
+    let process = "0123456789abcdef";
+    let response = report_presence(
+        &server,
+        &token,
+        process,
+        json!([{ "engine": "builtin", "capacity": 2 }]),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["report_every_s"], 10);
+    let view = job_status(&server, &admin.access, first_id).await;
+    assert_eq!(view["estimated_start_s"], 0.0, "{view}");
+    assert!(view["eta_s"].as_f64().unwrap() > 0.0, "{view}");
+    submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    let third = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    assert!(
+        third["estimated_start_s"].as_f64().unwrap() > 0.0,
+        "two slots, two jobs ahead: {third}"
+    );
+
+    // A worker that stops reports zero, and its capacity no longer counts.
+    let response = report_presence(
+        &server,
+        &token,
+        process,
+        json!([{ "engine": "builtin", "capacity": 0 }]),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let view = job_status(&server, &admin.access, first_id).await;
+    assert!(view["estimated_start_s"].is_null(), "{view}");
+
+    // Reports are validated, and only worker tokens may send them.
+    for (process, engines, field) in [
+        (
+            "0123456789abcdef",
+            json!([{ "engine": "nope", "capacity": 1 }]),
+            "engine",
+        ),
+        (
+            "0123456789abcdef",
+            json!([{ "engine": "builtin", "capacity": 257 }]),
+            "capacity",
+        ),
+        (
+            "x",
+            json!([{ "engine": "builtin", "capacity": 1 }]),
+            "process",
+        ),
+        (
+            "0123456789abcdef",
+            json!([{ "engine": "builtin", "capacity": 1 }, { "engine": "builtin", "capacity": 1 }]),
+            "engine",
+        ),
+    ] {
+        let response = report_presence(&server, &token, process, engines).await;
+        let problem = crate::videos::problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let response = report_presence(
+        &server,
+        &admin.access,
+        process,
+        json!([{ "engine": "builtin", "capacity": 9 }]),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // One account cannot make up capacity without bound.
+    for n in 0..63 {
+        let response = report_presence(
+            &server,
+            &token,
+            &format!("{n:016x}"),
+            json!([{ "engine": "builtin", "capacity": 256 }]),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let response = report_presence(
+        &server,
+        &token,
+        "ffffffffffffffff",
+        json!([{ "engine": "builtin", "capacity": 256 }]),
+    )
+    .await;
+    let problem = crate::videos::problem(response, StatusCode::TOO_MANY_REQUESTS).await;
+    assert_eq!(problem["code"], "too_many_processes");
+    let response = report_presence(&server, &token, process, json!([])).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a reporting process may report again"
+    );
 }
 
 #[tokio::test]
@@ -403,6 +555,50 @@ async fn a_disabled_accounts_worker_is_refused_at_its_next_call(backend: Backend
         .create(&AuditContext::cli(), "gpu-1")
         .await;
     assert!(again.is_err(), "names are unique");
+
+    // Enabling the account again does not revive the tokens it had when it was disabled.
+    server
+        .state()
+        .workers
+        .set_disabled(&AuditContext::cli(), "gpu-1", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        lease(&server, &token, "builtin").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let fresh = worker_token(&server, &credentials).await;
+    assert_eq!(
+        lease(&server, &fresh, "builtin").await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // A new secret refuses the old secret and every token issued with it.
+    let rotated = server
+        .state()
+        .workers
+        .rotate_secret(&AuditContext::cli(), "gpu-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        lease(&server, &fresh, "builtin").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let response = server
+        .client
+        .post(server.url("/v1/auth/token"))
+        .basic_auth(&credentials.0, Some(&credentials.1))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let rotated_credentials = (credentials.0.clone(), rotated.client_secret);
+    let newest = worker_token(&server, &rotated_credentials).await;
+    assert_eq!(
+        lease(&server, &newest, "builtin").await.status(),
+        StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test]
@@ -501,6 +697,21 @@ async fn an_api_server_without_gpu_access_queues_sonic_jobs_for_a_remote_sonic_w
         1,
         "the remote worker ran it on its ComfyUI"
     );
+    // Its capacity is its healthy ComfyUI's one place (reported on its own schedule, so polled).
+    let store = &server.state().store;
+    let since = sonicgw::time::now_ms() - Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sonic = sonicgw::storage::Presence {
+        engine: "sonic".into(),
+        capacity: 1,
+    };
+    while !store.remote_capacity(since).await.unwrap().contains(&sonic) {
+        assert!(
+            Instant::now() < deadline,
+            "the sonic worker never reported its place"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let response = server
         .get(&format!("/v1/videos/{id}/content"), &admin.access)
         .await;

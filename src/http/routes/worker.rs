@@ -26,6 +26,8 @@ use crate::videos::remote::{RemoteFailure, MAX_LEASE_WAIT};
 pub const MAX_RESULT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// The header naming the lease on input downloads and result uploads.
 const LEASE_HEADER: &str = "x-lease-id";
+/// The optional header naming the engine instance that made a result (for its speed estimate).
+const INSTANCE_HEADER: &str = "x-engine-instance";
 
 /// A lease request.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -54,6 +56,8 @@ pub struct LeasedJob {
     pub output: serde_json::Value,
     pub image_url: String,
     pub audio_url: String,
+    /// Seconds the gateway expects the engine to take (its cost model), for progress estimates.
+    pub expected_s: Option<f64>,
 }
 
 /// A granted lease.
@@ -79,6 +83,31 @@ pub struct HeartbeatRequest {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct HeartbeatResponse {
     pub lease_expires_in_s: u64,
+}
+
+/// One engine's capacity on a worker process.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct EnginePresence {
+    /// An engine the gateway has.
+    pub engine: String,
+    /// How many of its jobs this process can run at once now (healthy GPU places, or lanes), 0 to 256.
+    pub capacity: u32,
+}
+
+/// A worker process's report of what it can run.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct PresenceRequest {
+    /// Names this process for as long as it runs: 8 to 32 of a-z and 0-9 (e.g. a random UUID's hex).
+    pub process: String,
+    /// At most 16 engines.
+    pub engines: Vec<EnginePresence>,
+}
+
+/// When to report next.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PresenceResponse {
+    /// Report again within this many seconds, or the process stops counting.
+    pub report_every_s: u64,
 }
 
 /// A job's failure on the worker.
@@ -167,9 +196,69 @@ pub async fn lease(
             output: json(&job.output_plan)?,
             image_url: format!("{base}/image"),
             audio_url: format!("{base}/audio"),
+            expected_s: state.videos.expected_remote_s(&job),
         },
     })
     .into_response())
+}
+
+/// Reports what this worker process can run now, so that queue ETAs count it; a report older than
+/// 30 seconds stops counting, and a process stopping reports capacity 0.
+#[utoipa::path(
+    post, path = "/v1/worker/presence", tag = "worker", request_body = PresenceRequest,
+    responses(
+        (status = 200, description = "Recorded", body = PresenceResponse),
+        (status = 401, description = "No valid worker token", body = crate::http::error::Problem),
+        (status = 422, description = "An unknown engine, a capacity over 256 or a bad process name", body = crate::http::error::Problem),
+        (status = 429, description = "too_many_processes: 64 other processes of this account are reporting", body = crate::http::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn presence(
+    State(state): State<AppState>,
+    worker: WorkerCaller,
+    Json(request): Json<PresenceRequest>,
+) -> Result<Json<PresenceResponse>, ApiError> {
+    use crate::videos::presence::{PresenceRejection, FRESH_FOR, MAX_CAPACITY, REPORT_EVERY};
+    if !crate::videos::remote::valid_process_name(&request.process) {
+        return Err(ApiError::invalid("process", "8 to 32 of a-z and 0-9"));
+    }
+    if request.engines.len() > 16 {
+        return Err(ApiError::invalid("engines", "at most 16 engines"));
+    }
+    let mut engines: Vec<crate::storage::Presence> = Vec::with_capacity(request.engines.len());
+    for entry in request.engines {
+        if state.videos.engines.get(&entry.engine).is_none() {
+            return Err(ApiError::invalid("engine", "an engine this gateway has"));
+        }
+        if entry.capacity > MAX_CAPACITY {
+            return Err(ApiError::invalid("capacity", "0 to 256"));
+        }
+        if engines.iter().any(|e| e.engine == entry.engine) {
+            return Err(ApiError::invalid("engine", "each engine once"));
+        }
+        engines.push(crate::storage::Presence {
+            engine: entry.engine,
+            capacity: entry.capacity,
+        });
+    }
+    match state
+        .videos
+        .remote
+        .record(worker.account_id, &request.process, &engines)
+        .await?
+    {
+        Ok(()) => Ok(Json(PresenceResponse {
+            report_every_s: REPORT_EVERY.as_secs(),
+        })),
+        Err(PresenceRejection::TooManyProcesses) => Err(ApiError::Limited {
+            code: "too_many_processes",
+            detail: "64 other processes of this worker account are reporting; give each host its \
+                     own account (`sonicgw admin create-worker`)"
+                .to_owned(),
+            retry_after: FRESH_FOR,
+        }),
+    }
 }
 
 /// Downloads an input (`image` or `audio`) of a job this worker leases.
@@ -306,7 +395,8 @@ pub async fn fail(
 #[utoipa::path(
     put, path = "/v1/worker/jobs/{id}/result", tag = "worker",
     params(("id" = String, Path), ("X-Lease-Id" = String, Header),
-        ("X-Content-SHA256" = String, Header, description = "hex SHA-256 of the body")),
+        ("X-Content-SHA256" = String, Header, description = "hex SHA-256 of the body"),
+        ("X-Engine-Instance" = Option<String>, Header, description = "the engine instance that made it (e.g. comfyui-1), for the gateway's speed estimates")),
     request_body(content_type = "video/mp4", description = "The finished video"),
     responses(
         (status = 204, description = "Stored; the job succeeded"),
@@ -345,31 +435,69 @@ pub async fn result(
     {
         return Err(ApiError::NotFound);
     }
+    let instance = match headers.get(INSTANCE_HEADER) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|v| crate::videos::remote::valid_instance_name(v))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "X-Engine-Instance",
+                        "1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
     let dir = state.videos.settings.work_dir.join("uploads");
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(anyhow::Error::from)?;
     let path = dir.join(format!("{id}-{}.mp4", uuid::Uuid::new_v4().simple()));
     let outcome = receive_and_accept(
-        &state, &worker, id, &lease, request, &path, length, &expected,
+        &state,
+        &worker,
+        Upload {
+            id,
+            lease: &lease,
+            instance: instance.as_deref(),
+            length,
+            expected: &expected,
+        },
+        request,
+        &path,
     )
     .await;
     let _ = tokio::fs::remove_file(&path).await;
     outcome
 }
 
+/// What a result upload's headers said.
+struct Upload<'a> {
+    id: JobId,
+    lease: &'a str,
+    instance: Option<&'a str>,
+    length: u64,
+    expected: &'a [u8],
+}
+
 /// Streams the body to `path` checking length and digest, then hands it to the video service.
-#[allow(clippy::too_many_arguments)]
 async fn receive_and_accept(
     state: &AppState,
     worker: &WorkerCaller,
-    id: JobId,
-    lease: &str,
+    upload: Upload<'_>,
     request: Request,
     path: &std::path::Path,
-    length: u64,
-    expected: &[u8],
 ) -> Result<StatusCode, ApiError> {
+    let Upload {
+        id,
+        lease,
+        instance,
+        length,
+        expected,
+    } = upload;
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(anyhow::Error::from)?;
@@ -406,7 +534,15 @@ async fn receive_and_accept(
     }
     match state
         .videos
-        .accept_result(worker.account_id, id, lease, path, length)
+        .accept_result(
+            worker.account_id,
+            &worker.account_name,
+            instance,
+            id,
+            lease,
+            path,
+            length,
+        )
         .await?
     {
         Ok(true) => Ok(StatusCode::NO_CONTENT),

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::PgStore;
 use crate::storage::shared::{worker_account_from_row, WORKER_ACCOUNT_COLUMNS};
-use crate::storage::workers::{WorkerAccount, WorkerAccountStore};
+use crate::storage::workers::{Presence, WorkerAccount, WorkerAccountStore};
 use crate::storage::{StoreError, StoreResult};
 use crate::time::UnixMillis;
 
@@ -69,10 +69,32 @@ impl WorkerAccountStore for PgStore {
         disabled: bool,
     ) -> StoreResult<Option<WorkerAccount>> {
         let sql = format!(
-            "UPDATE worker_accounts SET disabled = $1 WHERE name = $2 RETURNING {WORKER_ACCOUNT_COLUMNS}"
+            "UPDATE worker_accounts SET disabled = $1,
+                 token_generation = token_generation + CASE WHEN $1 THEN 1 ELSE 0 END
+             WHERE name = $2 RETURNING {WORKER_ACCOUNT_COLUMNS}"
         );
         sqlx::query(&sql)
             .bind(disabled)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(worker_account_from_row)
+            .transpose()
+    }
+
+    async fn set_worker_secret(
+        &self,
+        name: &str,
+        secret_hash: &str,
+    ) -> StoreResult<Option<WorkerAccount>> {
+        let sql = format!(
+            "UPDATE worker_accounts SET secret_hash = $1,
+                 token_generation = token_generation + 1
+             WHERE name = $2 RETURNING {WORKER_ACCOUNT_COLUMNS}"
+        );
+        sqlx::query(&sql)
+            .bind(secret_hash)
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
@@ -88,5 +110,78 @@ impl WorkerAccountStore for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn record_presence(
+        &self,
+        account: uuid::Uuid,
+        process: &str,
+        engines: &[Presence],
+        now: UnixMillis,
+        forget_before: UnixMillis,
+    ) -> StoreResult<()> {
+        let account = account.to_string();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM worker_presence WHERE account_id = $1 AND process = $2")
+            .bind(&account)
+            .bind(process)
+            .execute(&mut *tx)
+            .await?;
+        for presence in engines {
+            sqlx::query(
+                "INSERT INTO worker_presence (account_id, process, engine, capacity, seen_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&account)
+            .bind(process)
+            .bind(&presence.engine)
+            .bind(i64::from(presence.capacity))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM worker_presence WHERE seen_at < $1")
+            .bind(forget_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn other_present_processes(
+        &self,
+        account: uuid::Uuid,
+        process: &str,
+        since: UnixMillis,
+    ) -> StoreResult<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT process) FROM worker_presence
+             WHERE account_id = $1 AND process <> $2 AND seen_at >= $3",
+        )
+        .bind(account.to_string())
+        .bind(process)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn remote_capacity(&self, since: UnixMillis) -> StoreResult<Vec<Presence>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT p.engine, CAST(SUM(p.capacity) AS BIGINT)
+             FROM worker_presence p JOIN worker_accounts a ON a.id = p.account_id
+             WHERE a.disabled = FALSE AND p.seen_at >= $1
+             GROUP BY p.engine ORDER BY p.engine",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(engine, capacity)| Presence {
+                engine,
+                capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            })
+            .collect())
     }
 }

@@ -179,7 +179,7 @@ impl JobStore for SqliteStore {
             "UPDATE jobs
              SET status = 'running', stage = 'preprocessing', worker_id = $1,
                  lease_expires_at = $3, attempts = attempts + 1,
-                 started_at = COALESCE(started_at, $2), updated_at = $2
+                 started_at = $2, updated_at = $2
              WHERE id = (SELECT id FROM jobs
                          WHERE status = 'queued' AND engine IN ({engines})
                          ORDER BY vtag, created_at, id
