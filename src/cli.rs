@@ -25,6 +25,8 @@ struct Cli {
     /// TOML configuration file; SONICGW_* environment variables override it.
     #[arg(long, global = true, env = "SONICGW_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    client: crate::client::commands::ClientOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +47,18 @@ enum Command {
     /// Run jobs for a gateway on this host (next to its ComfyUI): a remote worker with a service
     /// account's credentials, no database and no signing keys.
     Worker(WorkerArgs),
+    /// Sign in to a gateway (the CLI's commands below use this sign-in).
+    Login(crate::client::commands::LoginArgs),
+    /// Sign out: revoke the sign-in and forget it.
+    Logout,
+    /// Make a video from a face photo and a speech recording, and (with --wait or -o) download it.
+    Generate(Box<crate::client::commands::GenerateArgs>),
+    /// Your videos: list, get, cancel, delete, download.
+    #[command(subcommand)]
+    Videos(crate::client::commands::VideosCommand),
+    /// Users of your tenant, for admins (over the API; `admin` works on the database directly).
+    #[command(subcommand)]
+    Users(crate::client::commands::UsersCommand),
     /// The whole path in one command: a fresh server, the bundled sample face and speech, an MP4.
     Demo {
         /// Where to write the video.
@@ -160,11 +174,26 @@ enum KeysCommand {
 enum AuditCommand {
     /// Check the hash chain and report the first broken link (exit status 1 when broken).
     Verify,
+    /// Export audit records as CSV over the API (admins; uses the `login` sign-in).
+    Export(crate::client::commands::AuditExportArgs),
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match runner(cli.command) {
+        // The client commands need no configuration, database or logging: only the sign-in.
+        Runner::Client(client) => {
+            return match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime.block_on(crate::client::commands::run(client, cli.client)),
+                Err(err) => {
+                    eprintln!("sonicgw: starting the runtime: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Runner::Server(command) => command,
+    };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -180,13 +209,32 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(command, config)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("sonicgw: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Who runs a command: the HTTP client, or this process's server side (configuration, database).
+enum Runner {
+    Client(crate::client::commands::ClientCommand),
+    Server(Command),
+}
+
+fn runner(command: Command) -> Runner {
+    use crate::client::commands::ClientCommand;
+    Runner::Client(match command {
+        Command::Login(args) => ClientCommand::Login(args),
+        Command::Logout => ClientCommand::Logout,
+        Command::Generate(args) => ClientCommand::Generate(*args),
+        Command::Videos(command) => ClientCommand::Videos(command),
+        Command::Users(command) => ClientCommand::Users(command),
+        Command::Audit(AuditCommand::Export(args)) => ClientCommand::AuditExport(args),
+        other => return Runner::Server(other),
+    })
 }
 
 fn init_tracing(config: &Config) {
@@ -241,6 +289,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 alg.as_str()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Login(_)
+        | Command::Logout
+        | Command::Generate(_)
+        | Command::Videos(_)
+        | Command::Users(_)
+        | Command::Audit(AuditCommand::Export(_)) => {
+            unreachable!("client commands are run by the client (`runner`)")
         }
         Command::Audit(AuditCommand::Verify) => {
             let core = Core::open(&config).await?;

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod blobs;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod domain;

@@ -8,6 +8,7 @@ mod admin;
 mod audit;
 mod builtin_e2e;
 mod builtin_render;
+mod cli;
 mod eta;
 mod exposure;
 mod fake_comfyui;
