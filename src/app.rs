@@ -264,16 +264,7 @@ pub async fn start_with_admin_password(
     let issuer = config.issuer(addr);
 
     let tokens = Arc::new(Tokens::new(
-        TokenSettings {
-            issuer: issuer.clone(),
-            audience: config.audience.clone(),
-            ttl_s: config.access_token_ttl_s,
-            leeway_s: config.token_leeway_s,
-            keys_dir: config.keys_dir(),
-            alg: config.signing_alg().map_err(anyhow::Error::msg)?,
-            hs256_secret: config.hs256_secret().map(str::to_owned),
-            cache_capacity: config.token_cache_size,
-        },
+        token_settings(&config, issuer.clone())?,
         Arc::clone(&core.revocations),
     )?);
     let throttle = LoginThrottle::new(
@@ -336,6 +327,21 @@ pub async fn start_with_admin_password(
             _ = stop_housekeeping.wait_for(|stop| *stop) => {}
         }
     });
+    if config.audit_checkpoint_interval_s > 0 {
+        let mut stop_checkpoints = shutdown.subscribe();
+        let checkpoints = audit_checkpoints(
+            Arc::clone(&core.store),
+            Arc::clone(&tokens),
+            state.issuer.clone(),
+            Duration::from_secs(config.audit_checkpoint_interval_s),
+        );
+        videos.tasks.spawn(async move {
+            tokio::select! {
+                () = checkpoints => {}
+                _ = stop_checkpoints.wait_for(|stop| *stop) => {}
+            }
+        });
+    }
 
     let app = crate::http::router(state.clone());
     let task = if config.tls_enabled() {
@@ -582,6 +588,37 @@ async fn start_metrics(listen: &str) -> anyhow::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// The token settings of `config` for `issuer`.
+pub fn token_settings(config: &Config, issuer: String) -> anyhow::Result<TokenSettings> {
+    Ok(TokenSettings {
+        issuer,
+        audience: config.audience.clone(),
+        ttl_s: config.access_token_ttl_s,
+        leeway_s: config.token_leeway_s,
+        keys_dir: config.keys_dir(),
+        alg: config.signing_alg().map_err(anyhow::Error::msg)?,
+        hs256_secret: config.hs256_secret().map(str::to_owned),
+        cache_capacity: config.token_cache_size,
+    })
+}
+
+/// Signs a checkpoint of the audit chain every `every` (when the head moved since the last one).
+async fn audit_checkpoints(
+    store: Arc<dyn crate::storage::Store>,
+    tokens: Arc<Tokens>,
+    issuer: String,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(err) = crate::audit::checkpoint::create(store.as_ref(), &tokens, &issuer).await {
+            tracing::warn!(error = %format!("{err:#}"), "signing an audit checkpoint failed");
+        }
+    }
 }
 
 /// Picks up rotated keys and forgets stale throttle entries.

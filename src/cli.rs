@@ -172,8 +172,17 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain and report the first broken link (exit status 1 when broken).
-    Verify,
+    /// Check the hash chain and report the first broken link, and that the chain still reaches its
+    /// latest signed checkpoint (exit status 1 when either does not hold).
+    Verify {
+        /// A checkpoint exported earlier (`audit checkpoint`'s `document`), instead of the stored one.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Sign a checkpoint of the chain's head now and print it; keep its `document` somewhere the
+    /// database's administrators cannot change (servers also sign one every
+    /// `audit_checkpoint_interval_s`).
+    Checkpoint,
     /// Export audit records as CSV over the API (admins; uses the `login` sign-in).
     Export(crate::client::commands::AuditExportArgs),
 }
@@ -298,9 +307,39 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         | Command::Audit(AuditCommand::Export(_)) => {
             unreachable!("client commands are run by the client (`runner`)")
         }
-        Command::Audit(AuditCommand::Verify) => {
+        Command::Audit(AuditCommand::Checkpoint) => {
             let core = Core::open(&config).await?;
-            let report = crate::audit::verify_chain(core.store.as_ref()).await?;
+            let tokens = cli_tokens(&config, &core)?;
+            let issuer = config.issuer(config.listen);
+            match crate::audit::checkpoint::create(core.store.as_ref(), &tokens, &issuer).await? {
+                Some(checkpoint) => println!(
+                    "{}",
+                    serde_json::json!({
+                        "seq": checkpoint.seq,
+                        "hash": checkpoint.hash,
+                        "created_at": checkpoint.created_at.to_rfc3339(),
+                        "document": checkpoint.document,
+                    })
+                ),
+                None => println!("the audit log is empty: nothing to sign"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { checkpoint }) => {
+            let core = Core::open(&config).await?;
+            let tokens = cli_tokens(&config, &core)?;
+            let exported = match checkpoint {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let report =
+                crate::audit::verify_anchored(core.store.as_ref(), &tokens, exported.as_deref())
+                    .await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(if report.valid {
                 ExitCode::SUCCESS
@@ -309,6 +348,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The signing keys, for commands that sign or check documents (audit checkpoints).
+fn cli_tokens(config: &Config, core: &Core) -> anyhow::Result<crate::auth::tokens::Tokens> {
+    let settings = crate::app::token_settings(config, config.issuer(config.listen))?;
+    crate::auth::tokens::Tokens::new(settings, std::sync::Arc::clone(&core.revocations))
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {

@@ -116,6 +116,8 @@ pub struct Config {
     pub comfyui_max_in_flight: usize,
     /// Seconds between health checks of a healthy ComfyUI server.
     pub comfyui_health_interval_s: u64,
+    /// Seconds between signed checkpoints of the audit chain (0: only `sonicgw audit checkpoint`).
+    pub audit_checkpoint_interval_s: u64,
     /// An API-format workflow with placeholders used instead of the built-in graph; empty: built-in.
     #[serde(deserialize_with = "text")]
     pub sonic_workflow: String,
@@ -172,6 +174,7 @@ impl Default for Config {
             remote_engines: Vec::new(),
             comfyui_max_in_flight: 1,
             comfyui_health_interval_s: 10,
+            audit_checkpoint_interval_s: 3600,
             sonic_workflow: String::new(),
         }
     }
@@ -229,6 +232,7 @@ impl fmt::Debug for Config {
             remote_engines,
             comfyui_max_in_flight,
             comfyui_health_interval_s,
+            audit_checkpoint_interval_s,
             sonic_workflow,
         } = self;
         f.debug_struct("Config")
@@ -293,6 +297,7 @@ impl fmt::Debug for Config {
             .field("remote_engines", remote_engines)
             .field("comfyui_max_in_flight", comfyui_max_in_flight)
             .field("comfyui_health_interval_s", comfyui_health_interval_s)
+            .field("audit_checkpoint_interval_s", audit_checkpoint_interval_s)
             .field("sonic_workflow", sonic_workflow)
             .finish()
     }
@@ -400,6 +405,7 @@ const ENV_KEYS: &[&str] = &[
     "remote_engines",
     "comfyui_max_in_flight",
     "comfyui_health_interval_s",
+    "audit_checkpoint_interval_s",
     "sonic_workflow",
 ];
 

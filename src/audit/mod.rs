@@ -2,6 +2,7 @@
 //! deleting a record breaks the chain at that point.
 
 mod action;
+pub mod checkpoint;
 mod recorder;
 mod repeats;
 
@@ -23,6 +24,25 @@ pub struct ChainReport {
     pub records: i64,
     /// The first broken link, if any.
     pub first_broken: Option<BrokenLink>,
+    /// The chain against its latest signed checkpoint (or the one given): absent when there is none.
+    /// `valid` is false when this is not valid either.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<checkpoint::CheckpointStatus>,
+}
+
+/// Verifies the chain, then the chain against `document` (an exported checkpoint) or the latest
+/// stored checkpoint.
+pub async fn verify_anchored(
+    store: &dyn AuditStore,
+    tokens: &crate::auth::tokens::Tokens,
+    document: Option<&str>,
+) -> anyhow::Result<ChainReport> {
+    let mut report = verify_chain(store).await?;
+    report.checkpoint = checkpoint::check(store, tokens, &report, document).await?;
+    if report.checkpoint.as_ref().is_some_and(|c| !c.valid) {
+        report.valid = false;
+    }
+    Ok(report)
 }
 
 /// Where and how the chain breaks.
@@ -48,6 +68,7 @@ pub async fn verify_chain(store: &dyn AuditStore) -> StoreResult<ChainReport> {
                 valid: true,
                 records,
                 first_broken: None,
+                checkpoint: None,
             });
         }
         for record in &page {
@@ -62,6 +83,7 @@ pub async fn verify_chain(store: &dyn AuditStore) -> StoreResult<ChainReport> {
                     },
                     reason: reason.to_owned(),
                 }),
+                checkpoint: None,
             };
             if record.seq != expected_seq {
                 return Ok(broken("record_missing"));

@@ -209,6 +209,23 @@ pub fn rotate(dir: &Path, alg: SigningAlg) -> anyhow::Result<String> {
     Ok(write_new_key(dir, alg)?.kid)
 }
 
+/// Every key `dir` holds, retired ones included, by kid: for documents that outlive access tokens
+/// (signed audit checkpoints), which must stay verifiable after the key that signed them retired.
+pub fn all_verifying_keys(dir: &Path) -> anyhow::Result<HashMap<String, VerifyingKey>> {
+    let mut keys = HashMap::new();
+    for file in read_key_files(dir)? {
+        let (decoding, _) = public_parts(&file)?;
+        keys.insert(
+            file.kid.clone(),
+            VerifyingKey {
+                alg: file.alg,
+                decoding,
+            },
+        );
+    }
+    Ok(keys)
+}
+
 fn read_key_files(dir: &Path) -> anyhow::Result<Vec<KeyFile>> {
     if !dir.exists() {
         return Ok(Vec::new());

@@ -216,6 +216,55 @@ impl Tokens {
         Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Signs a document that is not an access token (an audit checkpoint) with the active key, as a
+    /// JWS whose `typ` header names what it is, so it can never pass as a token.
+    pub fn sign_document<T: Serialize>(&self, typ: &str, claims: &T) -> anyhow::Result<String> {
+        let ring = self.key_ring();
+        let mut header = Header::new(ring.signing.alg.jwt_algorithm());
+        header.kid = Some(ring.signing.kid.clone());
+        header.typ = Some(typ.to_owned());
+        Ok(jsonwebtoken::encode(
+            &header,
+            claims,
+            &ring.signing.encoding,
+        )?)
+    }
+
+    /// Verifies a document of `sign_document` with any key this issuer has had (retired ones read from
+    /// the key directory); it has no expiry, and its `iss` is not compared (the key is what vouches).
+    pub fn verify_document<T: serde::de::DeserializeOwned>(
+        &self,
+        typ: &str,
+        document: &str,
+    ) -> anyhow::Result<T> {
+        let header = jsonwebtoken::decode_header(document)?;
+        anyhow::ensure!(header.typ.as_deref() == Some(typ), "not a {typ} document");
+        let kid = header
+            .kid
+            .ok_or_else(|| anyhow::anyhow!("the document names no key"))?;
+        let ring = self.key_ring();
+        let retired;
+        let key = match ring.verifying_key(&kid) {
+            Some(key) => key,
+            None => {
+                retired = super::keys::all_verifying_keys(&self.settings.keys_dir)?;
+                retired
+                    .get(&kid)
+                    .ok_or_else(|| anyhow::anyhow!("key {kid} is not one of this issuer's keys"))?
+            }
+        };
+        anyhow::ensure!(
+            key.alg.jwt_algorithm() == header.alg,
+            "the algorithm does not match the key"
+        );
+        // The key vouches for it: a server's issuer URL may have changed since (a new port).
+        let mut validation = Validation::new(key.alg.jwt_algorithm());
+        validation.set_required_spec_claims::<&str>(&[]);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        Ok(jsonwebtoken::decode::<T>(document, &key.decoding, &validation)?.claims)
+    }
+
     /// Reads the key directory again (after `sonicgw keys rotate`).
     pub fn reload_keys(&self) -> anyhow::Result<()> {
         let ring = Self::load_keys(&self.settings)?;

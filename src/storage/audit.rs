@@ -42,4 +42,20 @@ pub trait AuditStore: Send + Sync {
     ) -> StoreResult<Vec<AuditRecord>>;
     /// Records in chain order, after `after_seq`, for verification.
     async fn audit_chain_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditRecord>>;
+    /// The chain's head: its last record's sequence number and hash.
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
+    /// Stores a signed checkpoint of the head; a second one for the same `seq` is ignored.
+    async fn insert_audit_checkpoint(&self, checkpoint: &StoredCheckpoint) -> StoreResult<()>;
+    /// The checkpoint of the highest sequence number.
+    async fn latest_audit_checkpoint(&self) -> StoreResult<Option<StoredCheckpoint>>;
+}
+
+/// A signed checkpoint of the audit chain as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCheckpoint {
+    pub seq: i64,
+    pub hash: String,
+    pub created_at: UnixMillis,
+    /// The signed JWS.
+    pub document: String,
 }

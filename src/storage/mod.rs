@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use crate::domain::TenantId;
 
 pub use accounts::{TenantRecord, TenantStore, TenantUpdate, UserRecord, UserStore};
-pub use audit::{AuditQuery, AuditRecord, AuditStore};
+pub use audit::{AuditQuery, AuditRecord, AuditStore, StoredCheckpoint};
 pub use chain::NewAuditRecord;
 pub use estimates::EstimateStore;
 pub use jobs::JobStore;

@@ -195,3 +195,129 @@ async fn concurrent_events_keep_a_single_unbroken_chain_postgres() {
     let report = verify(&server, &admin.access).await;
     assert_eq!(report["valid"], true, "{report}");
 }
+
+async fn deleting_the_newest_records_is_detected(backend: Backend) {
+    let (server, admin) = server_with_records(backend).await;
+    let state = server.state();
+    let checkpoint =
+        sonicgw::audit::checkpoint::create(state.store.as_ref(), &state.tokens, &state.issuer)
+            .await
+            .unwrap()
+            .expect("the chain has records");
+    let again =
+        sonicgw::audit::checkpoint::create(state.store.as_ref(), &state.tokens, &state.issuer)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        again, checkpoint,
+        "a checkpoint of the same head is not signed twice"
+    );
+    server.admin().await;
+    let report = verify(&server, &admin.access).await;
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["checkpoint"]["seq"], checkpoint.seq);
+    assert_eq!(report["checkpoint"]["valid"], true);
+
+    // The tail from the checkpoint on is deleted: what is left is a consistent, shorter chain.
+    let db = RawDb::open(&server.database_url()).await;
+    let deleted = db
+        .execute(&format!(
+            "DELETE FROM audit_log WHERE seq >= {}",
+            checkpoint.seq
+        ))
+        .await;
+    assert!(deleted >= 2);
+    let report = verify(&server, &admin.access).await;
+    assert!(report["first_broken"].is_null(), "{report}");
+    assert_eq!(report["valid"], false, "{report}");
+    assert_eq!(report["checkpoint"]["reason"], "records_missing");
+
+    // Nor can the stored checkpoint be edited to match.
+    db.execute(&format!(
+        "UPDATE audit_checkpoints SET seq = 1 WHERE seq = {}",
+        checkpoint.seq
+    ))
+    .await;
+    let report = verify(&server, &admin.access).await;
+    assert_eq!(
+        report["checkpoint"]["reason"], "checkpoint_altered",
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_newest_audit_records_is_detected_against_the_checkpoint_sqlite() {
+    deleting_the_newest_records_is_detected(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn deleting_the_newest_audit_records_is_detected_against_the_checkpoint_postgres() {
+    deleting_the_newest_records_is_detected(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn an_exported_checkpoint_still_anchors_the_chain_when_the_stored_ones_are_gone() {
+    let (server, _) = server_with_records(Backend::Sqlite).await;
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sonicgw"))
+            .args(args)
+            .env("SONICGW_DATA_DIR", server.dir.path())
+            .output()
+            .unwrap()
+    };
+    let signed = run(&["audit", "checkpoint"]);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let checkpoint: Value = serde_json::from_slice(&signed.stdout).unwrap();
+    let exported = server.dir.path().join("checkpoint.jws");
+    std::fs::write(&exported, checkpoint["document"].as_str().unwrap()).unwrap();
+    // A key rotation later, the checkpoint still verifies.
+    assert!(run(&["keys", "rotate"]).status.success());
+    let exported_arg = exported.to_str().unwrap();
+    let ok = run(&["audit", "verify", "--checkpoint", exported_arg]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+
+    let seq = checkpoint["seq"].as_i64().unwrap();
+    let db = RawDb::open(&server.database_url()).await;
+    db.execute("DELETE FROM audit_checkpoints").await;
+    db.execute(&format!("DELETE FROM audit_log WHERE seq >= {seq}"))
+        .await;
+    let unanchored = run(&["audit", "verify"]);
+    assert!(
+        unanchored.status.success(),
+        "without a checkpoint the shorter chain looks whole"
+    );
+    let anchored = run(&["audit", "verify", "--checkpoint", exported_arg]);
+    assert_eq!(anchored.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&anchored.stdout).unwrap();
+    assert_eq!(
+        report["checkpoint"]["reason"], "records_missing",
+        "{report}"
+    );
+
+    // A checkpoint whose signature does not hold anchors nothing.
+    let document = checkpoint["document"].as_str().unwrap();
+    let (signed_part, signature) = document.rsplit_once('.').unwrap();
+    let mut signature: Vec<char> = signature.chars().collect();
+    signature[5] = if signature[5] == 'A' { 'B' } else { 'A' };
+    let forged = format!(
+        "{signed_part}.{}",
+        signature.into_iter().collect::<String>()
+    );
+    std::fs::write(&exported, forged).unwrap();
+    let report: Value =
+        serde_json::from_slice(&run(&["audit", "verify", "--checkpoint", exported_arg]).stdout)
+            .unwrap();
+    assert_eq!(
+        report["checkpoint"]["reason"], "signature_invalid",
+        "{report}"
+    );
+}

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use super::PgStore;
 use crate::storage::shared::{audit_from_row, chain_after, AUDIT_COLUMNS};
 use crate::storage::{
-    AuditQuery, AuditRecord, AuditStore, NewAuditRecord, StoreResult, TenantScope,
+    AuditQuery, AuditRecord, AuditStore, NewAuditRecord, StoreResult, StoredCheckpoint, TenantScope,
 };
 
 #[async_trait]
@@ -92,5 +92,44 @@ impl AuditStore for PgStore {
             .iter()
             .map(audit_from_row)
             .collect()
+    }
+
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>> {
+        Ok(
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn insert_audit_checkpoint(&self, checkpoint: &StoredCheckpoint) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, hash, created_at, document)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(checkpoint.seq)
+        .bind(&checkpoint.hash)
+        .bind(checkpoint.created_at)
+        .bind(&checkpoint.document)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn latest_audit_checkpoint(&self) -> StoreResult<Option<StoredCheckpoint>> {
+        let row: Option<(i64, String, i64, String)> = sqlx::query_as(
+            "SELECT seq, hash, created_at, document FROM audit_checkpoints
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(
+            row.map(|(seq, hash, created_at, document)| StoredCheckpoint {
+                seq,
+                hash,
+                created_at: crate::time::UnixMillis::from_millis(created_at),
+                document,
+            }),
+        )
     }
 }
