@@ -210,7 +210,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config);
+    let _log_writer = init_tracing(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -246,17 +246,27 @@ fn runner(command: Command) -> Runner {
     })
 }
 
-fn init_tracing(config: &Config) {
+/// Logs to stderr through a writer thread, so a request never waits for the terminal or the pipe
+/// (lines are queued, never dropped: a full queue makes writers wait). Colour only on a terminal.
+/// The guard flushes what is queued when dropped at the end of `main`.
+fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SONICGW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("sonicgw-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     if config.log_format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
