@@ -315,6 +315,12 @@ pub async fn download(session: &Session, id: &str, out: &Path) -> anyhow::Result
     }
     file.flush().await?;
     drop(file);
+    // A temporary file is private (0600); the video is an ordinary file of the user's.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(partial.path(), std::fs::Permissions::from_mode(0o644))?;
+    }
     partial
         .persist(out)
         .with_context(|| format!("writing {}", out.display()))?;
