@@ -6,7 +6,8 @@
 //! slots for their remaining time, and the queued jobs ahead of it, in dispatch order, each take the
 //! slot that frees first.
 
-use std::collections::BTreeMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -140,23 +141,50 @@ pub fn progress_estimate(expected_total: f64, elapsed: f64) -> f64 {
 /// running now hold a slot each for `busy_for` seconds, then each job `ahead` (its cost, in dispatch
 /// order) takes the slot that frees first. More running jobs than slots means there are more slots
 /// than this process knows of. `None` without any slot.
+///
+/// Costs O(`ahead` x log `slots`) whatever `slots` is: remote workers report capacity (up to 64
+/// processes x 256 per account), and slots that no job ahead can reach change nothing (with more
+/// free slots than jobs ahead, one is still free now), so only those that can are simulated.
 pub fn start_after(slots: usize, busy_for: &[f64], ahead: &[f64]) -> Option<f64> {
-    let mut free_at = vec![0.0; slots.max(busy_for.len())];
-    for (slot, busy) in free_at.iter_mut().zip(busy_for) {
-        *slot = busy.max(0.0);
-    }
-    let earliest = |free_at: &[f64]| {
-        free_at
-            .iter()
-            .copied()
-            .enumerate()
-            .min_by(|(_, a), (_, b)| a.total_cmp(b))
-    };
+    let reachable = slots
+        .max(busy_for.len())
+        .min(busy_for.len() + ahead.len() + 1);
+    let idle = reachable - busy_for.len();
+    let mut free_at: BinaryHeap<Reverse<FreeAt>> = busy_for
+        .iter()
+        .map(|busy| busy.max(0.0))
+        .chain(std::iter::repeat_n(0.0, idle))
+        .map(|at| Reverse(FreeAt(at)))
+        .collect();
     for cost in ahead {
-        let (slot, at) = earliest(&free_at)?;
-        free_at[slot] = at + cost.max(0.0);
+        let Reverse(FreeAt(at)) = free_at.pop()?;
+        free_at.push(Reverse(FreeAt(at + cost.max(0.0))));
     }
-    earliest(&free_at).map(|(_, at)| at)
+    free_at.peek().map(|Reverse(FreeAt(at))| *at)
+}
+
+/// A time a slot frees, ordered totally (for the heap of `start_after`).
+#[derive(Debug, Clone, Copy)]
+struct FreeAt(f64);
+
+impl PartialEq for FreeAt {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for FreeAt {}
+
+impl PartialOrd for FreeAt {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for FreeAt {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 /// An engine's seed and whether inference steps change its cost.

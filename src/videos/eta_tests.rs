@@ -107,6 +107,57 @@ fn more_running_jobs_than_slots_count_as_slots() {
     assert_eq!(start_after(1, &[10.0, 3.0], &[]), Some(3.0));
 }
 
+/// `start_after` as first written: one entry per slot, each job scanning them all.
+fn start_after_by_scanning(slots: usize, busy_for: &[f64], ahead: &[f64]) -> Option<f64> {
+    let mut free_at = vec![0.0; slots.max(busy_for.len())];
+    for (slot, busy) in free_at.iter_mut().zip(busy_for) {
+        *slot = f64::max(*busy, 0.0);
+    }
+    let earliest = |free_at: &[f64]| {
+        free_at
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| a.total_cmp(b))
+    };
+    for cost in ahead {
+        let (slot, at) = earliest(&free_at)?;
+        free_at[slot] = at + cost.max(0.0);
+    }
+    earliest(&free_at).map(|(_, at)| at)
+}
+
+#[test]
+fn slots_no_job_ahead_can_reach_change_nothing_and_cost_nothing() {
+    // Remote workers report capacity: a huge count must not be simulated slot by slot (this
+    // allocated one entry per slot and scanned them all for every job ahead).
+    assert_eq!(start_after(usize::MAX, &[], &[]), Some(0.0));
+    assert_eq!(start_after(usize::MAX, &[10.0, 2.0], &[4.0; 4]), Some(0.0));
+    assert_eq!(
+        start_after(u32::MAX as usize, &[10.0; 3], &[1.0; 1000]),
+        Some(0.0)
+    );
+    assert_eq!(
+        start_after(2, &[10.0; 3], &[1.0; 1000]),
+        start_after_by_scanning(2, &[10.0; 3], &[1.0; 1000])
+    );
+    // The same answers as simulating every slot, whatever the slots, running jobs and queue.
+    let busy = [7.5, 0.0, 3.0, 12.0, -1.0];
+    let costs = [4.0, 0.5, 9.0, 1.0, 1.0, 6.0, 0.0, 2.5];
+    for slots in 0..12 {
+        for running in 0..=busy.len() {
+            for queued in 0..=costs.len() {
+                let (busy, ahead) = (&busy[..running], &costs[..queued]);
+                assert_eq!(
+                    start_after(slots, busy, ahead),
+                    start_after_by_scanning(slots, busy, ahead),
+                    "{slots} slots, busy {busy:?}, ahead {ahead:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn without_slots_there_is_no_start() {
     assert_eq!(start_after(0, &[], &[]), None);

@@ -298,11 +298,23 @@ pub fn valid_process_name(name: &str) -> bool {
 }
 
 /// Characters a one-line message shown to users must not hold: controls (line breaks, terminal
-/// escapes) and invisible format characters (bidirectional overrides, zero-width, line and
-/// paragraph separators).
+/// escapes) and invisible format characters (every bidirectional control, including the Arabic
+/// letter mark; zero-width and other invisible formatting; line and paragraph separators;
+/// interlinear annotations; tag characters, which spell hidden ASCII).
 fn hidden_or_control(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
 }
 
 #[cfg(test)]
@@ -327,7 +339,17 @@ mod tests {
         assert!(parse("gpu_out_of_memory", "out of memory").is_ok());
         assert_eq!(parse("Bad-Code", "x").unwrap_err().0, "code");
         assert_eq!(parse("x", "two\nlines").unwrap_err().0, "message");
-        for hidden in ["m\u{2028}x", "red\u{1b}[31m", "rtl\u{202E}gpj.exe", "nul\0"] {
+        for hidden in [
+            "m\u{2028}x",
+            "red\u{1b}[31m",
+            "rtl\u{202E}gpj.exe",
+            "nul\0",
+            "alm\u{061C}x",
+            "tag\u{E0041}\u{E0042}",
+            "soft\u{00AD}hyphen",
+            "ann\u{FFF9}x\u{FFFB}",
+            "swap\u{206A}x",
+        ] {
             assert_eq!(parse("x", hidden).unwrap_err().0, "message", "{hidden:?}");
         }
         assert!(parse("x", "GPU 显存不足, retry later").is_ok());

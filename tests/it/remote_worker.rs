@@ -717,3 +717,81 @@ async fn an_api_server_without_gpu_access_queues_sonic_jobs_for_a_remote_sonic_w
         .await;
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_failure_message_with_hidden_characters_is_refused_and_the_job_keeps_its_lease() {
+    let server = api_only(30).await;
+    let admin = server.admin().await;
+    let credentials = create_worker(&server, "gpu-1").await;
+    let token = worker_token(&server, &credentials).await;
+    let created = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    let id = created["id"].as_str().unwrap();
+    let leased = lease_ok(&server, &token, "builtin").await;
+    let lease_id = leased["lease_id"].as_str().unwrap();
+    // Each shows the user something other than what the text says: a bidirectional mark, hidden
+    // tag letters, a soft hyphen, an interlinear annotation.
+    for message in [
+        "GPU \u{061C}failed",
+        "out of memory\u{E0041}\u{E0042}",
+        "re\u{00AD}try",
+        "\u{FFF9}x\u{FFFB}",
+    ] {
+        let response = server
+            .client
+            .post(server.url(&format!("/v1/worker/jobs/{id}/fail")))
+            .bearer_auth(&token)
+            .json(
+                &json!({ "lease_id": lease_id, "code": "engine_failed", "message": message,
+                "detail": "", "server_side": true, "retry": false }),
+            )
+            .send()
+            .await
+            .unwrap();
+        let problem = crate::videos::problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(
+            problem["errors"][0]["field"], "message",
+            "{message:?}: {problem}"
+        );
+    }
+    assert_eq!(
+        job_status(&server, &admin.access, id).await["status"],
+        "running"
+    );
+}
+
+#[tokio::test]
+async fn the_most_capacity_an_account_may_report_estimates_a_queue_at_once() {
+    let server = api_only(30).await;
+    let admin = server.admin().await;
+    let credentials = create_worker(&server, "gpu-1").await;
+    let token = worker_token(&server, &credentials).await;
+    // 64 processes x 256: every queued job can start now.
+    for n in 0..64 {
+        let response = report_presence(
+            &server,
+            &token,
+            &format!("{n:016x}"),
+            json!([{ "engine": "builtin", "capacity": 256 }]),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let created = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+        assert_eq!(created["estimated_start_s"], 0.0, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let page: Value = server
+        .get("/v1/videos?status=queued&limit=100", &admin.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{page}");
+    for item in items {
+        assert_eq!(item["estimated_start_s"], 0.0, "{item}");
+        assert!(item["eta_s"].as_f64().unwrap() > 0.0, "{item}");
+    }
+}
