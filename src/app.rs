@@ -540,6 +540,7 @@ async fn video_service(
         },
         costs,
         remote: crate::videos::presence::RemoteCapacity::new(Arc::clone(&core.store)),
+        result_uploads: Default::default(),
     })
 }
 

@@ -157,9 +157,17 @@ impl WorkerAccounts {
     ) -> Result<IssuedWorkerToken, GrantError> {
         let address = context.client_ip.clone().unwrap_or_default();
         // Throttled by address only: a secret is 256 random bits, so counting failures per client
-        // id would guard nothing and let anyone who knows the id lock its worker out.
+        // id would guard nothing and let anyone who knows the id lock its worker out. The address's
+        // count is its own, apart from user sign-ins: failed sign-ins from a shared address (a NAT)
+        // must not lock a worker out, nor wrong secrets the people behind it.
         let attempt = match throttle
-            .begin(&format!("client-from:{address}"), &address)
+            .begin(
+                &format!("client-from:{address}"),
+                &match address.parse::<std::net::IpAddr>() {
+                    Ok(ip) => format!("worker-client:{}", crate::net::client_network(ip)),
+                    Err(_) => format!("worker-client:{address}"),
+                },
+            )
             .await
         {
             Ok(attempt) => attempt,

@@ -45,6 +45,13 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::https_policy,
         ))
+        // No response may be sniffed into another type (a video read as HTML, say).
+        .layer(
+            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                axum::http::HeaderValue::from_static("nosniff"),
+            ),
+        )
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(state)
 }

@@ -37,7 +37,7 @@ use crate::media::audio::PcmFile;
 mod conform;
 mod probe;
 
-pub use conform::{conform_remote_video, ConformSpec};
+pub use conform::{conform_remote_video, remux_clean, ConformSpec};
 pub use probe::{probe, ProbeInfo};
 
 const FFMPEG: &str = "ffmpeg";

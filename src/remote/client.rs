@@ -74,6 +74,16 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &str, client_id: String, client_secret: String) -> anyhow::Result<Self> {
+        let parsed = url::Url::parse(server).context("--server is not a URL")?;
+        let loopback = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name == "localhost",
+            None => false,
+        };
+        if parsed.scheme() != "https" && !loopback {
+            tracing::warn!(server, "the gateway is reached over plain HTTP: the worker's secret and tokens cross the network unencrypted; use https://");
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()?;
@@ -86,7 +96,8 @@ impl Client {
         })
     }
 
-    /// The current token, fetched again when less than a quarter of its life (at most a minute) is left.
+    /// The current token, fetched again at half its life: a gateway that refuses new tokens for a
+    /// while (throttled, restarting) leaves the worker half a token's life to ride it out.
     async fn token(&self) -> anyhow::Result<String> {
         let mut token = self.token.lock().await;
         if let Some((value, renew_at)) = token.as_ref() {
@@ -110,8 +121,7 @@ impl Client {
             );
         }
         let issued: TokenResponse = response.json().await?;
-        let margin = (issued.expires_in / 4).min(60);
-        let renew_at = Instant::now() + Duration::from_secs(issued.expires_in - margin);
+        let renew_at = Instant::now() + Duration::from_secs(issued.expires_in / 2);
         *token = Some((issued.access_token.clone(), renew_at));
         Ok(issued.access_token)
     }
@@ -187,7 +197,12 @@ impl Client {
     }
 
     /// Downloads an input of a leased job to `path`.
+    /// Only the path of `url` is used, under `--server`: the worker's token goes to no other host,
+    /// whatever URL the gateway names.
     pub async fn download(&self, url: &str, lease: &str, path: &Path) -> anyhow::Result<()> {
+        let given = url::Url::parse(url).context("the gateway sent an invalid input URL")?;
+        let url = format!("{}{}", self.server, given.path());
+        let url = url.as_str();
         let mut response = self
             .send(|http| {
                 http.get(url)

@@ -30,7 +30,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use tokens::{RefreshTokenRecord, RevokedToken, TokenId, TokenStore};
 pub use webhooks::WebhookSecretStore;
-pub use workers::{Presence, WorkerAccount, WorkerAccountStore};
+pub use workers::{Presence, PresenceLimits, WorkerAccount, WorkerAccountStore};
 
 /// Failures of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,14 @@ pub struct WorkerAccount {
     pub token_generation: i64,
 }
 
+/// The bounds of `record_presence`.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceLimits {
+    pub since: UnixMillis,
+    pub max_processes: u64,
+    pub forget_before: UnixMillis,
+}
+
 /// What one `sonicgw worker` process said it can run: `capacity` jobs of `engine` at once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Presence {
@@ -55,22 +63,17 @@ pub trait WorkerAccountStore: Send + Sync {
     ) -> StoreResult<Option<WorkerAccount>>;
     async fn touch_worker_account(&self, id: uuid::Uuid, now: UnixMillis) -> StoreResult<()>;
     /// Records what a worker `process` of `account` can run now, replacing its earlier report,
-    /// and forgets reports older than `forget_before`.
+    /// unless `limits.max_processes` other processes of the account reported since `limits.since`
+    /// (checked and written atomically: `false`, nothing written); forgets reports older than
+    /// `limits.forget_before`.
     async fn record_presence(
         &self,
         account: uuid::Uuid,
         process: &str,
         engines: &[Presence],
         now: UnixMillis,
-        forget_before: UnixMillis,
-    ) -> StoreResult<()>;
-    /// How many processes of `account` reported since `since` (other than `process`).
-    async fn other_present_processes(
-        &self,
-        account: uuid::Uuid,
-        process: &str,
-        since: UnixMillis,
-    ) -> StoreResult<u64>;
+        limits: PresenceLimits,
+    ) -> StoreResult<bool>;
     /// The capacity per engine that enabled accounts' processes reported since `since`.
     async fn remote_capacity(&self, since: UnixMillis) -> StoreResult<Vec<Presence>>;
 }

@@ -277,7 +277,8 @@ impl CostModel {
     }
 
     /// Seconds per reference second of `instance` of `engine`; `None`, or an instance never measured:
-    /// the mean of the engine's measured instances; never measured at all: its seed.
+    /// the median of the engine's measured instances (a few odd ones, say a remote worker's made-up
+    /// instances, cannot drag it); never measured at all: its seed.
     pub fn speed(&self, engine: &str, instance: Option<&str>) -> f64 {
         let measured = self.measured.read().unwrap_or_else(|e| e.into_inner());
         if let Some(instance) = instance {
@@ -288,17 +289,34 @@ impl CostModel {
                 return *speed;
             }
         }
-        let of_engine: Vec<f64> = measured
+        let mut of_engine: Vec<f64> = measured
             .speeds
             .iter()
             .filter(|((e, _), _)| e == engine)
             .map(|(_, speed)| *speed)
             .collect();
         if of_engine.is_empty() {
-            self.cost_of(engine).seed
-        } else {
-            of_engine.iter().sum::<f64>() / of_engine.len() as f64
+            return self.cost_of(engine).seed;
         }
+        of_engine.sort_by(f64::total_cmp);
+        let middle = of_engine.len() / 2;
+        if of_engine.len() % 2 == 1 {
+            of_engine[middle]
+        } else {
+            (of_engine[middle - 1] + of_engine[middle]) / 2.0
+        }
+    }
+
+    /// The measured instances of `engine` whose names start with `prefix`.
+    pub fn instances_named(&self, engine: &str, prefix: &str) -> Vec<String> {
+        self.measured
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .speeds
+            .keys()
+            .filter(|(e, instance)| e == engine && instance.starts_with(prefix))
+            .map(|(_, instance)| instance.clone())
+            .collect()
     }
 
     /// Engine seconds `work` is expected to take on `instance` of `engine` (`None`: any instance).

@@ -278,7 +278,7 @@ mod model {
     }
 
     #[tokio::test]
-    async fn an_unmeasured_instance_gets_the_mean_of_the_measured_ones() {
+    async fn an_unmeasured_instance_gets_the_median_of_the_measured_ones() {
         let dir = tempfile::tempdir().unwrap();
         let model = CostModel::load(sqlite(dir.path()).await, &engines(), &seeds())
             .await
@@ -304,6 +304,17 @@ mod model {
         assert!(close(model.speed("simulated", Some("b")), b));
         assert!(close(model.speed("simulated", Some("c")), (a + b) / 2.0));
         assert!(close(model.speed("simulated", None), (a + b) / 2.0));
+        // An odd instance does not drag the others' estimate: the median, not the mean.
+        model
+            .observe(
+                "simulated",
+                "odd",
+                work(10.0, 512, 25),
+                Duration::from_millis(50),
+            )
+            .await;
+        assert!(close(model.speed("simulated", None), a));
+        assert_eq!(model.instances_named("simulated", "o").len(), 1);
         // Engines nobody configured keep their default seed.
         assert!(close(model.speed("sonic", None), default_seed("sonic")));
     }

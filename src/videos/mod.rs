@@ -70,6 +70,8 @@ pub struct VideoService {
     pub costs: eta::CostModel,
     /// What remote workers can run, for ETAs.
     pub remote: presence::RemoteCapacity,
+    /// Remote workers' result uploads in progress here.
+    pub result_uploads: remote::ResultUploads,
 }
 
 /// Where a job's files live in the blob store.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::storage::{Presence, Store, StoreResult};
+use crate::storage::{Presence, PresenceLimits, Store, StoreResult};
 use crate::time::now_ms;
 
 /// How often a worker process is asked to report.
@@ -54,22 +54,18 @@ impl RemoteCapacity {
         engines: &[Presence],
     ) -> StoreResult<Result<(), PresenceRejection>> {
         let now = now_ms();
-        let others = self
+        let limits = PresenceLimits {
+            since: now.saturating_sub_duration(FRESH_FOR),
+            max_processes: MAX_PROCESSES_PER_ACCOUNT,
+            forget_before: now.saturating_sub_duration(FORGET_AFTER),
+        };
+        if !self
             .store
-            .other_present_processes(account, process, now.saturating_sub_duration(FRESH_FOR))
-            .await?;
-        if others >= MAX_PROCESSES_PER_ACCOUNT {
+            .record_presence(account, process, engines, now, limits)
+            .await?
+        {
             return Ok(Err(PresenceRejection::TooManyProcesses));
         }
-        self.store
-            .record_presence(
-                account,
-                process,
-                engines,
-                now,
-                now.saturating_sub_duration(FORGET_AFTER),
-            )
-            .await?;
         // A worker that just came (or went) changes ETAs here at once, not after the cache expires.
         *self.cached.write().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(Ok(()))

@@ -12,6 +12,8 @@ use crate::storage::jobs::{JobOutcome, JobRecord, JobScope};
 use crate::storage::{StoreResult, TenantScope};
 use crate::time::now_ms;
 
+/// How many engine instances of one worker account the cost model keeps speeds of.
+pub const MAX_INSTANCES_PER_ACCOUNT: usize = 16;
 /// How long a lease request may wait for a job at most.
 pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(30);
 
@@ -190,15 +192,22 @@ impl VideoService {
 pub enum ResultRejection {
     #[error("the result is not an MP4 with an H.264 video stream: {0}")]
     NotMp4(String),
+    #[error("the result is not this job's video: {0}")]
+    NotThisJob(String),
 }
 
 impl ResultRejection {
     pub fn code(&self) -> &'static str {
         match self {
             ResultRejection::NotMp4(_) => "result_not_mp4",
+            ResultRejection::NotThisJob(_) => "result_mismatch",
         }
     }
 }
+
+/// How many frames a result may differ from its job's plan (container frame counts of one
+/// encoder's output against another's rounding).
+const FRAME_TOLERANCE: u64 = 2;
 
 impl VideoService {
     /// Checks an uploaded result (a sane MP4 with H.264 video), stores it as the job's video and
@@ -219,7 +228,10 @@ impl VideoService {
         let Some((worker_id, job)) = self.leased_job(account, id, lease).await? else {
             return Ok(Ok(false));
         };
-        if let Err(err) = crate::media::mp4guard::check(file) {
+        let guarded = file.to_path_buf();
+        let guard =
+            tokio::task::spawn_blocking(move || crate::media::mp4guard::check(&guarded)).await?;
+        if let Err(err) = guard {
             // The guard speaks of audio uploads; a result is a video.
             let why = match err {
                 crate::media::MediaError::UnsupportedAudioFormat { detail } => detail,
@@ -227,22 +239,44 @@ impl VideoService {
             };
             return Ok(Err(ResultRejection::NotMp4(why)));
         }
+        let plan: super::view::OutputPlan = serde_json::from_str(&job.output_plan)?;
         match crate::media::ffmpeg::probe(file).await {
-            Ok(info) if info.video_codec.as_deref() == Some("h264") && info.nb_frames > 0 => {}
-            Ok(info) => {
+            Ok(info) if info.video_codec.as_deref() != Some("h264") || info.nb_frames == 0 => {
                 return Ok(Err(ResultRejection::NotMp4(format!(
                     "video codec {:?}, {} frames",
                     info.video_codec, info.nb_frames
                 ))))
             }
+            Ok(info)
+                if (info.width, info.height) != (plan.width, plan.height)
+                    || info.nb_frames.abs_diff(u64::from(plan.frames)) > FRAME_TOLERANCE =>
+            {
+                return Ok(Err(ResultRejection::NotThisJob(format!(
+                    "{}x{} with {} frames, but the job is {}x{} with {} frames",
+                    info.width, info.height, info.nb_frames, plan.width, plan.height, plan.frames
+                ))))
+            }
+            Ok(_) => {}
             Err(err) => return Ok(Err(ResultRejection::NotMp4(err.to_string()))),
+        }
+        // Only the video and audio streams are kept: nothing else the file carried is served.
+        let clean = file.with_extension("clean.mp4");
+        let remuxed =
+            crate::media::ffmpeg::remux_clean(file, &clean, std::time::Duration::from_secs(300))
+                .await;
+        if let Err(err) = remuxed {
+            let _ = tokio::fs::remove_file(&clean).await;
+            return Ok(Err(ResultRejection::NotMp4(err.to_string())));
         }
         let key = super::result_key(job.tenant_id, job.id);
         let _ = self
             .store
             .set_progress(id, &worker_id, Stage::Storing, 1.0, now_ms())
             .await;
-        self.blobs.put_file(&key, file).await?;
+        let stored = self.blobs.put_file(&key, &clean).await;
+        let bytes = tokio::fs::metadata(&clean).await.map_or(bytes, |m| m.len());
+        let _ = tokio::fs::remove_file(&clean).await;
+        stored?;
         let outcome = JobOutcome::Succeeded {
             result_key: key,
             result_bytes: bytes as i64,
@@ -266,10 +300,18 @@ impl VideoService {
                 return;
             }
         };
-        let instance = match instance {
-            Some(instance) => format!("{account_name}/{instance}"),
-            None => account_name.to_owned(),
-        };
+        // Always `account/instance`: a '/' no local instance has, so a worker cannot write a local
+        // server's speed, and a bounded number of names per account.
+        let prefix = format!("{account_name}/");
+        let instance = format!("{prefix}{}", instance.unwrap_or("-"));
+        let known = self.costs.instances_named(&job.engine, &prefix);
+        if known.len() >= MAX_INSTANCES_PER_ACCOUNT && !known.contains(&instance) {
+            tracing::info!(
+                account = account_name,
+                "a remote worker's instance beyond the per-account limit was not timed"
+            );
+            return;
+        }
         let took = now_ms().saturating_sub(started);
         self.costs.observe(&job.engine, &instance, work, took).await;
     }
@@ -278,6 +320,56 @@ impl VideoService {
     pub fn expected_remote_s(&self, job: &JobRecord) -> Option<f64> {
         let work = super::eta::Work::from_stored(&job.params, &job.output_plan).ok()?;
         Some(self.costs.estimate(&job.engine, None, work))
+    }
+}
+
+/// Result uploads in progress in this process, one per job: a second upload on the same lease
+/// while one is being received is refused, not raced.
+#[derive(Default)]
+pub struct ResultUploads(dashmap::DashSet<JobId>);
+
+/// Marks a job's upload in progress until dropped.
+pub struct UploadInProgress<'a> {
+    uploads: &'a ResultUploads,
+    job: JobId,
+}
+
+impl ResultUploads {
+    pub fn start(&self, job: JobId) -> Option<UploadInProgress<'_>> {
+        self.0
+            .insert(job)
+            .then_some(UploadInProgress { uploads: self, job })
+    }
+}
+
+impl Drop for UploadInProgress<'_> {
+    fn drop(&mut self) {
+        self.uploads.0.remove(&self.job);
+    }
+}
+
+impl VideoService {
+    /// Renews `account`'s lease on job `id` every third of the lease while a result is received
+    /// and checked (a big video over a slow link outlasts a lease); returns when the lease is lost.
+    pub async fn renew_during_upload(&self, account: uuid::Uuid, id: JobId, lease: &str) {
+        let Some(worker_id) = own_lease(account, lease) else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(self.settings.lease / 3).await;
+            let now = now_ms();
+            match self
+                .store
+                .heartbeat(id, &worker_id, now, now + self.settings.lease)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::warn!(job = %id, error = %err, "renewing a lease during an upload failed")
+                }
+            }
+        }
     }
 }
 

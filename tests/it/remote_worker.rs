@@ -162,7 +162,7 @@ async fn api_only_server_and_a_remote_builtin_worker_process_complete_a_job() {
     assert!(
         speeds
             .iter()
-            .any(|s| s.engine == "builtin" && s.instance == "cpu-1" && s.samples == 1),
+            .any(|s| s.engine == "builtin" && s.instance == "cpu-1/-" && s.samples == 1),
         "{speeds:?}"
     );
 }

@@ -24,6 +24,8 @@ use crate::videos::remote::{RemoteFailure, MAX_LEASE_WAIT};
 
 /// The largest result a worker may upload.
 pub const MAX_RESULT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// How long a result upload may send nothing before it is dropped.
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 /// The header naming the lease on input downloads and result uploads.
 const LEASE_HEADER: &str = "x-lease-id";
 /// The optional header naming the engine instance that made a result (for its speed estimate).
@@ -451,12 +453,18 @@ pub async fn result(
                 .to_owned(),
         ),
     };
+    let Some(_uploading) = state.videos.result_uploads.start(id) else {
+        return Err(ApiError::Conflict {
+            code: "upload_in_progress",
+            detail: "a result for this job is being uploaded already".to_owned(),
+        });
+    };
     let dir = state.videos.settings.work_dir.join("uploads");
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(anyhow::Error::from)?;
     let path = dir.join(format!("{id}-{}.mp4", uuid::Uuid::new_v4().simple()));
-    let outcome = receive_and_accept(
+    let work = receive_and_accept(
         &state,
         &worker,
         Upload {
@@ -468,8 +476,16 @@ pub async fn result(
         },
         request,
         &path,
-    )
-    .await;
+    );
+    let renew = state
+        .videos
+        .renew_during_upload(worker.account_id, id, &lease);
+    tokio::pin!(work, renew);
+    let outcome = tokio::select! {
+        outcome = &mut work => outcome,
+        // The lease was lost meanwhile: the upload still ends, and is then refused.
+        () = &mut renew => work.await,
+    };
     let _ = tokio::fs::remove_file(&path).await;
     outcome
 }
@@ -504,10 +520,25 @@ async fn receive_and_accept(
     let mut hasher = Sha256::new();
     let mut received: u64 = 0;
     let mut body = request.into_body().into_data_stream();
-    while let Some(chunk) = body.try_next().await.map_err(|e| ApiError::BadRequest {
-        code: "body_unreadable",
-        detail: e.to_string(),
-    })? {
+    loop {
+        let next = tokio::time::timeout(UPLOAD_IDLE, body.try_next())
+            .await
+            .map_err(|_| ApiError::Rejected {
+                status: StatusCode::REQUEST_TIMEOUT,
+                code: "upload_stalled",
+                detail: format!(
+                    "no bytes arrived for {} s; upload the result again",
+                    UPLOAD_IDLE.as_secs()
+                ),
+                errors: Vec::new(),
+            })?;
+        let Some(chunk) = next.map_err(|e| ApiError::BadRequest {
+            code: "body_unreadable",
+            detail: e.to_string(),
+        })?
+        else {
+            break;
+        };
         received += chunk.len() as u64;
         if received > length {
             return Err(rejected(

@@ -60,6 +60,28 @@ pub async fn conform_remote_video(spec: &ConformSpec) -> Result<(), FfmpegError>
     Ok(())
 }
 
+/// Copies the first video and audio stream of an MP4 from another machine (a remote worker's result)
+/// into a fresh MP4 without re-encoding: whatever else the file carried (appended archives, boxes
+/// before `ftyp`, metadata, chapters, other streams) is left behind. MP4 demuxer forced, local
+/// files only.
+pub async fn remux_clean(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    timeout: Duration,
+) -> Result<(), FfmpegError> {
+    let mut a = words(
+        "-nostdin -hide_banner -nostats -loglevel error -y -protocol_whitelist file -f mov -i",
+    );
+    a.push(file_input(input));
+    a.extend(words(
+        "-map 0:v:0 -map 0:a:0? -c copy -map_metadata -1 -map_chapters -1 \
+         -movflags +faststart -f mp4",
+    ));
+    a.push(file_input(output));
+    run_capture(FFMPEG, &a, "remux", timeout).await?;
+    Ok(())
+}
+
 /// The ffmpeg command line for a [`ConformSpec`].
 fn conform_args(spec: &ConformSpec) -> Vec<OsString> {
     let mut a = words(

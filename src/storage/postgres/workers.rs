@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::PgStore;
 use crate::storage::shared::{worker_account_from_row, WORKER_ACCOUNT_COLUMNS};
-use crate::storage::workers::{Presence, WorkerAccount, WorkerAccountStore};
+use crate::storage::workers::{Presence, PresenceLimits, WorkerAccount, WorkerAccountStore};
 use crate::storage::{StoreError, StoreResult};
 use crate::time::UnixMillis;
 
@@ -118,10 +118,27 @@ impl WorkerAccountStore for PgStore {
         process: &str,
         engines: &[Presence],
         now: UnixMillis,
-        forget_before: UnixMillis,
-    ) -> StoreResult<()> {
+        limits: PresenceLimits,
+    ) -> StoreResult<bool> {
         let account = account.to_string();
         let mut tx = self.pool.begin().await?;
+        // One account's reports serialise: the count below cannot go stale before the insert.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind(&account)
+            .execute(&mut *tx)
+            .await?;
+        let others: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT process) FROM worker_presence
+             WHERE account_id = $1 AND process <> $2 AND seen_at >= $3",
+        )
+        .bind(&account)
+        .bind(process)
+        .bind(limits.since)
+        .fetch_one(&mut *tx)
+        .await?;
+        if u64::try_from(others).unwrap_or(0) >= limits.max_processes {
+            return Ok(false);
+        }
         sqlx::query("DELETE FROM worker_presence WHERE account_id = $1 AND process = $2")
             .bind(&account)
             .bind(process)
@@ -141,29 +158,11 @@ impl WorkerAccountStore for PgStore {
             .await?;
         }
         sqlx::query("DELETE FROM worker_presence WHERE seen_at < $1")
-            .bind(forget_before)
+            .bind(limits.forget_before)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn other_present_processes(
-        &self,
-        account: uuid::Uuid,
-        process: &str,
-        since: UnixMillis,
-    ) -> StoreResult<u64> {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT process) FROM worker_presence
-             WHERE account_id = $1 AND process <> $2 AND seen_at >= $3",
-        )
-        .bind(account.to_string())
-        .bind(process)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        Ok(true)
     }
 
     async fn remote_capacity(&self, since: UnixMillis) -> StoreResult<Vec<Presence>> {
