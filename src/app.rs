@@ -75,11 +75,16 @@ impl Core {
             return Ok(());
         }
         let context = AuditContext::cli();
-        let tenant = self
+        let tenant = match self
             .accounts
             .create_tenant(&context, "default", Some("pro"))
             .await
-            .map_err(|e| anyhow::anyhow!("creating the default tenant: {e}"))?;
+        {
+            Ok(tenant) => tenant,
+            // Replicas starting together on an empty database: another one bootstraps it.
+            Err(_) if self.store.count_tenants().await? > 0 => return Ok(()),
+            Err(e) => anyhow::bail!("creating the default tenant: {e}"),
+        };
         let (password, generated) = match admin_password.filter(|p| !p.is_empty()) {
             Some(password) => (password, false),
             None => (generate_password(), true),

@@ -204,3 +204,25 @@ async fn count(url: &str, sql: &str) -> i64 {
         n
     }
 }
+
+#[tokio::test]
+async fn replicas_starting_together_on_an_empty_database_bootstrap_it_once() {
+    let db = PgDatabase::create().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let opened = futures::future::join_all(dirs.iter().map(|dir| {
+        let config = test_config(dir.path(), Some(&db.url));
+        async move { sonicgw::app::Core::open(&config).await.unwrap() }
+    }))
+    .await;
+    let results = futures::future::join_all(
+        opened
+            .iter()
+            .map(|core| core.bootstrap(Some(ADMIN_PASSWORD.to_owned()))),
+    )
+    .await;
+    for result in &results {
+        assert!(result.is_ok(), "{result:?}");
+    }
+    assert_eq!(count(&db.url, "SELECT COUNT(*) FROM tenants").await, 1);
+    assert_eq!(count(&db.url, "SELECT COUNT(*) FROM users").await, 1);
+}
