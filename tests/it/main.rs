@@ -9,6 +9,7 @@ mod audit;
 mod builtin_e2e;
 mod builtin_render;
 mod cli;
+mod deploy_files;
 mod eta;
 mod exposure;
 mod fake_comfyui;
