@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/services.sh
 
+# The deploy files (Kubernetes manifests, compose.yaml): validated, not run here.
+scripts/validate-deploy.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked

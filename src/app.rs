@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::domain::{PasswordPolicy, Plans};
 use crate::http::directory::Directory;
 use crate::http::{AppState, Services};
-use crate::storage::Store;
+use crate::storage::{Migrations, Store};
 
 /// The parts shared by the server and the operator's CLI.
 pub struct Core {
@@ -39,10 +39,12 @@ pub struct Core {
 impl Core {
     /// Opens the database (applying migrations) and the revocation channel.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        create_private_dir(&config.data_dir)
-            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-        secure_sqlite_file(&config.database_url())?;
-        let store = crate::storage::connect(&config.database_url()).await?;
+        Self::open_with(config, Migrations::Apply).await
+    }
+
+    /// `open`, treating the schema as `migrations` says.
+    pub async fn open_with(config: &Config, migrations: Migrations) -> anyhow::Result<Self> {
+        let store = open_database(config, migrations).await?;
         let revocations =
             Revocations::start(Arc::clone(&store), config.redis_url(), &config.redis_prefix)
                 .await?;
@@ -73,11 +75,16 @@ impl Core {
             return Ok(());
         }
         let context = AuditContext::cli();
-        let tenant = self
+        let tenant = match self
             .accounts
             .create_tenant(&context, "default", Some("pro"))
             .await
-            .map_err(|e| anyhow::anyhow!("creating the default tenant: {e}"))?;
+        {
+            Ok(tenant) => tenant,
+            // Replicas starting together on an empty database: another one bootstraps it.
+            Err(_) if self.store.count_tenants().await? > 0 => return Ok(()),
+            Err(e) => anyhow::bail!("creating the default tenant: {e}"),
+        };
         let (password, generated) = match admin_password.filter(|p| !p.is_empty()) {
             Some(password) => (password, false),
             None => (generate_password(), true),
@@ -105,6 +112,17 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// Opens the store of `config` (creating `data_dir` and an owner-only SQLite file first).
+pub async fn open_database(
+    config: &Config,
+    migrations: Migrations,
+) -> anyhow::Result<Arc<dyn Store>> {
+    create_private_dir(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    secure_sqlite_file(&config.database_url())?;
+    crate::storage::connect_with(&config.database_url(), migrations).await
 }
 
 /// Creates a directory (and missing parents) readable by the owner only. An existing directory keeps its
@@ -183,36 +201,64 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
     background: tokio_util::task::TaskTracker,
+    grace: Duration,
 }
 
-/// How long shutdown waits for background work in flight (webhook deliveries, progress writes).
-const BACKGROUND_GRACE: Duration = Duration::from_secs(10);
+/// The least time background work gets at shutdown, even when requests used up the grace period:
+/// enough for workers to hand their jobs back.
+const BACKGROUND_MIN_GRACE: Duration = Duration::from_secs(2);
 
 impl RunningServer {
-    /// Stops accepting connections, waits for the server to finish, then for background work.
+    /// Shuts down gracefully: stops accepting connections and ends event streams (their clients
+    /// reconnect elsewhere), workers stop their engines and hand their jobs back to the queue,
+    /// requests in flight get `shutdown_grace_s` to finish, then background work (webhook
+    /// deliveries, progress writes) what is left of it.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        tracing::info!(
+            grace_s = self.grace.as_secs(),
+            "shutting down: no new connections, finishing requests in flight"
+        );
+        self.state.shutdown.cancel();
         let _ = self.shutdown.send(true);
-        let served = self.task.await?;
-        Self::drain(self.background).await;
+        let mut task = self.task;
+        let served = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(served) => served?,
+            Err(_) => {
+                tracing::warn!("requests still in flight after shutdown_grace_s; closing them");
+                task.abort();
+                Ok(())
+            }
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        Self::drain(self.background, left.max(BACKGROUND_MIN_GRACE)).await;
         served
     }
 
-    /// Runs until the server fails or the process is asked to stop (Ctrl-C or SIGTERM).
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            let _ = shutdown.send(true);
-        });
-        let served = self.task.await?;
-        Self::drain(self.background).await;
-        served
+    /// Runs until the server fails or `signal` completes (see `shutdown_signal`), then shuts down
+    /// gracefully (`stop`).
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let ended = tokio::select! {
+            served = &mut self.task => Some(served),
+            () = signal => None,
+        };
+        match ended {
+            Some(served) => {
+                Self::drain(self.background, BACKGROUND_MIN_GRACE).await;
+                served?
+            }
+            None => self.stop().await,
+        }
     }
 
-    /// Workers and housekeeping stop on the shutdown signal; deliveries in flight get a grace period.
-    async fn drain(background: tokio_util::task::TaskTracker) {
+    /// Waits for workers and housekeeping, which stop on the shutdown signal, and deliveries in
+    /// flight, at most `grace`.
+    async fn drain(background: tokio_util::task::TaskTracker, grace: Duration) {
         background.close();
-        if tokio::time::timeout(BACKGROUND_GRACE, background.wait())
+        if tokio::time::timeout(grace, background.wait())
             .await
             .is_err()
         {
@@ -224,19 +270,20 @@ impl RunningServer {
     }
 }
 
-pub(crate) async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+/// Registers for SIGTERM and SIGINT at once, so a signal that arrives before the returned future
+/// is first polled is not lost (the default action would kill the process), and returns a future
+/// that completes at the first of them.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static>
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
 }
 
 /// The first admin's password from the environment, if set.
@@ -254,7 +301,16 @@ pub async fn start_with_admin_password(
     config: Config,
     admin_password: Option<String>,
 ) -> anyhow::Result<RunningServer> {
-    let core = Core::open(&config).await?;
+    start_with_options(config, admin_password, Migrations::Apply).await
+}
+
+/// `start`, with the first admin's password given and the schema treated as `migrations` says.
+pub async fn start_with_options(
+    config: Config,
+    admin_password: Option<String>,
+    migrations: Migrations,
+) -> anyhow::Result<RunningServer> {
+    let core = Core::open_with(&config, migrations).await?;
     core.bootstrap(admin_password).await?;
 
     let std_listener = std::net::TcpListener::bind(config.listen)
@@ -310,6 +366,7 @@ pub async fn start_with_admin_password(
         workers: crate::auth::workers::WorkerAccounts::new(&core.accounts),
         videos: Arc::clone(&videos),
         denials: crate::audit::Repeats::new(10_000, Duration::from_secs(60)),
+        shutdown: tokio_util::sync::CancellationToken::new(),
         config: config.clone(),
     });
 
@@ -367,6 +424,7 @@ pub async fn start_with_admin_password(
         shutdown,
         task,
         background: videos.tasks.clone(),
+        grace: Duration::from_secs(config.shutdown_grace_s),
     })
 }
 
@@ -557,9 +615,11 @@ async fn serve_tls(
             .context("loading tls_cert / tls_key")?;
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
+    let grace = Duration::from_secs(config.shutdown_grace_s);
     tokio::spawn(async move {
         let _ = shutdown_rx.wait_for(|stop| *stop).await;
-        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+        // `RunningServer::stop` bounds the wait; this bounds it too, for connections TLS holds.
+        stopper.graceful_shutdown(Some(grace));
     });
     let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
     Ok(tokio::spawn(async move {

@@ -34,7 +34,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API.
-    Serve,
+    Serve {
+        /// Apply no database migrations; refuse to start when the schema is behind this release
+        /// (a deploy step ran `sonicgw migrate` first).
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply the database migrations, then exit (a deploy step before the replicas start).
+    Migrate,
     /// Manage tenants and users directly in the database.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -271,14 +278,25 @@ fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve => {
-            let server = crate::app::start(config).await?;
+        Command::Serve { no_migrate } => {
+            let signal = crate::app::shutdown_signal().context("installing signal handlers")?;
+            let migrations = if no_migrate {
+                crate::storage::Migrations::Require
+            } else {
+                crate::storage::Migrations::Apply
+            };
+            let server = crate::app::start_with_options(
+                config,
+                crate::app::admin_password_from_env(),
+                migrations,
+            )
+            .await?;
             // A line for people and for scripts that start the server on port 0.
             println!("sonicgw listening on http://{}", server.addr);
             if let Some(metrics) = server.metrics_addr {
                 println!("sonicgw metrics on http://{metrics}/metrics");
             }
-            server.run_until_signal().await?;
+            server.run_until(signal).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out } => {
@@ -297,6 +315,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 lanes: args.lanes,
             };
             crate::remote::worker::serve(config, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let store =
+                crate::app::open_database(&config, crate::storage::Migrations::Apply).await?;
+            let status = store.schema().await?;
+            if let Some(problem) = status.problem() {
+                bail!("{problem}");
+            }
+            println!("database schema is current");
+            if !status.newer.is_empty() {
+                println!(
+                    "the database also has migrations {:?} of a newer release",
+                    status.newer
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin(command) => admin(command, &config).await.map(|()| ExitCode::SUCCESS),

@@ -86,6 +86,8 @@ pub struct Config {
     pub url_signing_secret: String,
     /// Longest an engine may take for one job.
     pub engine_timeout_s: u64,
+    /// On SIGTERM, how long requests in flight may take to finish before their connections close.
+    pub shutdown_grace_s: u64,
     /// Starting speeds of the ETA model per engine, in engine seconds per second of 512x512 video at
     /// 25 steps (a table, or in the environment `engine=seconds` pairs separated by commas); engines
     /// not named keep their defaults (`videos::eta::default_seed`).
@@ -163,6 +165,7 @@ impl Default for Config {
             link_ttl_s: 3600,
             url_signing_secret: String::new(),
             engine_timeout_s: 1800,
+            shutdown_grace_s: 20,
             engine_speed_seed: BTreeMap::new(),
             simulated_engine_ms: 0,
             webhook_allow_private: false,
@@ -221,6 +224,7 @@ impl fmt::Debug for Config {
             link_ttl_s,
             url_signing_secret,
             engine_timeout_s,
+            shutdown_grace_s,
             engine_speed_seed,
             simulated_engine_ms,
             webhook_allow_private,
@@ -274,6 +278,7 @@ impl fmt::Debug for Config {
             .field("link_ttl_s", link_ttl_s)
             .field("url_signing_secret", &Redacted(url_signing_secret))
             .field("engine_timeout_s", engine_timeout_s)
+            .field("shutdown_grace_s", shutdown_grace_s)
             .field("engine_speed_seed", engine_speed_seed)
             .field("simulated_engine_ms", simulated_engine_ms)
             .field("webhook_allow_private", webhook_allow_private)
@@ -394,6 +399,7 @@ const ENV_KEYS: &[&str] = &[
     "link_ttl_s",
     "url_signing_secret",
     "engine_timeout_s",
+    "shutdown_grace_s",
     "engine_speed_seed",
     "simulated_engine_ms",
     "webhook_allow_private",
@@ -450,6 +456,9 @@ impl Config {
         }
         if self.job_lease_s < 3 || self.job_max_attempts < 1 {
             bail!("job_lease_s must be at least 3 and job_max_attempts at least 1");
+        }
+        if !(1..=3600).contains(&self.shutdown_grace_s) {
+            bail!("shutdown_grace_s must be between 1 and 3600");
         }
         if self.link_ttl_s < 1 {
             bail!("link_ttl_s must be at least 1");

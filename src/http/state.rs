@@ -30,6 +30,8 @@ pub struct Services {
     pub videos: Arc<crate::videos::VideoService>,
     /// Role refusals already audited (per user and route, for a minute).
     pub denials: crate::audit::Repeats,
+    /// Cancelled when the process starts shutting down: event streams end, `/readyz` says 503.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

@@ -236,6 +236,8 @@ pub async fn serve(
     mut config: crate::config::Config,
     options: WorkerOptions,
 ) -> anyhow::Result<()> {
+    // Registered first: a SIGTERM during start-up is a request to stop, not a kill.
+    let signal = crate::app::shutdown_signal()?;
     if options.engine == "sonic" {
         if !options.comfyui_urls.is_empty() {
             config.comfyui_urls = options.comfyui_urls.clone();
@@ -266,7 +268,7 @@ pub async fn serve(
     let lanes = engine.lanes().unwrap_or(options.lanes.max(1));
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
-        crate::app::wait_for_signal().await;
+        signal.await;
         tracing::info!("stopping: no new leases; running jobs are handed back");
         stop_tx.send_replace(true);
     });

@@ -187,6 +187,15 @@ pub trait JobStore: Send + Sync {
         max_attempts: i64,
         now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>>;
+    /// Hands a running job of this worker back to the queue at its place without using up an
+    /// attempt: the process is shutting down, nothing went wrong with the job or its engine.
+    /// `None`: no longer this worker's.
+    async fn release_job(
+        &self,
+        id: JobId,
+        worker_id: &WorkerId,
+        now: UnixMillis,
+    ) -> StoreResult<Option<JobRecord>>;
     /// Cancels a queued or running job (a queued one gives its quota back).
     async fn cancel_job(
         &self,

@@ -9,6 +9,7 @@ pub mod chain;
 pub mod estimates;
 pub mod jobs;
 mod postgres;
+pub mod schema;
 mod shared;
 mod sqlite;
 pub mod tokens;
@@ -44,6 +45,9 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// `Migrations::Require` found the schema behind this release (or changed under it).
+    #[error("{0}")]
+    SchemaBehind(String),
 }
 
 impl StoreError {
@@ -117,10 +121,22 @@ impl TenantScope {
     }
 }
 
-/// Answers whether the database is reachable.
+/// Answers whether the database is reachable and its schema current.
 #[async_trait]
 pub trait HealthCheck: Send + Sync {
     async fn ping(&self) -> StoreResult<()>;
+    /// The schema compared with this release's migrations.
+    async fn schema(&self) -> StoreResult<schema::SchemaStatus>;
+}
+
+/// What opening the database does with its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrations {
+    /// Apply pending migrations first (the embedded default, and `sonicgw migrate`).
+    Apply,
+    /// Apply nothing, and refuse a schema that is behind (`serve --no-migrate`: a deploy step
+    /// migrates once, before the replicas start).
+    Require,
 }
 
 /// Storage of everything the gateway persists: the composition of the per-concern stores, so an
@@ -163,10 +179,18 @@ pub mod prelude {
 
 /// Connects to `database_url` (`sqlite://...` or `postgres://...`) and applies that backend's migrations.
 pub async fn connect(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    connect_with(database_url, Migrations::Apply).await
+}
+
+/// Connects to `database_url`, treating its schema as `migrations` says.
+pub async fn connect_with(
+    database_url: &str,
+    migrations: Migrations,
+) -> anyhow::Result<Arc<dyn Store>> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(database_url).await?))
+        Ok(Arc::new(PgStore::open(database_url, migrations).await?))
     } else if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(database_url).await?))
+        Ok(Arc::new(SqliteStore::open(database_url, migrations).await?))
     } else {
         anyhow::bail!("database_url must start with sqlite:// or postgres://")
     }

@@ -17,14 +17,23 @@ use crate::storage::jobs::{JobOutcome, JobRecord};
 use crate::storage::StoreResult;
 use crate::time::now_ms;
 
+/// Why a job's run ended without an outcome of its engine.
+enum Interrupted {
+    /// The job is no longer this worker's (cancelled, deleted, taken over).
+    Lost,
+    /// The process is shutting down.
+    ShuttingDown,
+}
+
 /// How often the progress of a running job is written to the database at most.
 const PROGRESS_INTERVAL_MS: u64 = 500;
 
 /// Starts the workers on the service's task tracker. Engines bounded by the
 /// `workers` setting (CPU engines) share `count` workers; an engine that bounds itself (a GPU
 /// pool) gets one worker per place, and each reserves its place before it claims a job. With
-/// `count` 0 this process runs no jobs at all. They stop when `shutdown` turns true; a job being
-/// run then stays `running` until its lease expires and another worker takes it over.
+/// `count` 0 this process runs no jobs at all. They stop when `shutdown` turns true: an idle
+/// worker at once, a busy one after it has stopped its engine and handed the job back to the
+/// queue (`release_job`), so another worker takes it at once instead of after its lease.
 pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::Receiver<bool>) {
     let mut shared = Vec::new();
     let mut lanes: Vec<Arc<dyn Engine>> = Vec::new();
@@ -38,21 +47,20 @@ pub fn spawn_workers(service: Arc<VideoService>, count: usize, shutdown: watch::
     let mut workers = Vec::new();
     if !shared.is_empty() {
         for worker_id in ids.by_ref().take(count) {
-            workers.push(Arc::clone(&service).work(worker_id, shared.clone(), None));
+            workers.push(Arc::clone(&service).work(
+                worker_id,
+                shared.clone(),
+                None,
+                shutdown.clone(),
+            ));
         }
     }
     for (engine, worker_id) in lanes.into_iter().zip(ids) {
         let names = vec![engine.capabilities().name];
-        workers.push(Arc::clone(&service).work(worker_id, names, Some(engine)));
+        workers.push(Arc::clone(&service).work(worker_id, names, Some(engine), shutdown.clone()));
     }
     for worker in workers {
-        let mut stop = shutdown.clone();
-        service.tasks.spawn(async move {
-            tokio::select! {
-                () = worker => {}
-                _ = stop.wait_for(|stop| *stop) => {}
-            }
-        });
+        service.tasks.spawn(worker);
     }
 }
 
@@ -70,33 +78,43 @@ pub fn spawn_lease_reaper(service: Arc<VideoService>, mut stop: watch::Receiver<
 
 impl VideoService {
     /// Claims jobs of `engines` one at a time; with `reserving`, only while holding a place that
-    /// engine reserved.
+    /// engine reserved. Returns when `stop` turns true.
     async fn work(
         self: Arc<Self>,
         worker_id: WorkerId,
         engines: Vec<String>,
         reserving: Option<Arc<dyn Engine>>,
+        mut stop: watch::Receiver<bool>,
     ) {
-        loop {
+        while !*stop.borrow() {
             let slot = match &reserving {
-                Some(engine) => engine.reserve().await,
+                Some(engine) => tokio::select! {
+                    slot = engine.reserve() => slot,
+                    _ = stop.wait_for(|stop| *stop) => return,
+                },
                 None => Slot::unbounded(),
             };
             let queued = self.events.next_queued();
             match self.claim(&worker_id, &engines).await {
                 Ok(Some(job)) => {
                     self.events.changed(job.id);
-                    self.run(&worker_id, job, slot).await;
+                    self.run(&worker_id, job, slot, stop.clone()).await;
                 }
                 Ok(None) => {
                     drop(slot);
                     // Idle: wake on a new job in this process, or poll for other processes' jobs.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), queued).await;
+                    tokio::select! {
+                        _ = tokio::time::timeout(Duration::from_secs(1), queued) => {}
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    }
                 }
                 Err(err) => {
                     drop(slot);
                     tracing::error!(worker = %worker_id, error = %err, "claiming a job failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    }
                 }
             }
         }
@@ -164,19 +182,34 @@ impl VideoService {
             outcome = Empty,
         )
     )]
-    async fn run(self: &Arc<Self>, worker_id: &WorkerId, job: JobRecord, slot: Slot) {
+    async fn run(
+        self: &Arc<Self>,
+        worker_id: &WorkerId,
+        job: JobRecord,
+        slot: Slot,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let workdir = self.settings.work_dir.join("jobs").join(job.id.to_string());
         let outcome = tokio::select! {
-            outcome = self.generate(worker_id, &job, &workdir, slot) => Some(outcome),
-            () = self.keep_lease(worker_id, &job) => None,
+            outcome = self.generate(worker_id, &job, &workdir, slot) => Ok(outcome),
+            () = self.keep_lease(worker_id, &job) => Err(Interrupted::Lost),
+            _ = stop.wait_for(|stop| *stop) => Err(Interrupted::ShuttingDown),
         };
         let _ = tokio::fs::remove_dir_all(&workdir).await;
-        let Some(outcome) = outcome else {
-            // Cancelled, deleted or taken over: dropping the engine's future stopped it.
-            Span::current().record("outcome", "stopped");
-            tracing::info!(job = %job.id, "job stopped: no longer ours to run");
-            self.events.changed(job.id);
-            return;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(Interrupted::Lost) => {
+                // Cancelled, deleted or taken over: dropping the engine's future stopped it.
+                Span::current().record("outcome", "stopped");
+                tracing::info!(job = %job.id, "job stopped: no longer ours to run");
+                self.events.changed(job.id);
+                return;
+            }
+            Err(Interrupted::ShuttingDown) => {
+                Span::current().record("outcome", "released");
+                self.release(worker_id, &job).await;
+                return;
+            }
         };
         Span::current().record(
             "outcome",
@@ -282,6 +315,24 @@ impl VideoService {
             Err(store) => {
                 tracing::error!(job = %job.id, error = %store, "requeueing a job failed");
                 false
+            }
+        }
+    }
+
+    /// Hands the job back to the queue on shutdown (its engine was stopped), without using up an
+    /// attempt. If that fails, its lease expires and the reaper requeues it.
+    async fn release(&self, worker_id: &WorkerId, job: &JobRecord) {
+        match self.store.release_job(job.id, worker_id, now_ms()).await {
+            Ok(Some(_)) => {
+                tracing::info!(job = %job.id, "shutting down: job handed back to the queue");
+                metrics::counter!("jobs_released_total", "engine" => job.engine.clone())
+                    .increment(1);
+                self.events.changed(job.id);
+                self.events.queued();
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(job = %job.id, error = %err, "handing a job back failed; its lease will expire")
             }
         }
     }

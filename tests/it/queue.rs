@@ -454,6 +454,83 @@ async fn expired_lease_requeues_then_fails_with_worker_lost_postgres() {
     lease_expiry(postgres().await).await;
 }
 
+async fn release_on_shutdown(db: Db) {
+    let store = db.store.as_ref();
+    let (tenant, user) = tenant_with_user(store, "release").await;
+    let created = store
+        .create_job(&job(tenant, user, 0), &limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    let claim = |who: &'static str, at: i64| async move {
+        store
+            .claim_job(
+                &worker(who),
+                &engines(),
+                UnixMillis::from_millis(at),
+                UnixMillis::from_millis(at + 1_000_000),
+            )
+            .await
+            .unwrap()
+    };
+    let claimed = claim("stopping-worker", 10).await.unwrap();
+    assert_eq!(claimed.attempts, 1);
+    assert!(
+        store
+            .release_job(created.id, &worker("another"), UnixMillis::from_millis(11))
+            .await
+            .unwrap()
+            .is_none(),
+        "only the job's own worker hands it back"
+    );
+    let released = store
+        .release_job(
+            created.id,
+            &worker("stopping-worker"),
+            UnixMillis::from_millis(12),
+        )
+        .await
+        .unwrap()
+        .expect("released");
+    assert_eq!(released.status, JobStatus::Queued);
+    assert_eq!(released.attempts, 0, "the attempt is given back");
+    assert!(
+        store
+            .release_job(
+                created.id,
+                &worker("stopping-worker"),
+                UnixMillis::from_millis(13)
+            )
+            .await
+            .unwrap()
+            .is_none(),
+        "a queued job is not released twice"
+    );
+    // Claimable at once, though the first lease (a million ms) is far from over; a late heartbeat
+    // of the stopped worker is refused.
+    let again = claim("next-worker", 14).await.expect("claimable at once");
+    assert_eq!((again.id, again.attempts), (created.id, 1));
+    assert!(!store
+        .heartbeat(
+            created.id,
+            &worker("stopping-worker"),
+            UnixMillis::from_millis(15),
+            UnixMillis::from_millis(40)
+        )
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn release_hands_a_running_job_back_without_using_an_attempt_sqlite() {
+    release_on_shutdown(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn release_hands_a_running_job_back_without_using_an_attempt_postgres() {
+    release_on_shutdown(postgres().await).await;
+}
+
 async fn concurrent_claims(db: Db) {
     let (tenant, user) = tenant_with_user(db.store.as_ref(), "claims").await;
     for i in 0..20 {

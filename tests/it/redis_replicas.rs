@@ -18,10 +18,19 @@ pub struct Replica {
 
 impl Replica {
     pub fn start(env: &[(&str, String)], stderr_path: std::path::PathBuf) -> Self {
+        Self::start_with_args(&["serve"], env, stderr_path)
+    }
+
+    /// `start` with other arguments than plain `serve` (e.g. `serve --no-migrate`).
+    pub fn start_with_args(
+        args: &[&str],
+        env: &[(&str, String)],
+        stderr_path: std::path::PathBuf,
+    ) -> Self {
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sonicgw"));
         command
-            .arg("serve")
+            .args(args)
             .env("SONICGW_LISTEN", "127.0.0.1:0")
             .env("SONICGW_METRICS_LISTEN", "")
             .env("SONICGW_ADMIN_PASSWORD", ADMIN_PASSWORD)

@@ -22,23 +22,31 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the database answers and signing keys are loaded.
+/// Readiness: the database answers, its schema is this release's, signing keys are loaded, and the
+/// process is not shutting down.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     pub status: &'static str,
     pub database: bool,
+    /// Every migration of this release is applied (`sonicgw migrate`).
+    pub migrations: bool,
     pub keys: bool,
+    /// SIGTERM was received: finishing what is in flight, taking nothing new.
+    pub shutting_down: bool,
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let database = state.store.ping().await.is_ok();
+    let schema = state.store.schema().await;
+    let database = schema.is_ok();
+    let migrations = schema.is_ok_and(|s| s.is_current());
+    let shutting_down = state.shutdown.is_cancelled();
     let keys = !state.tokens.jwks()["keys"]
         .as_array()
         .is_none_or(|k| k.is_empty())
         || state.tokens.settings().alg == crate::auth::keys::SigningAlg::HS256;
-    let ready = database && keys;
+    let ready = database && migrations && keys && !shutting_down;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -49,7 +57,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Json(Readiness {
             status: if ready { "ready" } else { "unavailable" },
             database,
+            migrations,
             keys,
+            shutting_down,
         }),
     )
         .into_response()

@@ -3,6 +3,7 @@
 //! tenant's job answers 404 on every route; users see their own jobs, admins their tenant's.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -341,7 +342,9 @@ pub async fn delete(
 /// Server-Sent Events: one `job` event with the whole job for each status or progress change, and a
 /// final `end` event when the job is finished (`{"status": ...}`), deleted (`{"reason":"deleted"}`),
 /// or the stream's token expires or is revoked (`{"reason": "token_expired" | "token_revoked"}`:
-/// reconnect with a fresh token). A user may hold a few streams open at once.
+/// reconnect with a fresh token), or the server is shutting down (`{"reason":"shutting_down"}` with
+/// an SSE `retry:` of 0.5-1.5 s: reconnect, and the load balancer sends you to another replica). A
+/// user may hold a few streams open at once.
 #[utoipa::path(get, path = "/v1/videos/{id}/events", tag = "videos", params(("id" = String, Path)),
     responses((status = 200, content_type = "text/event-stream", description = "job events"),
         (status = 404, body = crate::http::error::Problem),
@@ -372,6 +375,8 @@ pub async fn events(
         expires_at: tokio::time::Instant::now() + Duration::from_secs(remaining),
         is_revoked: Box::new(move || revocations.is_revoked(&jti)),
     };
+    let ended = Arc::new(AtomicBool::new(false));
+    let ended_here = Arc::clone(&ended);
     let events = Arc::clone(&state.videos)
         .follow(scope, job, audience(&caller), credential)
         .map(move |event| {
@@ -381,8 +386,29 @@ pub async fn events(
                 FollowEvent::Job(view) => Event::default()
                     .event("job")
                     .data(serde_json::to_string(&view).unwrap_or_default()),
-                FollowEvent::End(reason) => Event::default().event("end").data(reason.to_json()),
+                FollowEvent::End(reason) => {
+                    ended_here.store(true, Ordering::Relaxed);
+                    Event::default().event("end").data(reason.to_json())
+                }
             })
         });
+    // On shutdown the stream ends at once, so the connection can close within the grace period,
+    // and tells the client to come back (spread over a second, so a replica's followers do not
+    // all reconnect at the same instant).
+    let shutdown = state.shutdown.clone();
+    let farewell = futures::stream::once(async move {
+        (shutdown.is_cancelled() && !ended.load(Ordering::Relaxed)).then(|| {
+            use rand::Rng;
+            let retry = Duration::from_millis(rand::thread_rng().gen_range(500..=1500));
+            Ok(Event::default()
+                .event("end")
+                .retry(retry)
+                .data(r#"{"reason":"shutting_down"}"#))
+        })
+    })
+    .filter_map(std::future::ready);
+    let events = events
+        .take_until(state.shutdown.clone().cancelled_owned())
+        .chain(farewell);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -316,6 +316,30 @@ impl JobStore for PgStore {
             .transpose()
     }
 
+    async fn release_job(
+        &self,
+        id: JobId,
+        worker_id: &WorkerId,
+        now: UnixMillis,
+    ) -> StoreResult<Option<JobRecord>> {
+        let sql = format!(
+            "UPDATE jobs
+             SET status = 'queued', stage = 'queued', progress = 0, worker_id = NULL,
+                 lease_expires_at = NULL, attempts = attempts - 1, updated_at = $3
+             WHERE id = $1 AND worker_id = $2 AND status = 'running' AND attempts > 0
+             RETURNING {JOB_COLUMNS}"
+        );
+        sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(worker_id.as_str())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
     async fn cancel_job(
         &self,
         scope: JobScope,

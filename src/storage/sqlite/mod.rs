@@ -17,7 +17,10 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::{HealthCheck, StoreError, StoreResult};
+use super::schema::{AppliedMigration, SchemaStatus};
+use super::{HealthCheck, Migrations, StoreError, StoreResult};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// `Store` on a SQLite database file.
 pub struct SqliteStore {
@@ -27,7 +30,14 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Opens the database and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, Migrations::Apply).await
+    }
+
+    /// Opens the database; with `Migrations::Require` it applies nothing and refuses a schema
+    /// that is behind this release.
+    pub async fn open(url: &str, migrations: Migrations) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -37,11 +47,25 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self {
+        let store = Self {
             pool,
             audit_lock: tokio::sync::Mutex::new(()),
-        })
+        };
+        match migrations {
+            Migrations::Apply => {
+                let pending = store.schema().await?.pending;
+                MIGRATOR.run(&store.pool).await?;
+                if !pending.is_empty() {
+                    tracing::info!(versions = ?pending, "database migrations applied");
+                }
+            }
+            Migrations::Require => {
+                if let Some(problem) = store.schema().await?.problem() {
+                    return Err(StoreError::SchemaBehind(problem));
+                }
+            }
+        }
+        Ok(store)
     }
 
     /// A transaction holding the write lock from the start. Rolled back if dropped before commit.
@@ -60,5 +84,30 @@ impl HealthCheck for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn schema(&self) -> StoreResult<SchemaStatus> {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied = if exists == 0 {
+            Vec::new()
+        } else {
+            sqlx::query_as::<_, (i64, Vec<u8>, bool)>(
+                "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(version, checksum, success)| AppliedMigration {
+                version,
+                checksum,
+                success,
+            })
+            .collect()
+        };
+        Ok(SchemaStatus::compare(&MIGRATOR, &applied))
     }
 }
