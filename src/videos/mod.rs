@@ -9,6 +9,7 @@ pub mod intake;
 pub mod jobs;
 pub mod presence;
 pub mod remote;
+pub mod rerun;
 pub mod view;
 pub mod webhook;
 pub mod worker;
