@@ -123,7 +123,10 @@ mod tests {
         let index = ASSETS.iter().find(|a| a.path == "/").unwrap();
         for (at, _) in index.body.match_indices("<script") {
             let tag = &index.body[at..at + index.body[at..].find('>').unwrap()];
-            assert!(tag.contains(" src=\"/app/"), "inline or foreign script: {tag}");
+            assert!(
+                tag.contains(" src=\"/app/"),
+                "inline or foreign script: {tag}"
+            );
         }
         for asset in ASSETS {
             // XML namespace names are identifiers, never fetched.

@@ -285,16 +285,12 @@ impl VideoService {
         image: &UploadedFile,
         audio: &UploadedFile,
     ) -> Result<Preview, IntakeError> {
-        let admitted =
-            Arc::new(
-                self.admission
-                    .enter(user)
-                    .await
-                    .map_err(|refusal| match refusal {
-                        AdmissionRefusal::UserBusy => IntakeError::UserBusy,
-                        AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
-                    })?,
-            );
+        let admitted = Arc::new(self.admission.enter(user).await.map_err(
+            |refusal| match refusal {
+                AdmissionRefusal::UserBusy => IntakeError::UserBusy,
+                AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
+            },
+        )?);
         let plan = self.plans.limits(plan_name);
         let inspected = self
             .inspect(
@@ -429,8 +425,7 @@ impl VideoService {
             });
         }
 
-        let (image, face, faces_detected, crop) =
-            self.find_face(image, &params, admitted).await?;
+        let (image, face, faces_detected, crop) = self.find_face(image, &params, admitted).await?;
         Ok(Inspected {
             params,
             image,

@@ -254,7 +254,7 @@ test("the Chinese UI follows the browser's language and the switch changes it", 
   await page.getByRole("button", { name: "登录" }).click();
   await page.getByRole("button", { name: "退出登录" }).waitFor();
   assert.ok(await page.getByText("新建视频").first().isVisible());
-  assert.ok(await page.getByLabel("照片").count());
+  await page.getByLabel("照片").waitFor({ state: "attached" });
   await shot(page, "10-zh-new-video");
   await page.getByRole("button", { name: "语言：切换到英文" }).click();
   await page.getByRole("button", { name: "Sign out" }).waitFor();

@@ -26,4 +26,5 @@ mod tcp_proxy;
 mod throttle;
 mod tokens;
 mod videos;
+mod webapp;
 mod webhooks;

@@ -250,7 +250,10 @@ pub(super) async fn read_form(request: Request) -> Result<HashMap<String, String
     }
 }
 
-pub(super) fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, OAuthFailure> {
+pub(super) fn required<'a>(
+    params: &'a HashMap<String, String>,
+    name: &str,
+) -> Result<&'a str, OAuthFailure> {
     params
         .get(name)
         .map(String::as_str)

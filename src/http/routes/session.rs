@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::auth::{grant_response, no_store, oauth_failure, password_grant, read_form, OAuthFailure};
+use super::auth::{
+    grant_response, no_store, oauth_failure, password_grant, read_form, OAuthFailure,
+};
 use crate::auth::sessions::TokenPair;
 use crate::http::caller::ClientInfo;
 use crate::http::error::ApiError;

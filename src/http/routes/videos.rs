@@ -275,7 +275,12 @@ pub async fn rerun(
             serde_json::Value::String(text) => text,
             serde_json::Value::Number(number) => number.to_string(),
             serde_json::Value::Bool(flag) => flag.to_string(),
-            _ => return Err(ApiError::invalid(&name, "must be a string, number or boolean")),
+            _ => {
+                return Err(ApiError::invalid(
+                    &name,
+                    "must be a string, number or boolean",
+                ))
+            }
         };
         fields.insert(name, text);
     }
