@@ -239,11 +239,11 @@ async function queue(body, ctx, platform) {
       e.health.detail ? h("p", { class: "small" }, e.health.detail) : null,
       e.instances && e.instances.length
         ? h("p", { class: "small" }, `${t("admin.queue.instances")}: `,
-            e.instances.map((i) => `${i.name || i.id} (${i.healthy ? "✓" : "✗"}${i.busy ? ", busy" : ""})`).join(", "))
+            e.instances.map((i) => `${i.name || i.id} (${i.healthy ? "✓" : "✗"}${i.busy ? `, ${t("admin.queue.busy")}` : ""})`).join(", "))
         : null))),
     h("h2", {}, t("admin.queue.jobs")),
     jobs.length
-      ? table([t("job.title"), t("admin.status"), t("job.progress"), t("new.engine"), "ETA"],
+      ? table([t("job.title"), t("admin.status"), t("job.progress"), t("new.engine"), t("admin.queue.eta")],
           jobs.map((j) => h("tr", {},
             h("td", {}, h("a", { href: `#/videos/${j.id}`, class: "mono" }, j.id.slice(0, 8))),
             h("td", {}, h("span", { class: `badge ${j.status}` }, t(`job.status.${j.status}`))),

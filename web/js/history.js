@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import { h, replace } from "./dom.js";
-import { t, seconds, dateTime } from "./i18n.js";
+import { t, dateTime } from "./i18n.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 
@@ -49,8 +49,9 @@ export async function renderHistory(main, ctx) {
           h("span", { class: `badge ${job.status}` }, t(`job.status.${job.status}`))),
         h("p", { class: "muted" }, dateTime(job.created_at)),
         h("p", { class: "muted small" },
-          `${seconds(job.input.audio.duration)} · ${job.output.width}×${job.output.height} · ${job.engine}`,
-          ` · expand ${job.params.expand_ratio} · dyn ${job.params.dynamic_scale} · seed ${job.params.seed}`),
+          `${t("common.seconds", { s: job.input.audio.duration.toFixed(1) })} · ${job.output.width}×${job.output.height} · ${job.engine}`),
+        h("p", { class: "muted small" },
+          `${t("new.expand_ratio")} ${job.params.expand_ratio} · ${t("new.dynamic_scale")} ${job.params.dynamic_scale} · ${t("new.seed")} ${job.params.seed}`),
         job.error ? h("p", { class: "error small" }, job.error.message, h("code", { class: "code" }, job.error.code)) : null,
         h("div", { class: "row-actions" },
           !finished ? button(t("job.cancel"), async () => {

@@ -91,9 +91,13 @@ export async function renderJob(main, id, ctx) {
       finished ? remove : null);
     replace(details,
       h("dt", {}, t("job.created")), h("dd", {}, dateTime(view.created_at)),
-      h("dt", {}, t("job.duration")), h("dd", {}, seconds(view.input.audio.duration), ` (${view.input.audio.duration.toFixed(2)} s)`),
+      h("dt", {}, t("job.duration")), h("dd", {}, t("common.seconds", { s: view.input.audio.duration.toFixed(2) })),
       h("dt", {}, t("job.size")), h("dd", {}, `${view.output.width}×${view.output.height}`),
       h("dt", {}, t("new.engine")), h("dd", {}, view.engine),
+      h("dt", {}, t("new.resolution")), h("dd", {}, `${view.params.min_resolution} px`),
+      h("dt", {}, t("new.expand_ratio")), h("dd", {}, String(view.params.expand_ratio)),
+      h("dt", {}, t("new.dynamic_scale")), h("dd", {}, String(view.params.dynamic_scale)),
+      h("dt", {}, t("new.motion_scale")), h("dd", {}, String(view.params.motion_scale)),
       h("dt", {}, t("new.seed")), h("dd", {}, String(view.params.seed)));
     if (view.status === "succeeded" && view.result && shownResult !== view.result.url) {
       shownResult = view.result.url;
