@@ -118,6 +118,48 @@ mod tests {
         }
     }
 
+    /// The keys of one dictionary (`const en = {` ... `};`) in `i18n.js`.
+    fn dictionary_keys(source: &str, name: &str) -> Vec<String> {
+        let start = source
+            .find(&format!("const {name} = {{"))
+            .expect("dictionary");
+        let body = &source[start..];
+        let body = &body[..body.find("\n};").expect("dictionary end")];
+        let mut keys: Vec<String> = body
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix('"'))
+            .filter_map(|rest| rest.split_once("\":"))
+            .map(|(key, _)| key.to_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn every_string_exists_in_english_and_chinese() {
+        let i18n = ASSETS.iter().find(|a| a.path == "/app/i18n.js").unwrap();
+        let english = dictionary_keys(i18n.body, "en");
+        let chinese = dictionary_keys(i18n.body, "zh");
+        assert!(english.len() > 100, "{}", english.len());
+        assert_eq!(english, chinese);
+        for asset in ASSETS {
+            for (at, _) in asset.body.match_indices("t(\"") {
+                // `t(` itself, not `split(` or `.at(`.
+                let before = asset.body[..at].chars().next_back().unwrap_or(' ');
+                if before.is_alphanumeric() || before == '_' || before == '.' {
+                    continue;
+                }
+                let key = &asset.body[at + 3..];
+                let key = &key[..key.find('"').unwrap()];
+                assert!(
+                    english.iter().any(|k| k == key),
+                    "{} uses {key}, which has no translation",
+                    asset.path
+                );
+            }
+        }
+    }
+
     #[test]
     fn no_asset_has_inline_script_or_a_third_party_origin() {
         let index = ASSETS.iter().find(|a| a.path == "/").unwrap();

@@ -235,6 +235,12 @@ test("a free user sees 1024 px disabled with the reason, and the page fits 375 p
   assert.equal(await page.locator("#min_resolution-512").isDisabled(), false);
   assert.match(await page.locator("#min_resolution-reason").innerText(), /free plan allows up to 512 px/);
   assert.equal(await page.locator("#enable_lip_sync_correction").isDisabled(), true);
+  // A recording picked as the photo: the refusal sits under the Photo field, in words, with its code.
+  await page.getByLabel("Photo").setInputFiles(join(samples, "speech_en.mp3"));
+  await page.getByLabel("Audio").setInputFiles(join(samples, "speech_en.wav"));
+  const photoError = page.locator("#image-error");
+  await photoError.waitFor();
+  assert.match(await photoError.innerText(), /format is not supported[\s\S]*unsupported_image_format/);
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
   assert.ok(width <= 375, `no sideways scrolling at 375 px (content is ${width} px wide)`);
   await shot(page, "08-mobile-free-plan");

@@ -187,7 +187,7 @@ async function audit(body) {
         page.items.map((e) => h("tr", {},
           h("td", {}, dateTime(e.at)), h("td", { class: "mono" }, e.action),
           h("td", {}, h("span", { class: `badge ${e.outcome === "success" ? "succeeded" : "failed"}` }, e.outcome)),
-          h("td", { class: "mono" }, (e.actor_user_id || e.actor_kind || "").slice(0, 8)),
+          h("td", { class: "mono" }, e.actor_user_id ? e.actor_user_id.slice(0, 8) : e.actor_kind || ""),
           h("td", { class: "mono" }, (e.target || "").slice(0, 12)), h("td", {}, e.reason || "")))));
     } catch (err) {
       showError(error, err.message, err.code);
@@ -213,7 +213,7 @@ async function audit(body) {
     [["actor", "admin.audit.actor"], ["action", "admin.audit.action"], ["outcome", "admin.audit.outcome"], ["since", "admin.audit.since"], ["until", "admin.audit.until"]]
       .map(([name, key]) => h("div", { class: "field" }, h("label", { for: fields[name].id }, t(key)), fields[name])),
     h("button", { type: "submit", class: "primary" }, t("admin.audit.apply")),
-    action(t("admin.audit.export"), exportCsv));
+    action(t("admin.audit.export"), exportCsv, "export"));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     load();
