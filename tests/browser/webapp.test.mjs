@@ -199,9 +199,21 @@ test("a creator signs in, previews, generates, watches progress to 100 %, plays 
   assert.match(await page.locator("#share-link").inputValue(), /\/v1\/files\/videos\/.+\.mp4\?expires=\d+&sig=/);
   await page.locator("video#video").evaluate((element) => element.pause());
   await shot(page, "04-done");
+  const firstJob = page.url();
+
+  // Re-run: same inputs, a new seed; a new job starts.
+  await page.getByRole("link", { name: "Re-run with new parameters" }).click();
+  await page.getByLabel("Seed").fill("7");
+  assert.equal(Number(await page.locator("#preview-duration").getAttribute("data-duration")), audioSeconds);
+  await page.getByRole("button", { name: "Generate" }).click();
+  await page.waitForURL((url) => /#\/videos\//.test(url.href) && url.href !== firstJob);
+  await page.getByRole("progressbar").waitFor();
 
   await page.getByRole("link", { name: "History" }).click();
-  await page.locator("#videos .video-item").first().waitFor();
+  await page.locator("#videos .video-item").nth(1).waitFor();
+  await page.getByLabel("Status").selectOption("succeeded");
+  await page.waitForURL(/status=succeeded/);
+  await page.locator('#videos .video-item[data-status="succeeded"]').first().waitFor();
   await shot(page, "05-history");
 
   // Sign out: the page shows the sign-in form, and neither the cookie nor any access token it held works.

@@ -25,6 +25,11 @@ function say(message) {
   banner.hidden = !message;
 }
 
+/** The fragment's path segments, without its query: "#/videos/abc?x=1" -> ["videos", "abc"]. */
+function path() {
+  return location.hash.replace(/^#\/?/, "").split("?")[0].split("/");
+}
+
 function paintShell() {
   document.title = t("app.name");
   document.getElementById("brand-name").textContent = t("app.name");
@@ -37,7 +42,7 @@ function paintShell() {
   if (!me) return;
   who.textContent = me.username;
   who.title = t("user.menu", { user: me.username, tenant: me.tenant.name, plan: me.plan });
-  const route = location.hash.split("/")[1] || "";
+  const route = path()[0];
   const link = (href, key, name) =>
     h("a", { href, "aria-current": route === name ? "page" : null }, t(key));
   nav.setAttribute("aria-label", t("nav.main"));
@@ -61,7 +66,7 @@ async function route() {
     renderSignIn(main, { onSignedIn });
     return;
   }
-  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  const parts = path();
   const context = { me, signal: leaving.signal, say, go: (hash) => (location.hash = hash) };
   try {
     if (parts[0] === "videos" && parts[1]) await renderJob(main, parts[1], context);
