@@ -112,18 +112,9 @@ pub enum Submitted {
     Replayed(JobRecord),
 }
 
-/// What `preview` found: the parameters as they would be stored, the uploads as measured, and the
-/// video that would be made.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Preview {
-    pub params: SonicParams,
-    pub input: JobInput,
-    pub output: OutputPlan,
-}
-
 /// An upload that passed every check.
-struct Inspected {
-    params: SonicParams,
+pub(super) struct Inspected {
+    pub(super) params: SonicParams,
     image: ProbedImage,
     audio: AudioInfo,
     face: crate::media::face::Rect,
@@ -133,7 +124,7 @@ struct Inspected {
 
 impl Inspected {
     /// The uploads and the planned output, as a job stores and shows them.
-    fn describe(&self) -> (JobInput, OutputPlan) {
+    pub(super) fn describe(&self) -> (JobInput, OutputPlan) {
         let input = JobInput {
             image: ImageInput {
                 format: self.image.format.as_str().to_owned(),
@@ -275,47 +266,11 @@ impl VideoService {
         result.map(Submitted::Created)
     }
 
-    /// Validates an upload exactly as `submit` would, and stores nothing: no job, no files, no quota,
-    /// no audit record. `POST /v1/videos/preview` shows the result before the user submits.
-    pub async fn preview(
-        &self,
-        user: UserId,
-        plan_name: &PlanName,
-        fields: &RawParams,
-        image: &UploadedFile,
-        audio: &UploadedFile,
-    ) -> Result<Preview, IntakeError> {
-        let admitted = Arc::new(self.admission.enter(user).await.map_err(
-            |refusal| match refusal {
-                AdmissionRefusal::UserBusy => IntakeError::UserBusy,
-                AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
-            },
-        )?);
-        let plan = self.plans.limits(plan_name);
-        let inspected = self
-            .inspect(
-                None,
-                plan_name,
-                &plan,
-                fields,
-                &image.path,
-                &audio.path,
-                admitted,
-            )
-            .await?;
-        let (input, output) = inspected.describe();
-        Ok(Preview {
-            params: inspected.params,
-            input,
-            output,
-        })
-    }
-
     /// Every check of the media and parameters: real formats, the audio's real duration, Sonic's
     /// ranges, the engine, the plan's limits, a face. `audit` is the submitter's context (a refused
     /// plan limit is recorded); a preview has none.
     #[allow(clippy::too_many_arguments)]
-    async fn inspect(
+    pub(super) async fn inspect(
         &self,
         audit: Option<&AuditContext>,
         plan_name: &PlanName,

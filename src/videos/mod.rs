@@ -8,6 +8,7 @@ pub mod events;
 pub mod intake;
 pub mod jobs;
 pub mod presence;
+pub mod preview;
 pub mod remote;
 pub mod rerun;
 pub mod view;

@@ -21,8 +21,9 @@ use crate::http::state::AppState;
 use crate::http::upload::VideoUpload;
 use crate::videos::admission::MAX_STREAMS_PER_USER;
 use crate::videos::events::{FollowEvent, FollowerCredential};
-use crate::videos::intake::{IntakeError, Preview, Submission, Submitted};
+use crate::videos::intake::{IntakeError, Submission, Submitted};
 use crate::videos::jobs::{Audience, JobCursor, VideoError};
+use crate::videos::preview::Preview;
 use crate::videos::view::JobView;
 
 fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
