@@ -280,3 +280,34 @@ test("the Chinese UI follows the browser's language and the switch changes it", 
   await page.getByRole("button", { name: "Sign in" }).waitFor();
   await context.close();
 });
+
+test("a platform admin manages users and exports the audit log as CSV", async () => {
+  const context = await browser.newContext({ locale: "en-GB", viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+  const page = await context.newPage();
+  await signIn(page, "admin", ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "Admin" }).click();
+  await page.getByRole("cell", { name: "freddie" }).waitFor();
+  await page.getByLabel("Username").fill("newbie");
+  await page.getByLabel("Password").fill(USER_PASSWORD);
+  await page.getByRole("button", { name: "Create user" }).click();
+  await page.getByRole("cell", { name: "newbie" }).waitFor();
+  await shot(page, "11-admin-users");
+  await page.getByRole("link", { name: "Audit log" }).click();
+  await page.getByLabel("Action").fill("user.create");
+  await page.getByRole("button", { name: "Apply filters" }).click();
+  await page.locator("td", { hasText: "user.create" }).first().waitFor();
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("button", { name: "Export CSV" }).click(),
+  ]);
+  const csv = await (await download.createReadStream()).toArray();
+  const text = Buffer.concat(csv).toString("utf8");
+  assert.match(text.split("\n")[0], /action/);
+  assert.match(text, /user\.create/);
+  assert.doesNotMatch(text, /auth\.login/, "the export keeps the filter");
+  await shot(page, "12-admin-audit");
+  await page.getByRole("link", { name: "Queue and engines" }).click();
+  await page.getByText("builtin").first().waitFor();
+  await shot(page, "13-admin-queue");
+  await context.close();
+});
