@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks for running and testing sonicgw from Debian's packages: ffmpeg
-# (MP4 encoding), and Python's venv for validating the deploy files.
+# Installs what a fresh machine lacks for running and testing sonicgw, from Debian's packages, only when
+# missing (so a second run does nothing): ffmpeg (MP4 encoding), Python's venv for validating the deploy
+# files, and for the web app's browser tests Chromium (driven by playwright-core, never a browser of its
+# own), Node.js with npm, and CJK fonts for the Chinese screenshots.
 set -euo pipefail
-if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
-  echo "installing ffmpeg" >&2
+missing=()
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+fc-list 2>/dev/null | grep -qi "cjk" || missing+=(fonts-noto-cjk)
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # scripts/validate-deploy.sh keeps its tools in a Python venv.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

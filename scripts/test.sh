@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. The PostgreSQL and Redis tests talk to the real servers on this machine
 # (PostgreSQL 127.0.0.1:5432 with trust auth, Redis 127.0.0.1:6379); this starts them if they are down.
+# Then the web app in a real browser (scripts/browser-test.sh: Debian's chromium, playwright-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +13,4 @@ scripts/validate-deploy.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+scripts/browser-test.sh

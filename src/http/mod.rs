@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod upload;
+pub mod webapp;
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -59,7 +60,9 @@ pub fn router(state: AppState) -> Router {
 /// Every route of the API, each registered once from its handler's `#[utoipa::path]`, which gives both
 /// the route and its operation in the OpenAPI document. Handlers sharing a path go in one `routes!`.
 fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
-    use routes::{audit, auth, engines, files, me, ops, tenants, users, videos, webhooks, worker};
+    use routes::{
+        audit, auth, engines, files, me, ops, session, tenants, users, videos, webhooks, worker,
+    };
     let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
@@ -69,6 +72,8 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(auth::token))
         .routes(routes!(auth::revoke))
         .routes(routes!(auth::logout))
+        .routes(routes!(session::sign_in, session::sign_out))
+        .routes(routes!(session::refresh))
         .routes(routes!(me::me))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::update, users::delete))
@@ -79,6 +84,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(videos::list))
         .routes(routes!(videos::get, videos::delete))
         .routes(routes!(videos::cancel))
+        .routes(routes!(videos::rerun))
         .routes(routes!(videos::events))
         .routes(routes!(files::content))
         .routes(routes!(files::signed))
@@ -94,6 +100,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
     let upload_limit = (config.max_image_bytes + config.max_audio_bytes) as usize + MAX_BODY_BYTES;
     let uploads = OpenApiRouter::default()
         .routes(routes!(videos::create))
+        .routes(routes!(videos::preview))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(upload_limit));
     // A worker's result streams to disk; its handler checks the declared length.
@@ -106,15 +113,17 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
     api.merge(uploads).merge(results)
 }
 
-/// The only routes left out of the OpenAPI document: the document itself and the vendored Swagger UI
-/// that renders it. Every other route goes through `documented_routes`.
-pub fn undocumented_routes() -> [(&'static str, MethodRouter<AppState>); 5] {
+/// The only routes left out of the OpenAPI document: the document itself, the vendored Swagger UI
+/// that renders it, and the web app's page and files. Every other route goes through
+/// `documented_routes`.
+pub fn undocumented_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     use routes::ops;
-    [
+    let docs: [(&'static str, MethodRouter<AppState>); 5] = [
         ("/openapi.json", get(ops::openapi)),
         ("/docs", get(ops::docs)),
         ("/docs/init.js", get(ops::docs_init)),
         ("/docs/swagger-ui-bundle.js", get(ops::docs_bundle)),
         ("/docs/swagger-ui.css", get(ops::docs_css)),
-    ]
+    ];
+    docs.into_iter().chain(webapp::routes()).collect()
 }

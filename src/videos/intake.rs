@@ -112,6 +112,45 @@ pub enum Submitted {
     Replayed(JobRecord),
 }
 
+/// An upload that passed every check.
+pub(super) struct Inspected {
+    pub(super) params: SonicParams,
+    image: ProbedImage,
+    audio: AudioInfo,
+    face: crate::media::face::Rect,
+    faces_detected: usize,
+    crop: crate::media::face::CropPlan,
+}
+
+impl Inspected {
+    /// The uploads and the planned output, as a job stores and shows them.
+    pub(super) fn describe(&self) -> (JobInput, OutputPlan) {
+        let input = JobInput {
+            image: ImageInput {
+                format: self.image.format.as_str().to_owned(),
+                width: self.image.width,
+                height: self.image.height,
+                face: self.face,
+                faces_detected: self.faces_detected,
+                crop: self.crop.crop,
+            },
+            audio: AudioInput {
+                format: self.audio.format.as_str().to_owned(),
+                duration: self.audio.duration_s,
+                sample_rate: self.audio.sample_rate,
+                channels: self.audio.channels,
+            },
+        };
+        let output = OutputPlan {
+            width: self.crop.output_width,
+            height: self.crop.output_height,
+            fps: 25,
+            frames: (self.audio.duration_s * 25.0).floor() as u32,
+        };
+        (input, output)
+    }
+}
+
 fn media_error(field: &'static str, err: MediaError) -> IntakeError {
     if err.is_client_error() {
         IntakeError::Media {
@@ -170,9 +209,80 @@ impl VideoService {
                 .await);
         }
 
+        let inspected = self
+            .inspect(
+                Some(context),
+                &submission.plan,
+                &plan,
+                &submission.fields,
+                &submission.image.path,
+                &submission.audio.path,
+                Arc::clone(&admitted),
+            )
+            .await?;
+        let request_hash = {
+            let mut hasher = Sha256::new();
+            hasher.update(serde_json::to_vec(&inspected.params).map_err(anyhow::Error::from)?);
+            hasher.update(submission.image.sha256.as_bytes());
+            hasher.update(submission.audio.sha256.as_bytes());
+            hex::encode(hasher.finalize())
+        };
+        if let Some(key) = &submission.idempotency_key {
+            match self
+                .store
+                .reserve_idempotency_key(submission.user, key, &request_hash, now_ms())
+                .await?
+            {
+                IdempotencyState::Reserved => {}
+                IdempotencyState::InProgress => return Err(IntakeError::IdempotencyInProgress),
+                IdempotencyState::Mismatch => return Err(IntakeError::IdempotencyMismatch),
+                IdempotencyState::Existing(id) => {
+                    let scope = crate::storage::jobs::JobScope {
+                        tenant: crate::storage::TenantScope::tenant(submission.tenant),
+                        user: Some(submission.user),
+                    };
+                    if let Some(job) = self.store.job(scope, id).await? {
+                        return Ok(Submitted::Replayed(job));
+                    }
+                    // The original job was deleted: treat the key as fresh.
+                }
+            }
+        }
+        let result = self.queue(context, &submission, &inspected, &plan).await;
+        if let Some(key) = &submission.idempotency_key {
+            match &result {
+                Ok(job) => {
+                    self.store
+                        .complete_idempotency_key(submission.user, key, job.id)
+                        .await?
+                }
+                Err(_) => {
+                    self.store
+                        .release_idempotency_key(submission.user, key)
+                        .await?
+                }
+            }
+        }
+        result.map(Submitted::Created)
+    }
+
+    /// Every check of the media and parameters: real formats, the audio's real duration, Sonic's
+    /// ranges, the engine, the plan's limits, a face. `audit` is the submitter's context (a refused
+    /// plan limit is recorded); a preview has none.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn inspect(
+        &self,
+        audit: Option<&AuditContext>,
+        plan_name: &PlanName,
+        plan: &crate::domain::Plan,
+        fields: &RawParams,
+        image_path: &std::path::Path,
+        audio_path: &std::path::Path,
+        admitted: Arc<super::admission::IntakePermit>,
+    ) -> Result<Inspected, IntakeError> {
         let limits = self.settings.image_limits;
-        let image_path = submission.image.path.clone();
-        let audio_path = submission.audio.path.clone();
+        let image_path = image_path.to_path_buf();
+        let audio_path = audio_path.to_path_buf();
         let max_duration_s = f64::from(plan.max_duration_s);
         let (image_slot, audio_slot) = (Arc::clone(&admitted), Arc::clone(&admitted));
         let (image, audio) = tokio::try_join!(
@@ -197,7 +307,7 @@ impl VideoService {
                     // recording.
                     MediaError::AudioTooLong { .. } => IntakeError::PlanLimit {
                         limit: "max_duration_s",
-                        plan: submission.plan.to_string(),
+                        plan: plan_name.to_string(),
                         asked: format!("more than {}", plan.max_duration_s),
                         allowed: plan.max_duration_s.to_string(),
                     },
@@ -206,15 +316,11 @@ impl VideoService {
             },
         )?;
 
-        let params = SonicParams::parse(
-            &submission.fields,
-            audio.duration_s,
-            &self.settings.default_engine,
-        )
-        .map_err(|rejection| IntakeError::Params {
-            code: rejection.code(),
-            errors: rejection.errors,
-        })?;
+        let params = SonicParams::parse(fields, audio.duration_s, &self.settings.default_engine)
+            .map_err(|rejection| IntakeError::Params {
+                code: rejection.code(),
+                errors: rejection.errors,
+            })?;
         let Some(engine) = self.engines.get(&params.engine) else {
             return Err(IntakeError::Params {
                 code: "validation_failed",
@@ -228,7 +334,7 @@ impl VideoService {
             });
         };
         let capabilities = engine.capabilities();
-        let given: Vec<String> = submission.fields.keys().cloned().collect();
+        let given: Vec<String> = fields.keys().cloned().collect();
         let unsupported = crate::engines::unhonoured(&capabilities, &given);
         if !unsupported.is_empty() {
             return Err(IntakeError::UnsupportedParameter {
@@ -256,81 +362,33 @@ impl VideoService {
                 });
             }
         }
-        if let Some((limit, asked, allowed)) = params.exceeds(&plan) {
-            self.auditor
-                .record(
-                    context,
-                    AuditEvent::new(AuditAction::VideoCreate, Outcome::Denied).reason("plan_limit"),
-                )
-                .await;
+        if let Some((limit, asked, allowed)) = params.exceeds(plan) {
+            if let Some(context) = audit {
+                self.auditor
+                    .record(
+                        context,
+                        AuditEvent::new(AuditAction::VideoCreate, Outcome::Denied)
+                            .reason("plan_limit"),
+                    )
+                    .await;
+            }
             return Err(IntakeError::PlanLimit {
                 limit,
-                plan: submission.plan.to_string(),
+                plan: plan_name.to_string(),
                 asked,
                 allowed,
             });
         }
 
-        let (image, face, faces_detected, crop) = self
-            .find_face(image, &params, Arc::clone(&admitted))
-            .await?;
-
-        let request_hash = {
-            let mut hasher = Sha256::new();
-            hasher.update(serde_json::to_vec(&params).map_err(anyhow::Error::from)?);
-            hasher.update(submission.image.sha256.as_bytes());
-            hasher.update(submission.audio.sha256.as_bytes());
-            hex::encode(hasher.finalize())
-        };
-        if let Some(key) = &submission.idempotency_key {
-            match self
-                .store
-                .reserve_idempotency_key(submission.user, key, &request_hash, now_ms())
-                .await?
-            {
-                IdempotencyState::Reserved => {}
-                IdempotencyState::InProgress => return Err(IntakeError::IdempotencyInProgress),
-                IdempotencyState::Mismatch => return Err(IntakeError::IdempotencyMismatch),
-                IdempotencyState::Existing(id) => {
-                    let scope = crate::storage::jobs::JobScope {
-                        tenant: crate::storage::TenantScope::tenant(submission.tenant),
-                        user: Some(submission.user),
-                    };
-                    if let Some(job) = self.store.job(scope, id).await? {
-                        return Ok(Submitted::Replayed(job));
-                    }
-                    // The original job was deleted: treat the key as fresh.
-                }
-            }
-        }
-        let result = self
-            .queue(
-                context,
-                &submission,
-                &params,
-                &image,
-                &audio,
-                face,
-                faces_detected,
-                crop,
-                &plan,
-            )
-            .await;
-        if let Some(key) = &submission.idempotency_key {
-            match &result {
-                Ok(job) => {
-                    self.store
-                        .complete_idempotency_key(submission.user, key, job.id)
-                        .await?
-                }
-                Err(_) => {
-                    self.store
-                        .release_idempotency_key(submission.user, key)
-                        .await?
-                }
-            }
-        }
-        result.map(Submitted::Created)
+        let (image, face, faces_detected, crop) = self.find_face(image, &params, admitted).await?;
+        Ok(Inspected {
+            params,
+            image,
+            audio,
+            face,
+            faces_detected,
+            crop,
+        })
     }
 
     /// Finds the largest face and plans the crop. The decoded image moves to the detector's thread
@@ -420,43 +478,17 @@ impl VideoService {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn queue(
         &self,
         context: &AuditContext,
         submission: &Submission,
-        params: &SonicParams,
-        image: &ProbedImage,
-        audio: &AudioInfo,
-        face: crate::media::face::Rect,
-        faces_detected: usize,
-        crop: crate::media::face::CropPlan,
+        inspected: &Inspected,
         plan: &crate::domain::Plan,
     ) -> Result<JobRecord, IntakeError> {
         let id = JobId::generate();
         let now = now_ms();
-        let input = JobInput {
-            image: ImageInput {
-                format: image.format.as_str().to_owned(),
-                width: image.width,
-                height: image.height,
-                face,
-                faces_detected,
-                crop: crop.crop,
-            },
-            audio: AudioInput {
-                format: audio.format.as_str().to_owned(),
-                duration: audio.duration_s,
-                sample_rate: audio.sample_rate,
-                channels: audio.channels,
-            },
-        };
-        let output = OutputPlan {
-            width: crop.output_width,
-            height: crop.output_height,
-            fps: 25,
-            frames: (audio.duration_s * 25.0).floor() as u32,
-        };
+        let (input, output) = inspected.describe();
+        let (params, image, audio) = (&inspected.params, &inspected.image, &inspected.audio);
         // Files first: a worker must never claim a job whose inputs are missing.
         let image_key = input_key(submission.tenant, id, "image", image.format.as_str());
         let audio_key = input_key(submission.tenant, id, "audio", audio.format.as_str());

@@ -29,4 +29,5 @@ mod tcp_proxy;
 mod throttle;
 mod tokens;
 mod videos;
+mod webapp;
 mod webhooks;

@@ -34,7 +34,7 @@ pub struct OAuthError {
     pub error_description: String,
 }
 
-fn no_store(mut response: Response) -> Response {
+pub(super) fn no_store(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -42,7 +42,7 @@ fn no_store(mut response: Response) -> Response {
 }
 
 /// An RFC 6749 5.2 error, ready to send.
-struct OAuthFailure {
+pub(super) struct OAuthFailure {
     status: StatusCode,
     error: &'static str,
     description: String,
@@ -63,7 +63,7 @@ impl IntoResponse for OAuthFailure {
     }
 }
 
-fn oauth_failure(
+pub(super) fn oauth_failure(
     status: StatusCode,
     error: &'static str,
     description: impl Into<String>,
@@ -100,7 +100,7 @@ fn throttled(retry_after: Duration) -> Response {
     response
 }
 
-fn grant_response(result: Result<TokenPair, GrantError>) -> Response {
+pub(super) fn grant_response(result: Result<TokenPair, GrantError>) -> Response {
     match result {
         Ok(pair) => no_store(
             Json(TokenResponse {
@@ -240,7 +240,7 @@ fn parameters(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, O
     Ok(map)
 }
 
-async fn read_form(request: Request) -> Result<HashMap<String, String>, OAuthFailure> {
+pub(super) async fn read_form(request: Request) -> Result<HashMap<String, String>, OAuthFailure> {
     match form_pairs(request).await {
         Ok(Some(pairs)) => parameters(pairs),
         Ok(None) => Err(invalid_request(
@@ -250,7 +250,10 @@ async fn read_form(request: Request) -> Result<HashMap<String, String>, OAuthFai
     }
 }
 
-fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, OAuthFailure> {
+pub(super) fn required<'a>(
+    params: &'a HashMap<String, String>,
+    name: &str,
+) -> Result<&'a str, OAuthFailure> {
     params
         .get(name)
         .map(String::as_str)
@@ -350,7 +353,7 @@ async fn login_grant(
 }
 
 /// The password grant's parameters (`username`, `password`, optional `tenant`), then the grant.
-async fn password_grant(
+pub(super) async fn password_grant(
     state: &AppState,
     client: &ClientInfo,
     params: &HashMap<String, String>,

@@ -24,6 +24,7 @@ use crate::videos::admission::MAX_STREAMS_PER_USER;
 use crate::videos::events::{FollowEvent, FollowerCredential};
 use crate::videos::intake::{IntakeError, Submission, Submitted};
 use crate::videos::jobs::{Audience, JobCursor, VideoError};
+use crate::videos::preview::Preview;
 use crate::videos::view::JobView;
 
 fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
@@ -203,6 +204,103 @@ pub async fn create(
         .await?;
     // The uploads were copied into the blob store (or refused): their temporary folder can go.
     drop(dir);
+    let (status, job) = match submitted {
+        Submitted::Created(job) => (StatusCode::ACCEPTED, job),
+        Submitted::Replayed(job) => (StatusCode::OK, job),
+    };
+    let view = state.videos.view_for(&job, audience(&caller)).await?;
+    Ok((
+        status,
+        [(header::LOCATION, format!("/v1/videos/{}", job.id))],
+        Json(view),
+    )
+        .into_response())
+}
+
+/// Checks a photo and a recording exactly as `POST /v1/videos` does and stores nothing (no job, no
+/// files, no quota, no audit record): the detected face box, the crop that becomes the video, the
+/// recording's real duration, the parameters with their defaults, and the output size. Same multipart
+/// fields and the same refusals as a submission, except that quotas are not checked.
+#[utoipa::path(post, path = "/v1/videos/preview", tag = "videos",
+    request_body(content_type = "multipart/form-data", description = "image, audio, and the same optional parameters as POST /v1/videos"),
+    responses(
+        (status = 200, description = "Everything would be accepted", body = Preview),
+        (status = 403, description = "plan_limit", body = crate::http::error::Problem),
+        (status = 413, description = "file_too_large", body = crate::http::error::Problem),
+        (status = 422, description = "validation_failed, duration_mismatch, no_face_detected, unsupported_*", body = crate::http::error::Problem),
+        (status = 429, description = "too_many_uploads", body = crate::http::error::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn preview(
+    State(state): State<AppState>,
+    caller: Caller,
+    upload: VideoUpload,
+) -> Result<Json<Preview>, ApiError> {
+    let preview = state
+        .videos
+        .preview(
+            caller.user_id,
+            &caller.plan,
+            &upload.fields,
+            &upload.image,
+            &upload.audio,
+        )
+        .await?;
+    Ok(Json(preview))
+}
+
+/// Makes a new video from an earlier video's photo and recording with new parameters: a JSON object
+/// with the same optional fields as `POST /v1/videos` (strings, numbers or booleans). Every check of a
+/// submission runs again, against the caller's plan and quota; the new job is the caller's.
+#[utoipa::path(post, path = "/v1/videos/{id}/rerun", tag = "videos", params(("id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "replays the original job for the same request within 24 h")),
+    request_body(content = Object, description = "parameters, e.g. {\"min_resolution\": 512, \"seed\": 7}"),
+    responses(
+        (status = 202, description = "Queued", body = JobView),
+        (status = 200, description = "Replayed for the same Idempotency-Key", body = JobView),
+        (status = 403, description = "plan_limit", body = crate::http::error::Problem),
+        (status = 404, body = crate::http::error::Problem),
+        (status = 422, description = "validation_failed and the other refusals of a submission", body = crate::http::error::Problem),
+        (status = 429, description = "quota_exceeded", body = crate::http::error::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn rerun(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: crate::http::extract::ApiJson<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response, ApiError> {
+    let mut fields = std::collections::HashMap::new();
+    for (name, value) in body.0 {
+        let text = match value {
+            serde_json::Value::String(text) => text,
+            serde_json::Value::Number(number) => number.to_string(),
+            serde_json::Value::Bool(flag) => flag.to_string(),
+            _ => {
+                return Err(ApiError::invalid(
+                    &name,
+                    "must be a string, number or boolean",
+                ))
+            }
+        };
+        fields.insert(name, text);
+    }
+    let source = state
+        .videos
+        .find(caller.job_scope(), parse_job_id(&id)?)
+        .await?;
+    let rerun = crate::videos::rerun::Rerun {
+        user: caller.user_id,
+        tenant: caller.tenant_id,
+        plan: caller.plan.clone(),
+        fields,
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let submitted = state
+        .videos
+        .rerun(&caller.audit_context(), &source, rerun)
+        .await?;
     let (status, job) = match submitted {
         Submitted::Created(job) => (StatusCode::ACCEPTED, job),
         Submitted::Replayed(job) => (StatusCode::OK, job),
