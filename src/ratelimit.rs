@@ -161,10 +161,13 @@ impl LocalBuckets {
                 .map_or(i64::from(sizes[i]) * COST, |b| b.level_at(now, sizes[i]));
         }
         let allowed = levels.iter().all(|level| *level >= COST);
-        if allowed {
-            for level in &mut levels {
-                *level -= COST;
-            }
+        if !allowed {
+            // Nothing is written: refills are rounded down to thousandths, and storing a rounded level
+            // on every refusal would let a caller who retries quickly keep the bucket from refilling.
+            return decide(false, quota, levels[0], levels[1]);
+        }
+        for level in &mut levels {
+            *level -= COST;
         }
         for (i, key) in keys.iter().enumerate() {
             let bucket = LocalBucket {
@@ -180,7 +183,7 @@ impl LocalBuckets {
                 buckets.insert((*key).to_owned(), bucket);
             }
         }
-        decide(allowed, quota, levels[0], levels[1])
+        decide(true, quota, levels[0], levels[1])
     }
 
     fn len(&self) -> usize {
@@ -189,8 +192,9 @@ impl LocalBuckets {
 }
 
 /// Both buckets in one atomic step, with Redis's clock. KEYS: tenant, user; ARGV: their sizes per
-/// minute. Returns `{allowed, tenant level, user level}` in thousandths. Each key expires once its
-/// bucket would be full again, so idle callers cost Redis nothing.
+/// minute. Returns `{allowed, tenant level, user level}` in thousandths. A refusal writes nothing (see
+/// `LocalBuckets::check`). Each key expires once its bucket would be full again, so idle callers cost
+/// Redis nothing.
 const TOKEN_BUCKET_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -211,14 +215,15 @@ for i = 1, 2 do
   levels[i] = level
   if level < 1000 then allowed = 0 end
 end
+if allowed == 0 then return {0, levels[1], levels[2]} end
 for i = 1, 2 do
   local size = tonumber(ARGV[i])
-  if allowed == 1 then levels[i] = levels[i] - 1000 end
+  levels[i] = levels[i] - 1000
   redis.call('HSET', KEYS[i], 'level', levels[i], 'at', now)
   local ttl = math.ceil((size * 1000 - levels[i]) * 60 / size) + 1000
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
-return {allowed, levels[1], levels[2]}
+return {1, levels[1], levels[2]}
 "#;
 
 /// The request rate limiter.
@@ -326,6 +331,26 @@ mod tests {
                 .check(["t", "u"], QUOTA, start + Duration::from_millis(19_990))
                 .allowed
         );
+        assert!(
+            buckets
+                .check(["t", "u"], QUOTA, start + Duration::from_secs(20))
+                .allowed
+        );
+    }
+
+    #[test]
+    fn retrying_quickly_does_not_keep_the_bucket_from_refilling() {
+        let buckets = LocalBuckets::new(100);
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(buckets.check(["t", "u"], QUOTA, start).allowed);
+        }
+        // A refused retry every 7 ms (each one's refill alone rounds down to nothing).
+        let mut at = Duration::ZERO;
+        while at < Duration::from_secs(20) {
+            assert!(!buckets.check(["t", "u"], QUOTA, start + at).allowed);
+            at += Duration::from_millis(7);
+        }
         assert!(
             buckets
                 .check(["t", "u"], QUOTA, start + Duration::from_secs(20))
