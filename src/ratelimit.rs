@@ -17,6 +17,10 @@ use crate::redis_script::RedisScript;
 /// Thousandths of a token per request.
 const COST: i64 = 1000;
 
+/// After Redis fails, how long the process decides alone before asking Redis again: a request must not
+/// pay the script's timeout while Redis is down.
+const REDIS_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Buckets kept in process before full ones are forgotten to make room.
 pub const MAX_LOCAL_BUCKETS: usize = 100_000;
 
@@ -230,6 +234,8 @@ return {1, levels[1], levels[2]}
 pub struct RateLimiter {
     local: LocalBuckets,
     redis: Option<(RedisScript, String)>,
+    /// Set when Redis failed: until then, this process's buckets decide.
+    redis_down_until: Mutex<Option<Instant>>,
     last_fallback_warning: Mutex<Option<Instant>>,
 }
 
@@ -244,6 +250,7 @@ impl RateLimiter {
         Self {
             local: LocalBuckets::new(capacity),
             redis: None,
+            redis_down_until: Mutex::new(None),
             last_fallback_warning: Mutex::new(None),
         }
     }
@@ -265,7 +272,7 @@ impl RateLimiter {
         };
         let tenant_key = format!("tenant:{tenant}");
         let user_key = format!("user:{user}");
-        if let Some((script, prefix)) = &self.redis {
+        if let Some((script, prefix)) = self.redis.as_ref().filter(|_| self.redis_usable()) {
             let keys = [
                 format!("{prefix}:{tenant_key}"),
                 format!("{prefix}:{user_key}"),
@@ -280,14 +287,29 @@ impl RateLimiter {
                 Err(err) => self.warn_fallback(&err),
             }
         }
+        if self.redis.is_some() {
+            crate::metrics::rate_limit_fallback();
+        }
         self.local
             .check([&tenant_key, &user_key], quota, Instant::now())
     }
 
     /// Redis failing must not stop the API: the process's own buckets decide meanwhile (each replica
-    /// then allows the limit on its own), counted in metrics and logged at most every 10 s.
+    /// then allows the limit on its own) and Redis is asked again after [`REDIS_RETRY_AFTER`]; counted
+    /// in metrics and logged at most every 10 s.
+    fn redis_usable(&self) -> bool {
+        let down_until = self
+            .redis_down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        down_until.is_none_or(|until| Instant::now() >= until)
+    }
+
     fn warn_fallback(&self, err: &redis::RedisError) {
-        crate::metrics::rate_limit_fallback();
+        *self
+            .redis_down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + REDIS_RETRY_AFTER);
         let mut last = self
             .last_fallback_warning
             .lock()

@@ -3,10 +3,15 @@
 //! several replicas share are such scripts, so each decision is one round trip and one atomic step.
 
 use std::sync::RwLock;
+use std::time::Duration;
 
 use anyhow::Context;
 use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, ToRedisArgs};
+
+/// Longest a script call may take, reconnecting included: a request waiting on a Redis that is gone
+/// would otherwise wait for the connection manager's retries. Past it the caller decides alone.
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A script and the connection it runs on.
 pub struct RedisScript {
@@ -42,8 +47,22 @@ impl RedisScript {
         Ok(sha)
     }
 
-    /// Runs the script with `keys` and `args`.
+    /// Runs the script with `keys` and `args`, failing after [`SCRIPT_TIMEOUT`].
     pub async fn run<T: FromRedisValue>(
+        &self,
+        keys: &[String],
+        args: &[impl ToRedisArgs],
+    ) -> redis::RedisResult<T> {
+        match tokio::time::timeout(SCRIPT_TIMEOUT, self.run_untimed(keys, args)).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "Redis did not answer in time",
+            ))),
+        }
+    }
+
+    async fn run_untimed<T: FromRedisValue>(
         &self,
         keys: &[String],
         args: &[impl ToRedisArgs],

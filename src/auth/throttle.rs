@@ -51,6 +51,9 @@ const BUSY_WAIT: Duration = Duration::from_secs(10);
 /// wakes nobody here).
 const SHARED_BUSY_POLL: Duration = Duration::from_millis(100);
 
+/// After Redis fails, how long this process counts alone before asking Redis again.
+const SHARED_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Why an attempt cannot be reserved now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -142,6 +145,8 @@ pub struct LoginThrottle {
     busy_wait: Duration,
     /// The counts in Redis, shared by the replicas (`redis_url`).
     shared: Option<Arc<SharedThrottle>>,
+    /// Set when Redis failed: until then, the map counts.
+    shared_down_until: Mutex<Option<Instant>>,
     last_fallback_warning: Mutex<Option<Instant>>,
 }
 
@@ -197,6 +202,7 @@ impl LoginThrottle {
             settled: Arc::new(Notify::new()),
             busy_wait: BUSY_WAIT,
             shared: None,
+            shared_down_until: Mutex::new(None),
             last_fallback_warning: Mutex::new(None),
         }
     }
@@ -246,7 +252,19 @@ impl LoginThrottle {
         }
     }
 
+    fn shared_usable(&self) -> bool {
+        let down_until = self
+            .shared_down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        down_until.is_none_or(|until| Instant::now() >= until)
+    }
+
     fn warn_fallback(&self, err: &redis::RedisError) {
+        *self
+            .shared_down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + SHARED_RETRY_AFTER);
         let mut last = self
             .last_fallback_warning
             .lock()
@@ -283,7 +301,7 @@ impl LoginThrottle {
     /// tracked: their count is what protects a password, and every tracked account attempt costs an
     /// Argon2 verification, which bounds how fast they can be added.
     pub async fn begin(&self, account: &str, address: &str) -> Result<Attempt<'_>, Duration> {
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = self.shared.as_ref().filter(|_| self.shared_usable()) {
             if let Some(result) = self.begin_shared(shared, account, address).await {
                 return result;
             }

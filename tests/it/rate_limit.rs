@@ -289,3 +289,44 @@ async fn concurrent_guesses_across_replicas_never_exceed_the_shared_limit() {
         .all(|s| *s == StatusCode::BAD_REQUEST || *s == StatusCode::TOO_MANY_REQUESTS));
     delete_prefix(&prefix).await;
 }
+
+#[tokio::test]
+async fn while_redis_is_unreachable_each_replica_limits_on_its_own() {
+    let proxy = crate::tcp_proxy::TcpProxy::start(&redis_url()).await;
+    let redis_through_proxy = proxy.url.replace("http://", "redis://");
+    let prefix = format!("sonicgw-test-{}", uuid::Uuid::new_v4().simple());
+    let server_prefix = prefix.clone();
+    let server = TestServer::start_with(Backend::Sqlite, move |c| {
+        limits(3, 1000)(c);
+        c.redis_url = redis_through_proxy;
+        c.redis_prefix = server_prefix;
+    })
+    .await;
+    let admin = server.admin().await;
+    let alice = user(&server, &admin, "alice").await;
+    assert_eq!(
+        server.get("/v1/me", &alice.access).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(server.state().rate_limiter.local_buckets(), 0);
+
+    // Redis gone: requests are neither refused wholesale nor let through unlimited, and do not hang.
+    proxy.kill();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(
+            server.get("/v1/me", &alice.access).await.status(),
+            StatusCode::OK
+        );
+    }
+    let refused = server.get("/v1/me", &alice.access).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(server.state().rate_limiter.local_buckets() > 0);
+    proxy.revive().await;
+    delete_prefix(&prefix).await;
+}
