@@ -54,13 +54,25 @@ async fn main() -> anyhow::Result<()> {
         max_concurrent_jobs: 10_000,
         priority_weight: 1,
         allow_lip_sync_correction: false,
+        // Throughput is measured here, not the request rate limit.
+        requests_per_minute: u32::MAX / 20,
+        tenant_requests_per_minute: None,
     };
     let config = Config {
         listen: "127.0.0.1:0".parse()?,
         metrics_listen: String::new(),
         data_dir: data.path().to_path_buf(),
         comfyui_urls: fakes.iter().map(|f| f.url.clone()).collect(),
-        plans: BTreeMap::from([("bench".to_owned(), bench_plan)]),
+        plans: BTreeMap::from([
+            ("bench".to_owned(), bench_plan),
+            (
+                "pro".to_owned(),
+                Plan {
+                    requests_per_minute: u32::MAX / 20,
+                    ..Plan::pro()
+                },
+            ),
+        ]),
         ..Config::default()
     };
     let server =

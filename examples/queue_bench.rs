@@ -38,6 +38,9 @@ async fn main() -> anyhow::Result<()> {
         max_concurrent_jobs: 1000,
         priority_weight: 1,
         allow_lip_sync_correction: false,
+        // Throughput is measured here, not the request rate limit.
+        requests_per_minute: u32::MAX / 20,
+        tenant_requests_per_minute: None,
     };
     let config = Config {
         listen: "127.0.0.1:0".parse()?,
@@ -46,7 +49,16 @@ async fn main() -> anyhow::Result<()> {
         workers: WORKERS,
         simulated_engine_ms: engine_ms,
         default_engine: "simulated".to_owned(),
-        plans: BTreeMap::from([("bench".to_owned(), bench_plan)]),
+        plans: BTreeMap::from([
+            ("bench".to_owned(), bench_plan),
+            (
+                "pro".to_owned(),
+                Plan {
+                    requests_per_minute: u32::MAX / 20,
+                    ..Plan::pro()
+                },
+            ),
+        ]),
         ..Config::default()
     };
     let server =

@@ -17,10 +17,23 @@ data=$(mktemp -d)
 log="$data/server.log"
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$data"' EXIT
-# The default configuration, but for the data directory, port 0 and the first admin's password.
+# The default configuration, but for the data directory, port 0, the first admin's password, and the
+# admin's plan (pro) with a request rate limit one client at full speed cannot reach: this measures
+# throughput, not the limit (which still runs: every request takes a token from its buckets).
+cat >"$data/config.toml" <<'TOML'
+[plans.pro]
+max_resolution = 1024
+max_duration_s = 300
+max_inference_steps = 50
+videos_per_day = 200
+max_concurrent_jobs = 4
+priority_weight = 4
+allow_lip_sync_correction = true
+requests_per_minute = 1000000000
+TOML
 SONICGW_DATA_DIR="$data" SONICGW_LISTEN=127.0.0.1:0 SONICGW_METRICS_LISTEN=127.0.0.1:0 \
   SONICGW_ADMIN_PASSWORD=bench-admin-password \
-  target/release/sonicgw serve >"$data/stdout" 2>"$log" &
+  target/release/sonicgw --config "$data/config.toml" serve >"$data/stdout" 2>"$log" &
 pids+=($!)
 target/release/examples/bare_axum >"$data/bare" 2>&1 &
 pids+=($!)

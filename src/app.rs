@@ -20,6 +20,7 @@ use crate::audit::{AuditContext, Auditor};
 use crate::auth::password::Passwords;
 use crate::auth::revocation::Revocations;
 use crate::auth::sessions::Sessions;
+use crate::auth::shared_throttle::SharedThrottle;
 use crate::auth::throttle::{LoginThrottle, ThrottleLimits};
 use crate::auth::tokens::{TokenSettings, Tokens};
 use crate::config::Config;
@@ -319,22 +320,32 @@ pub async fn start_with_options(
     let addr = std_listener.local_addr()?;
     let issuer = config.issuer(addr);
 
-    let tokens = Arc::new(Tokens::new(
-        token_settings(&config, issuer.clone())?,
-        Arc::clone(&core.revocations),
-    )?);
-    let throttle = LoginThrottle::new(
-        ThrottleLimits {
-            max_failures: config.login_max_failures,
-            window: Duration::from_secs(config.login_window_s),
-            lockout: Duration::from_secs(config.login_lockout_s),
-        },
-        ThrottleLimits {
-            max_failures: config.login_ip_max_failures,
-            window: Duration::from_secs(config.login_window_s),
-            lockout: Duration::from_secs(config.login_lockout_s),
-        },
-    );
+    let settings = token_settings(&config, issuer.clone())?;
+    let tokens = Arc::new(if config.verifies_only() {
+        let jwks = crate::auth::jwks::RemoteJwks::new(&config.jwks_url)?;
+        Tokens::verifier(settings, jwks, Arc::clone(&core.revocations)).await
+    } else {
+        Tokens::new(settings, Arc::clone(&core.revocations))?
+    });
+    let account_limits = ThrottleLimits {
+        max_failures: config.login_max_failures,
+        window: Duration::from_secs(config.login_window_s),
+        lockout: Duration::from_secs(config.login_lockout_s),
+    };
+    let address_limits = ThrottleLimits {
+        max_failures: config.login_ip_max_failures,
+        ..account_limits
+    };
+    let mut throttle = LoginThrottle::new(account_limits, address_limits);
+    if let Some(url) = config.redis_url() {
+        throttle = throttle.with_shared(
+            SharedThrottle::connect(url, &config.redis_prefix, account_limits, address_limits)
+                .await?,
+        );
+    }
+    if config.verifies_only() && config.url_signing_secret.is_empty() {
+        tracing::warn!("jwks_url is set but url_signing_secret is not: signed links made by one replica fail on the others");
+    }
     let sessions = Arc::new(Sessions::new(
         Arc::clone(&core.store),
         Arc::clone(&tokens),
@@ -367,6 +378,10 @@ pub async fn start_with_options(
         videos: Arc::clone(&videos),
         denials: crate::audit::Repeats::new(10_000, Duration::from_secs(60)),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        rate_limiter: Arc::new(match config.redis_url() {
+            Some(url) => crate::ratelimit::RateLimiter::shared(url, &config.redis_prefix).await?,
+            None => crate::ratelimit::RateLimiter::in_process(),
+        }),
         config: config.clone(),
     });
 
@@ -384,7 +399,8 @@ pub async fn start_with_options(
             _ = stop_housekeeping.wait_for(|stop| *stop) => {}
         }
     });
-    if config.audit_checkpoint_interval_s > 0 {
+    // A verifier holds no key to sign checkpoints with: the issuer signs them.
+    if config.audit_checkpoint_interval_s > 0 && tokens.can_issue() {
         let mut stop_checkpoints = shutdown.subscribe();
         let checkpoints = audit_checkpoints(
             Arc::clone(&core.store),
@@ -682,14 +698,14 @@ async fn audit_checkpoints(
     }
 }
 
-/// Picks up rotated keys and forgets stale throttle entries.
+/// Picks up rotated keys (the key directory, or the issuer's JWKS) and forgets stale throttle entries.
 async fn housekeeping(tokens: Arc<Tokens>, sessions: Arc<Sessions>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Err(err) = tokens.reload_keys() {
-            tracing::warn!(error = %err, "reloading signing keys failed");
+        if let Err(err) = tokens.refresh_keys().await {
+            tracing::warn!(error = %format!("{err:#}"), "refreshing the verification keys failed; keeping the ones held");
         }
         sessions.throttle().prune();
     }

@@ -44,6 +44,10 @@ pub struct Config {
     /// Directory of signing keys; empty means `<data_dir>/keys`.
     #[serde(deserialize_with = "text")]
     pub keys_dir: String,
+    /// The issuer's JWKS; set: this process holds no private key, verifies with these keys only and
+    /// does not serve `/v1/auth/*` or `/login`.
+    #[serde(deserialize_with = "text")]
+    pub jwks_url: String,
     pub access_token_ttl_s: i64,
     pub refresh_token_ttl_s: i64,
     pub token_leeway_s: i64,
@@ -139,6 +143,7 @@ impl Default for Config {
             signing_alg: "RS256".to_owned(),
             hs256_secret: String::new(),
             keys_dir: String::new(),
+            jwks_url: String::new(),
             access_token_ttl_s: 30 * 60,
             refresh_token_ttl_s: 14 * 24 * 3600,
             token_leeway_s: 30,
@@ -198,6 +203,7 @@ impl fmt::Debug for Config {
             signing_alg,
             hs256_secret,
             keys_dir,
+            jwks_url,
             access_token_ttl_s,
             refresh_token_ttl_s,
             token_leeway_s,
@@ -251,6 +257,7 @@ impl fmt::Debug for Config {
             .field("signing_alg", signing_alg)
             .field("hs256_secret", &Redacted(hs256_secret))
             .field("keys_dir", keys_dir)
+            .field("jwks_url", &redacted_url(jwks_url))
             .field("access_token_ttl_s", access_token_ttl_s)
             .field("refresh_token_ttl_s", refresh_token_ttl_s)
             .field("token_leeway_s", token_leeway_s)
@@ -374,6 +381,7 @@ const ENV_KEYS: &[&str] = &[
     "signing_alg",
     "hs256_secret",
     "keys_dir",
+    "jwks_url",
     "access_token_ttl_s",
     "refresh_token_ttl_s",
     "token_leeway_s",
@@ -436,6 +444,15 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         self.signing_alg().map_err(anyhow::Error::msg)?;
         self.plans().map_err(anyhow::Error::msg)?;
+        if self.verifies_only() {
+            crate::auth::jwks::RemoteJwks::new(&self.jwks_url)?;
+            if self.issuer.is_empty() {
+                bail!("jwks_url needs issuer: the iss of the issuer's tokens");
+            }
+            if self.signing_alg().map_err(anyhow::Error::msg)? == SigningAlg::HS256 {
+                bail!("jwks_url cannot be used with signing_alg = \"HS256\" (a shared secret is never published)");
+            }
+        }
         if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
             bail!("access_token_ttl_s must be between 60 and 86400");
         }
@@ -526,6 +543,11 @@ impl Config {
         } else {
             PathBuf::from(&self.keys_dir)
         }
+    }
+
+    /// True when this process verifies with the issuer's JWKS and issues nothing (`jwks_url`).
+    pub fn verifies_only(&self) -> bool {
+        !self.jwks_url.is_empty()
     }
 
     pub fn redis_url(&self) -> Option<&str> {

@@ -20,6 +20,8 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod net;
+pub mod ratelimit;
+pub mod redis_script;
 pub mod remote;
 pub mod storage;
 pub mod time;

@@ -86,6 +86,21 @@ pub fn login_throttled() {
     metrics::counter!("auth_login_throttled_total").increment(1);
 }
 
+/// Counts a JWKS fetched from the issuer (a verifier's key refresh).
+pub fn jwks_refreshed() {
+    metrics::counter!("auth_jwks_refreshes_total").increment(1);
+}
+
+/// Counts a request refused by the request rate limit, by which bucket ran out (`user` or `tenant`).
+pub fn rate_limited(bucket: &'static str) {
+    metrics::counter!("http_rate_limited_total", "bucket" => bucket).increment(1);
+}
+
+/// Counts a rate-limit decision taken in process because the shared store (Redis) failed.
+pub fn rate_limit_fallback() {
+    metrics::counter!("http_rate_limit_fallbacks_total").increment(1);
+}
+
 /// Counts a finished-video download by how it was authorised (`bearer` or `signed_link`).
 pub fn video_download(via: &'static str) {
     metrics::counter!("video_downloads_total", "via" => via).increment(1);

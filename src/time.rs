@@ -159,6 +159,28 @@ pub fn now_s() -> i64 {
     now_ms().as_secs()
 }
 
+/// A monotonic clock for intervals (refresh bounds, rate-limit windows) that tests move forward
+/// instead of sleeping; in production nothing advances it, so it is `Instant::now()`.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Clock {
+    /// Now, plus however far the clock was advanced.
+    pub fn now(&self) -> std::time::Instant {
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Instant::now() + Duration::from_millis(offset)
+    }
+
+    /// Moves the clock forward (tests).
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.offset_ms
+            .fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

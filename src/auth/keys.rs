@@ -88,14 +88,29 @@ pub struct SigningKey {
     pub encoding: EncodingKey,
 }
 
-/// The active signing key, every key still accepted for verification, and the public JWKS.
+/// The active signing key (none in a process that only verifies), every key still accepted for
+/// verification, and the public JWKS.
 pub struct KeyRing {
-    pub signing: SigningKey,
+    pub signing: Option<SigningKey>,
     verifying: HashMap<String, VerifyingKey>,
     jwks: serde_json::Value,
 }
 
 impl KeyRing {
+    /// Keys that verify but never sign: the issuer's published keys, in a verifier.
+    pub fn verify_only(verifying: HashMap<String, VerifyingKey>, jwks: serde_json::Value) -> Self {
+        Self {
+            signing: None,
+            verifying,
+            jwks,
+        }
+    }
+
+    /// No keys at all: a verifier that has not reached its issuer yet.
+    pub fn empty() -> Self {
+        Self::verify_only(HashMap::new(), serde_json::json!({ "keys": [] }))
+    }
+
     pub fn verifying_key(&self, kid: &str) -> Option<&VerifyingKey> {
         self.verifying.get(kid)
     }
@@ -143,11 +158,11 @@ impl KeyRing {
             },
         )]);
         Ok(Self {
-            signing: SigningKey {
+            signing: Some(SigningKey {
                 kid,
                 alg: SigningAlg::HS256,
                 encoding: EncodingKey::from_secret(secret.as_bytes()),
-            },
+            }),
             verifying,
             // A shared secret is never published.
             jwks: serde_json::json!({ "keys": [] }),
@@ -190,11 +205,11 @@ impl KeyRing {
         }
         .with_context(|| format!("key {} is unreadable", active.kid))?;
         Ok(Self {
-            signing: SigningKey {
+            signing: Some(SigningKey {
                 kid: active.kid.clone(),
                 alg: active.alg,
                 encoding,
-            },
+            }),
             verifying,
             jwks: serde_json::json!({ "keys": jwks }),
         })
@@ -336,15 +351,21 @@ fn public_parts(file: &KeyFile) -> anyhow::Result<(DecodingKey, serde_json::Valu
 mod tests {
     use super::*;
 
+    impl KeyRing {
+        fn signing(&self) -> &SigningKey {
+            self.signing.as_ref().expect("a local key ring signs")
+        }
+    }
+
     #[test]
     fn first_load_creates_a_private_key_file_readable_only_by_owner() {
         let dir = tempfile::tempdir().unwrap();
         let ring = KeyRing::load_or_create(dir.path(), SigningAlg::EdDSA, None, 1800).unwrap();
-        let path = dir.path().join(format!("{}.json", ring.signing.kid));
+        let path = dir.path().join(format!("{}.json", ring.signing().kid));
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let jwks = ring.jwks().to_string();
-        assert!(jwks.contains(&ring.signing.kid));
+        assert!(jwks.contains(&ring.signing().kid));
         assert!(
             !jwks.contains("PRIVATE"),
             "JWKS must not carry private material"
@@ -357,9 +378,9 @@ mod tests {
         let first = KeyRing::load_or_create(dir.path(), SigningAlg::ES256, None, 1800).unwrap();
         let new_kid = rotate(dir.path(), SigningAlg::ES256).unwrap();
         let ring = KeyRing::load_or_create(dir.path(), SigningAlg::ES256, None, 1800).unwrap();
-        assert!(ring.verifying_key(&first.signing.kid).is_some());
+        assert!(ring.verifying_key(&first.signing().kid).is_some());
         assert!(ring.verifying_key(&new_kid).is_some());
-        assert_eq!(ring.signing.kid, new_kid);
+        assert_eq!(ring.signing().kid, new_kid);
         assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 2);
     }
 
@@ -370,7 +391,7 @@ mod tests {
         let second = rotate(dir.path(), SigningAlg::EdDSA).unwrap();
         // Age both keys: the first was superseded 2 minutes ago, beyond its 60 s retention.
         let now = crate::time::now_ms();
-        for (kid, age_ms) in [(&first.signing.kid, 300_000), (&second, 120_000)] {
+        for (kid, age_ms) in [(&first.signing().kid, 300_000), (&second, 120_000)] {
             let path = dir.path().join(format!("{kid}.json"));
             let mut file: KeyFile =
                 serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
@@ -378,8 +399,8 @@ mod tests {
             fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
         }
         let ring = KeyRing::load_or_create(dir.path(), SigningAlg::EdDSA, None, 60).unwrap();
-        assert_eq!(ring.signing.kid, second);
-        assert!(ring.verifying_key(&first.signing.kid).is_none());
+        assert_eq!(ring.signing().kid, second);
+        assert!(ring.verifying_key(&first.signing().kid).is_none());
         assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 1);
     }
 

@@ -434,9 +434,9 @@ impl Sessions {
             let record = self.store.refresh_token(&refresh_token_hash(token)).await?;
             anyhow::Ok(record)
         };
-        let as_access = || self.tokens.verify_signature_and_claims(token).ok();
+        let as_access = || async { self.tokens.verify_signature_and_claims(token).await.ok() };
         let (refresh, access) = if hint == Some("access_token") {
-            let access = as_access();
+            let access = as_access().await;
             let refresh = if access.is_none() {
                 as_refresh().await?
             } else {
@@ -445,7 +445,11 @@ impl Sessions {
             (refresh, access)
         } else {
             let refresh = as_refresh().await?;
-            let access = if refresh.is_none() { as_access() } else { None };
+            let access = if refresh.is_none() {
+                as_access().await
+            } else {
+                None
+            };
             (refresh, access)
         };
         // Revoking what is already revoked changes nothing and is not recorded again.

@@ -14,16 +14,21 @@
 //! are replaced by their SHA-256, IPv6 clients are counted per /64 (one subscriber's usual allocation,
 //! whose 2^64 addresses would otherwise each get a fresh allowance), and the map holds about
 //! [`MAX_ENTRIES`] entries: see [`LoginThrottle::begin`] for what happens past that.
+//!
+//! With `redis_url`, the counts live in Redis instead ([`super::shared_throttle`]), shared by every
+//! replica under the same rules; while Redis fails, this process's map takes over.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
+
+use super::shared_throttle::{Reserved, Settle, SharedThrottle};
 
 /// Longest key value kept as is; longer ones become `sha256:<hex>`.
 pub const MAX_KEY_BYTES: usize = 64;
@@ -41,6 +46,13 @@ const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// Longest an attempt waits for an attempt in flight to settle: a few Argon2 verifications, with room
 /// for a loaded server.
 const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// With shared counts, how often a waiting attempt asks Redis again (a settle on another replica
+/// wakes nobody here).
+const SHARED_BUSY_POLL: Duration = Duration::from_millis(100);
+
+/// After Redis fails, how long this process counts alone before asking Redis again.
+const SHARED_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Why an attempt cannot be reserved now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +141,13 @@ pub struct LoginThrottle {
     /// Microseconds per login; settling does not take it.
     reserving: Mutex<()>,
     /// Woken whenever an attempt settles, for attempts waiting for a slot.
-    settled: Notify,
+    settled: Arc<Notify>,
     busy_wait: Duration,
+    /// The counts in Redis, shared by the replicas (`redis_url`).
+    shared: Option<Arc<SharedThrottle>>,
+    /// Set when Redis failed: until then, the map counts.
+    shared_down_until: Mutex<Option<Instant>>,
+    last_fallback_warning: Mutex<Option<Instant>>,
 }
 
 /// The throttle key of an account (the username as normalised by the caller).
@@ -182,9 +199,96 @@ impl LoginThrottle {
             capacity,
             last_sweep: Mutex::new(None),
             reserving: Mutex::new(()),
-            settled: Notify::new(),
+            settled: Arc::new(Notify::new()),
             busy_wait: BUSY_WAIT,
+            shared: None,
+            shared_down_until: Mutex::new(None),
+            last_fallback_warning: Mutex::new(None),
         }
+    }
+
+    /// Keeps the counts in Redis (see [`SharedThrottle`]), with this process's map as the fallback.
+    pub fn with_shared(mut self, shared: SharedThrottle) -> Self {
+        self.shared = Some(Arc::new(shared));
+        self
+    }
+
+    /// `begin` on the shared counts. `None` when Redis failed (the caller falls back to the map).
+    async fn begin_shared(
+        &self,
+        shared: &Arc<SharedThrottle>,
+        account: &str,
+        address: &str,
+    ) -> Option<Result<Attempt<'_>, Duration>> {
+        let account = account_key(account);
+        let address = address_key(address);
+        let deadline = tokio::time::Instant::now() + self.busy_wait;
+        loop {
+            let settled = self.settled.notified();
+            match shared.try_begin(&account, &address).await {
+                Ok(Reserved::Yes(id)) => {
+                    return Some(Ok(Attempt {
+                        throttle: self,
+                        account,
+                        address: Some(address),
+                        settled: false,
+                        shared: Some(id),
+                    }))
+                }
+                Ok(Reserved::Locked(wait)) => return Some(Err(wait)),
+                Ok(Reserved::Busy) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Some(Err(BUSY_RETRY));
+                    }
+                    let poll = (now + SHARED_BUSY_POLL).min(deadline);
+                    let _ = tokio::time::timeout_at(poll, settled).await;
+                }
+                Err(err) => {
+                    self.warn_fallback(&err);
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn shared_usable(&self) -> bool {
+        let down_until = self
+            .shared_down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        down_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn warn_fallback(&self, err: &redis::RedisError) {
+        *self
+            .shared_down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + SHARED_RETRY_AFTER);
+        let mut last = self
+            .last_fallback_warning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %err, "the shared login throttle is unavailable; counting in this process");
+        }
+    }
+
+    /// Settles a shared attempt in the background: `Drop` cannot wait, and the slot stays counted
+    /// in Redis until the script has run, so nothing slips through in between.
+    fn settle_shared(&self, account: &str, address: Option<&str>, id: &str, modes: [Settle; 2]) {
+        let (Some(shared), Some(address)) = (self.shared.clone(), address) else {
+            return;
+        };
+        let (account, address, id) = (account.to_owned(), address.to_owned(), id.to_owned());
+        let settled = Arc::clone(&self.settled);
+        tokio::spawn(async move {
+            if let Err(err) = shared.settle(&account, &address, &id, modes).await {
+                tracing::warn!(error = %err, "settling a login attempt in Redis failed; its slot expires");
+            }
+            settled.notify_waiters();
+        });
     }
 
     /// Reserves a login attempt for `account` (the normalised username) from `address` (the client IP as
@@ -197,6 +301,11 @@ impl LoginThrottle {
     /// tracked: their count is what protects a password, and every tracked account attempt costs an
     /// Argon2 verification, which bounds how fast they can be added.
     pub async fn begin(&self, account: &str, address: &str) -> Result<Attempt<'_>, Duration> {
+        if let Some(shared) = self.shared.as_ref().filter(|_| self.shared_usable()) {
+            if let Some(result) = self.begin_shared(shared, account, address).await {
+                return result;
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.busy_wait;
         loop {
             // Created before trying, so that a settle between the try and the wait is not missed.
@@ -245,6 +354,7 @@ impl LoginThrottle {
             account,
             address,
             settled: false,
+            shared: None,
         })
     }
 
@@ -370,6 +480,8 @@ pub struct Attempt<'a> {
     /// `None` when the client network was not tracked (the map was full).
     address: Option<String>,
     settled: bool,
+    /// The attempt's id when it was reserved in Redis rather than in this process.
+    shared: Option<String>,
 }
 
 impl Attempt<'_> {
@@ -377,6 +489,9 @@ impl Attempt<'_> {
     /// client network.
     pub fn failed(mut self) {
         self.settled = true;
+        if self.settle_shared([Settle::Fail, Settle::Fail]) {
+            return;
+        }
         self.throttle.fail(&self.account, self.throttle.account);
         if let Some(address) = &self.address {
             self.throttle.fail(address, self.throttle.address);
@@ -387,6 +502,9 @@ impl Attempt<'_> {
     /// client network keeps its count.
     pub fn succeeded(mut self) {
         self.settled = true;
+        if self.settle_shared([Settle::Clear, Settle::Release]) {
+            return;
+        }
         self.throttle.release(&self.account, true);
         if let Some(address) = &self.address {
             self.throttle.release(address, false);
@@ -395,11 +513,24 @@ impl Attempt<'_> {
 }
 
 impl Attempt<'_> {
+    /// Settles a shared attempt; false when the attempt is counted in this process.
+    fn settle_shared(&self, modes: [Settle; 2]) -> bool {
+        let Some(id) = &self.shared else {
+            return false;
+        };
+        self.throttle
+            .settle_shared(&self.account, self.address.as_deref(), id, modes);
+        true
+    }
+
     /// The login succeeded for a username that other tenants also have: the failures counted under
     /// the name may be guesses at one of those other accounts, so they stay; only this attempt's slot
     /// is given back.
     pub fn succeeded_keeping_failures(mut self) {
         self.settled = true;
+        if self.settle_shared([Settle::Release, Settle::Release]) {
+            return;
+        }
         self.throttle.release(&self.account, false);
         if let Some(address) = &self.address {
             self.throttle.release(address, false);
@@ -410,6 +541,10 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.settled {
+            self.settled = true;
+            if self.settle_shared([Settle::Release, Settle::Release]) {
+                return;
+            }
             self.throttle.release(&self.account, false);
             if let Some(address) = &self.address {
                 self.throttle.release(address, false);

@@ -1,5 +1,9 @@
 //! Access tokens: issuing and verifying JWTs (RFC 9068 profile). Verification is the only way to get
 //! `AccessClaims` from a request, and `http::caller` is the only place it is called from.
+//!
+//! Where the keys come from is the one thing that varies ([`KeySource`]): this process's key directory
+//! (it issues and verifies), or the issuer's JWKS (`jwks_url`: it only verifies, holding no private
+//! key). Verification itself is the same code either way.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -12,7 +16,8 @@ use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
 use tracing::{field, field::Empty, Span};
 
-use super::keys::{KeyRing, SigningAlg};
+use super::jwks::RemoteJwks;
+use super::keys::{KeyRing, SigningAlg, SigningKey};
 use super::revocation::Revocations;
 use crate::domain::{Jti, PlanName, Role, TenantId, UserId};
 use crate::time::now_s;
@@ -171,11 +176,22 @@ pub struct IssuedToken {
     pub claims: AccessClaims,
 }
 
+/// Where the verifying (and signing) keys come from.
+pub enum KeySource {
+    /// The key directory (`keys_dir`): this process signs and verifies. `last_reload` bounds how often
+    /// an unknown `kid` makes the directory be read again.
+    Local {
+        last_reload: std::sync::Mutex<Instant>,
+    },
+    /// The issuer's JWKS (`jwks_url`): this process only verifies.
+    Remote(RemoteJwks),
+}
+
 /// Issues and verifies access tokens.
 pub struct Tokens {
     settings: TokenSettings,
     keys: RwLock<Arc<KeyRing>>,
-    last_reload: std::sync::Mutex<Instant>,
+    source: KeySource,
     /// Already-verified tokens. Expiry and revocation are still checked on every hit.
     verified: Option<quick_cache::sync::Cache<String, Arc<AccessClaims>>>,
     revocations: Arc<Revocations>,
@@ -189,10 +205,50 @@ impl Tokens {
         Ok(Self {
             settings,
             keys: RwLock::new(Arc::new(keys)),
-            last_reload: std::sync::Mutex::new(Instant::now()),
+            source: KeySource::Local {
+                last_reload: std::sync::Mutex::new(Instant::now()),
+            },
             verified,
             revocations,
         })
+    }
+
+    /// A verifier: keys from the issuer's JWKS, no private key. When the issuer cannot be reached at
+    /// start, it starts with no keys (not ready, every token refused) and keeps trying.
+    pub async fn verifier(
+        settings: TokenSettings,
+        jwks: RemoteJwks,
+        revocations: Arc<Revocations>,
+    ) -> Self {
+        let keys = match jwks.fetch().await {
+            Ok(ring) => ring,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "fetching the issuer's JWKS failed; starting without keys");
+                KeyRing::empty()
+            }
+        };
+        let verified = (settings.cache_capacity > 0)
+            .then(|| quick_cache::sync::Cache::new(settings.cache_capacity));
+        Self {
+            settings,
+            keys: RwLock::new(Arc::new(keys)),
+            source: KeySource::Remote(jwks),
+            verified,
+            revocations,
+        }
+    }
+
+    /// The issuer's JWKS, when this process only verifies.
+    pub fn remote_jwks(&self) -> Option<&RemoteJwks> {
+        match &self.source {
+            KeySource::Remote(jwks) => Some(jwks),
+            KeySource::Local { .. } => None,
+        }
+    }
+
+    /// True when this process holds a signing key (it is an issuer).
+    pub fn can_issue(&self) -> bool {
+        self.key_ring().signing.is_some()
     }
 
     fn load_keys(settings: &TokenSettings) -> anyhow::Result<KeyRing> {
@@ -219,15 +275,7 @@ impl Tokens {
     /// Signs a document that is not an access token (an audit checkpoint) with the active key, as a
     /// JWS whose `typ` header names what it is, so it can never pass as a token.
     pub fn sign_document<T: Serialize>(&self, typ: &str, claims: &T) -> anyhow::Result<String> {
-        let ring = self.key_ring();
-        let mut header = Header::new(ring.signing.alg.jwt_algorithm());
-        header.kid = Some(ring.signing.kid.clone());
-        header.typ = Some(typ.to_owned());
-        Ok(jsonwebtoken::encode(
-            &header,
-            claims,
-            &ring.signing.encoding,
-        )?)
+        self.sign_as(typ, claims)
     }
 
     /// Verifies a document of `sign_document` with any key this issuer has had (retired ones read from
@@ -265,16 +313,56 @@ impl Tokens {
         Ok(jsonwebtoken::decode::<T>(document, &key.decoding, &validation)?.claims)
     }
 
-    /// Reads the key directory again (after `sonicgw keys rotate`).
-    pub fn reload_keys(&self) -> anyhow::Result<()> {
-        let ring = Self::load_keys(&self.settings)?;
+    fn set_key_ring(&self, ring: KeyRing) {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+    }
+
+    /// Reads the key directory again (after `sonicgw keys rotate`); a verifier has none.
+    pub fn reload_keys(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            matches!(self.source, KeySource::Local { .. }),
+            "this process verifies with the issuer's JWKS and has no key directory"
+        );
+        self.set_key_ring(Self::load_keys(&self.settings)?);
         Ok(())
     }
 
+    /// Periodic refresh: the key directory, or the issuer's JWKS. A failed fetch keeps the keys
+    /// already held (stale-while-error).
+    pub async fn refresh_keys(&self) -> anyhow::Result<()> {
+        match &self.source {
+            KeySource::Local { .. } => self.reload_keys(),
+            KeySource::Remote(jwks) => {
+                self.set_key_ring(jwks.fetch().await?);
+                Ok(())
+            }
+        }
+    }
+
+    /// The key ring after trying to learn an unknown `kid`: the key directory read again at most every
+    /// few seconds, or the JWKS fetched again at most every 30 s. `None` when nothing was reloaded.
+    async fn key_ring_with(&self, kid: &str) -> Option<Arc<KeyRing>> {
+        match &self.source {
+            KeySource::Local { last_reload } => self
+                .reload_keys_throttled(last_reload)
+                .then(|| self.key_ring()),
+            KeySource::Remote(jwks) => {
+                let known = || self.key_ring().verifying_key(kid).is_some();
+                match jwks.fetch_for_unknown_kid(known).await {
+                    Some(Ok(ring)) => self.set_key_ring(ring),
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %format!("{err:#}"), "refreshing the issuer's JWKS failed; keeping the cached keys")
+                    }
+                    None => {}
+                }
+                Some(self.key_ring())
+            }
+        }
+    }
+
     /// Reloads keys at most every few seconds; true when it did.
-    fn reload_keys_throttled(&self) -> bool {
-        let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
+    fn reload_keys_throttled(&self, last_reload: &std::sync::Mutex<Instant>) -> bool {
+        let mut last = last_reload.lock().unwrap_or_else(|e| e.into_inner());
         if last.elapsed() < KEY_RELOAD_INTERVAL {
             return false;
         }
@@ -316,12 +404,27 @@ impl Tokens {
             exp: now + self.settings.ttl_s,
             jti: Jti::generate(),
         };
-        let ring = self.key_ring();
-        let mut header = Header::new(ring.signing.alg.jwt_algorithm());
-        header.kid = Some(ring.signing.kid.clone());
-        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
-        let token = jsonwebtoken::encode(&header, &claims, &ring.signing.encoding)?;
+        let token = self.sign(&claims)?;
         Ok(IssuedToken { token, claims })
+    }
+
+    /// Signs claims as an access token with the active key.
+    fn sign(&self, claims: &impl Serialize) -> anyhow::Result<String> {
+        self.sign_as(ACCESS_TOKEN_TYPE, claims)
+    }
+
+    /// Signs claims as a JWS of type `typ` with the active key; a verifier has none.
+    fn sign_as(&self, typ: &str, claims: &impl Serialize) -> anyhow::Result<String> {
+        let ring = self.key_ring();
+        let signing: &SigningKey = ring.signing.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "this process only verifies tokens (jwks_url is set); the issuer signs them"
+            )
+        })?;
+        let mut header = Header::new(signing.alg.jwt_algorithm());
+        header.kid = Some(signing.kid.clone());
+        header.typ = Some(typ.to_owned());
+        Ok(jsonwebtoken::encode(&header, claims, &signing.encoding)?)
     }
 
     /// Verifies a bearer token completely: size, header, key, signature, claims and revocation.
@@ -333,13 +436,13 @@ impl Tokens {
         skip_all,
         fields(outcome = Empty, reason = Empty, user_id = Empty)
     )]
-    pub fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
-        let verified = self.verify_unrecorded(token);
+    pub async fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
+        let verified = self.verify_unrecorded(token).await;
         record_verification(verified.as_ref().map(|claims| claims.sub));
         verified
     }
 
-    fn verify_unrecorded(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
+    async fn verify_unrecorded(&self, token: &str) -> Result<Arc<AccessClaims>, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenRejection::Oversized);
         }
@@ -349,7 +452,7 @@ impl Tokens {
                 claims
             }
             None => {
-                let claims = Arc::new(self.verify_uncached(token)?);
+                let claims = Arc::new(self.verify_uncached(token).await?);
                 if let Some(cache) = &self.verified {
                     cache.insert(token.to_owned(), Arc::clone(&claims));
                 }
@@ -369,11 +472,14 @@ impl Tokens {
         skip_all,
         fields(outcome = Empty, reason = Empty, user_id = Empty)
     )]
-    pub fn verify_signature_and_claims(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+    pub async fn verify_signature_and_claims(
+        &self,
+        token: &str,
+    ) -> Result<AccessClaims, TokenRejection> {
         let verified = if token.len() > MAX_TOKEN_BYTES {
             Err(TokenRejection::Oversized)
         } else {
-            self.verify_uncached(token)
+            self.verify_uncached(token).await
         };
         record_verification(verified.as_ref().map(|claims| claims.sub));
         verified
@@ -394,23 +500,25 @@ impl Tokens {
         Ok(())
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
-        let presented: PresentedClaims = self.decode(token, &self.settings.audience)?;
+    async fn verify_uncached(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
+        let presented: PresentedClaims = self.decode(token, &self.settings.audience).await?;
         let claims = presented.complete().ok_or(TokenRejection::MissingClaim)?;
         self.check_times(&claims)?;
         Ok(claims)
     }
 
     /// Checks header, key, signature, issuer, audience and the time claims, and returns the claims.
-    fn decode<T: serde::de::DeserializeOwned>(
+    async fn decode<T: serde::de::DeserializeOwned>(
         &self,
         token: &str,
         audience: &str,
     ) -> Result<T, TokenRejection> {
         let header = checked_header(token)?;
         let mut ring = self.key_ring();
-        if ring.verifying_key(&header.kid).is_none() && self.reload_keys_throttled() {
-            ring = self.key_ring();
+        if ring.verifying_key(&header.kid).is_none() {
+            if let Some(reloaded) = self.key_ring_with(&header.kid).await {
+                ring = reloaded;
+            }
         }
         let key = ring
             .verifying_key(&header.kid)
@@ -468,11 +576,7 @@ impl Tokens {
             jti: Jti::generate(),
             gen: generation,
         };
-        let ring = self.key_ring();
-        let mut header = Header::new(ring.signing.alg.jwt_algorithm());
-        header.kid = Some(ring.signing.kid.clone());
-        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
-        let token = jsonwebtoken::encode(&header, &claims, &ring.signing.encoding)?;
+        let token = self.sign(&claims)?;
         Ok(IssuedWorkerToken {
             token,
             expires_in: self.settings.ttl_s,
@@ -481,11 +585,11 @@ impl Tokens {
 
     /// Verifies a worker's bearer token completely, revocation included. User tokens are refused
     /// here (their audience differs), as worker tokens are refused by `verify`.
-    pub fn verify_worker(&self, token: &str) -> Result<WorkerClaims, TokenRejection> {
+    pub async fn verify_worker(&self, token: &str) -> Result<WorkerClaims, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenRejection::Oversized);
         }
-        let claims: WorkerClaims = self.decode(token, &self.worker_audience())?;
+        let claims: WorkerClaims = self.decode(token, &self.worker_audience()).await?;
         if claims.scope != WORKER_SCOPE {
             return Err(TokenRejection::WrongAudience);
         }

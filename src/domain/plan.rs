@@ -57,6 +57,18 @@ pub struct Plan {
     /// Share of the queue relative to other tenants (weighted fair queuing).
     pub priority_weight: u32,
     pub allow_lip_sync_correction: bool,
+    /// Requests per minute of one user (token bucket of this size; `/v1/worker/*`, health, metrics
+    /// and JWKS are not counted). Default 60.
+    #[serde(default = "default_requests_per_minute")]
+    pub requests_per_minute: u32,
+    /// Requests per minute of a whole tenant, all its users together, for callers on this plan.
+    /// Default: 10 times `requests_per_minute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_requests_per_minute: Option<u32>,
+}
+
+fn default_requests_per_minute() -> u32 {
+    60
 }
 
 impl Plan {
@@ -69,6 +81,8 @@ impl Plan {
             max_concurrent_jobs: 1,
             priority_weight: 1,
             allow_lip_sync_correction: false,
+            requests_per_minute: 60,
+            tenant_requests_per_minute: None,
         }
     }
 
@@ -81,10 +95,27 @@ impl Plan {
             max_concurrent_jobs: 4,
             priority_weight: 4,
             allow_lip_sync_correction: true,
+            requests_per_minute: 600,
+            tenant_requests_per_minute: None,
+        }
+    }
+
+    /// The request rate limits of a caller on this plan.
+    pub fn request_quota(&self) -> crate::ratelimit::Quota {
+        crate::ratelimit::Quota {
+            user: self.requests_per_minute,
+            tenant: self
+                .tenant_requests_per_minute
+                .unwrap_or_else(|| self.requests_per_minute.saturating_mul(10)),
         }
     }
 
     fn validate(&self, name: &str) -> Result<(), String> {
+        if self.requests_per_minute == 0 || self.tenant_requests_per_minute == Some(0) {
+            return Err(format!(
+                "plan {name}: requests_per_minute and tenant_requests_per_minute must be at least 1"
+            ));
+        }
         if self.priority_weight == 0 {
             return Err(format!("plan {name}: priority_weight must be at least 1"));
         }

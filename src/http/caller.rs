@@ -2,6 +2,10 @@
 //! bearer token completely, so a handler that takes a `Caller` cannot run on a bad token. `Admin` and
 //! `PlatformAdmin` add the role check; `scope()` gives the tenant scope every query needs. `WorkerCaller`
 //! is the remote workers' counterpart: a worker token passes only it, and a user token never does.
+//!
+//! Extracting a `Caller` also takes one request from the user's and the tenant's rate-limit buckets
+//! (`ratelimit`), so no route that serves a user can forget the limit; `WorkerCaller` is not limited by
+//! user plans.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 
 use super::error::ApiError;
-use super::middleware::RequestId;
+use super::middleware::{RateLimitSlot, RequestId};
 use super::state::AppState;
 use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
 use crate::auth::tokens::{AccessClaims, TokenRejection};
@@ -158,7 +162,10 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let verified = bearer_token(&parts.headers).and_then(|token| state.tokens.verify(token));
+        let verified = match bearer_token(&parts.headers) {
+            Ok(token) => state.tokens.verify(token).await,
+            Err(reason) => Err(reason),
+        };
         let claims = match verified {
             Ok(claims) => claims,
             Err(reason) => {
@@ -167,6 +174,21 @@ impl FromRequestParts<AppState> for Caller {
                 return Err(ApiError::Unauthorized(reason));
             }
         };
+        let decision = state
+            .rate_limiter
+            .check(
+                claims.tid,
+                claims.sub,
+                state.plans.limits(&claims.plan).request_quota(),
+            )
+            .await;
+        if let Some(slot) = parts.extensions.get::<RateLimitSlot>() {
+            let _ = slot.0.set(decision);
+        }
+        if !decision.allowed {
+            crate::metrics::rate_limited(decision.bucket.as_str());
+            return Err(ApiError::RateLimited(decision));
+        }
         let Ok(client) = ClientInfo::from_request_parts(parts, state).await;
         let caller = Caller {
             user_id: claims.sub,
@@ -199,8 +221,10 @@ impl FromRequestParts<AppState> for WorkerCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let verified =
-            bearer_token(&parts.headers).and_then(|token| state.tokens.verify_worker(token));
+        let verified = match bearer_token(&parts.headers) {
+            Ok(token) => state.tokens.verify_worker(token).await,
+            Err(reason) => Err(reason),
+        };
         let claims = match verified {
             Ok(claims) => claims,
             Err(reason) => {

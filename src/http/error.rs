@@ -62,6 +62,9 @@ pub enum ApiError {
         detail: String,
         retry_after: Duration,
     },
+    /// Over the request rate limit of the caller's plan (429 with `Retry-After` and `RateLimit-*`).
+    #[error("too many requests: the {} limit of {} requests per minute is used up", .0.bucket.as_str(), .0.limit)]
+    RateLimited(crate::ratelimit::Decision),
     /// The server is at capacity for this kind of work (503 with `Retry-After`); nothing was changed.
     #[error("{detail}")]
     Busy {
@@ -94,7 +97,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Limited { .. } | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Rejected { status, .. } => *status,
             ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +116,7 @@ impl ApiError {
             ApiError::Unauthorized(TokenRejection::Missing) => "missing_token",
             ApiError::Unauthorized(_) => "invalid_token",
             ApiError::NotFound => "not_found",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -208,6 +212,13 @@ impl IntoResponse for ApiError {
                     HeaderValue::from(retry_after.as_secs().max(1)),
                 );
             }
+            ApiError::RateLimited(decision) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(decision.retry_after_s.max(1)),
+                );
+                rate_limit_headers(headers, decision);
+            }
             ApiError::Internal(cause) => {
                 response
                     .extensions_mut()
@@ -216,5 +227,20 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+/// The rate-limit fields of draft-ietf-httpapi-ratelimit-headers-07 (`RateLimit-Limit`,
+/// `RateLimit-Remaining`, `RateLimit-Reset` in seconds, and `RateLimit-Policy` naming the window),
+/// for the tighter of the caller's buckets.
+pub fn rate_limit_headers(
+    headers: &mut axum::http::HeaderMap,
+    decision: &crate::ratelimit::Decision,
+) {
+    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(decision.reset_s));
+    if let Ok(policy) = HeaderValue::from_str(&format!("{};w=60", decision.limit)) {
+        headers.insert("ratelimit-policy", policy);
     }
 }

@@ -114,6 +114,25 @@ pub async fn https_policy(State(state): State<AppState>, request: Request, next:
     response
 }
 
+/// Where the `Caller` extractor leaves its rate-limit decision, so that `rate_limit_headers` can put
+/// the `RateLimit-*` fields on the response whatever the handler answers.
+#[derive(Clone, Default)]
+pub struct RateLimitSlot(pub Arc<std::sync::OnceLock<crate::ratelimit::Decision>>);
+
+/// Adds the `RateLimit-*` fields to responses of requests that were counted against a rate limit
+/// (those of callers with a user token); other requests (health, JWKS, workers) carry none.
+pub async fn rate_limit_headers(mut request: Request, next: Next) -> Response {
+    let slot = RateLimitSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    let mut response = next.run(request).await;
+    if let Some(decision) = slot.0.get() {
+        if !response.headers().contains_key("ratelimit-limit") {
+            super::error::rate_limit_headers(response.headers_mut(), decision);
+        }
+    }
+    response
+}
+
 /// The answer for unknown paths: a 404 `not_found` like a missing resource, with a detail that says
 /// no route matched, so the two can be told apart.
 pub async fn not_found() -> impl IntoResponse {

@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(undocumented)
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(|| async { middleware::method_not_allowed() })
+        .layer(axum::middleware::from_fn(middleware::rate_limit_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::https_policy,
@@ -63,17 +64,24 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
     use routes::{
         audit, auth, engines, files, me, ops, session, tenants, users, videos, webhooks, worker,
     };
-    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::jwks))
-        .routes(routes!(ops::oauth_metadata))
-        .routes(routes!(auth::login))
-        .routes(routes!(auth::token))
-        .routes(routes!(auth::revoke))
-        .routes(routes!(auth::logout))
-        .routes(routes!(session::sign_in, session::sign_out))
-        .routes(routes!(session::refresh))
+        .routes(routes!(ops::oauth_metadata));
+    // A verifier (`jwks_url`) holds no signing key: token endpoints (the web app's cookie sign-in
+    // too) live on the issuer only, and here they are unknown paths (404), absent from the OpenAPI
+    // document too.
+    if !config.verifies_only() {
+        api = api
+            .routes(routes!(auth::login))
+            .routes(routes!(auth::token))
+            .routes(routes!(auth::revoke))
+            .routes(routes!(auth::logout))
+            .routes(routes!(session::sign_in, session::sign_out))
+            .routes(routes!(session::refresh));
+    }
+    let api = api
         .routes(routes!(me::me))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::update, users::delete))

@@ -28,6 +28,8 @@ pub struct Services {
     pub accounts: Accounts,
     pub workers: crate::auth::workers::WorkerAccounts,
     pub videos: Arc<crate::videos::VideoService>,
+    /// The request rate limit, applied by the `Caller` extractor.
+    pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
     /// Role refusals already audited (per user and route, for a minute).
     pub denials: crate::audit::Repeats,
     /// Cancelled when the process starts shutting down: event streams end, `/readyz` says 503.

@@ -97,12 +97,30 @@ pub struct Session {
     pub refresh: String,
 }
 
-/// A configuration for a test: port 0 everywhere, data under `dir`.
+/// A request rate no test reaches by accident: tests of the rate limit set their own.
+pub const UNLIMITED_REQUESTS_PER_MINUTE: u32 = 1_000_000;
+
+/// A configuration for a test: port 0 everywhere, data under `dir`, the built-in plans with a request
+/// rate limit that tests issuing many requests quickly never reach.
 pub fn test_config(dir: &std::path::Path, database_url: Option<&str>) -> Config {
+    let plans = [
+        ("free", sonicgw::domain::Plan::free()),
+        ("pro", sonicgw::domain::Plan::pro()),
+    ]
+    .into_iter()
+    .map(|(name, plan)| {
+        let plan = sonicgw::domain::Plan {
+            requests_per_minute: UNLIMITED_REQUESTS_PER_MINUTE,
+            ..plan
+        };
+        (name.to_owned(), plan)
+    })
+    .collect();
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".to_owned(),
         data_dir: dir.to_path_buf(),
+        plans,
         ..Config::default()
     };
     if let Some(url) = database_url {

@@ -110,9 +110,10 @@ async fn sonic_job_makes_an_mp4_as_long_as_the_audio_from_the_workflow_it_sends(
 /// The free plan with one video a day: a second submission is accepted only if the failed job's
 /// quota came back.
 fn one_video_a_day(c: &mut sonicgw::config::Config) {
-    let mut free = sonicgw::domain::Plan::free();
-    free.videos_per_day = 1;
-    c.plans = BTreeMap::from([("free".to_owned(), free)]);
+    c.plans
+        .entry("free".to_owned())
+        .or_insert_with(sonicgw::domain::Plan::free)
+        .videos_per_day = 1;
 }
 
 #[tokio::test]
