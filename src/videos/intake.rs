@@ -60,12 +60,6 @@ pub enum IntakeError {
         code: &'static str,
         errors: Vec<FieldError>,
     },
-    /// The chosen engine cannot honour a parameter (422).
-    #[error("engine {engine} does not support {parameters:?}")]
-    UnsupportedParameter {
-        engine: String,
-        parameters: Vec<String>,
-    },
     /// Over a limit of the caller's plan (403).
     #[error("the {plan} plan allows {limit} = {allowed}; the request asks for {asked}")]
     PlanLimit {
@@ -229,13 +223,8 @@ impl VideoService {
         };
         let capabilities = engine.capabilities();
         let given: Vec<String> = submission.fields.keys().cloned().collect();
-        let unsupported = crate::engines::unhonoured(&capabilities, &given);
-        if !unsupported.is_empty() {
-            return Err(IntakeError::UnsupportedParameter {
-                engine: capabilities.name,
-                parameters: unsupported,
-            });
-        }
+        // Valid values the engine does not use are accepted and listed; the plan still bounds them.
+        let ignored = crate::engines::ignored_parameters(&capabilities, &given);
         if let Some(reason) = engine.unavailable() {
             return Err(IntakeError::EngineUnavailable {
                 engine: capabilities.name,
@@ -308,6 +297,7 @@ impl VideoService {
                 context,
                 &submission,
                 &params,
+                ignored,
                 &image,
                 &audio,
                 face,
@@ -426,6 +416,7 @@ impl VideoService {
         context: &AuditContext,
         submission: &Submission,
         params: &SonicParams,
+        ignored_parameters: Vec<String>,
         image: &ProbedImage,
         audio: &AudioInfo,
         face: crate::media::face::Rect,
@@ -492,6 +483,7 @@ impl VideoService {
             started_at: None,
             finished_at: None,
             updated_at: now,
+            ignored_parameters,
         };
         let quota = quota_limits(plan, now);
         let created = match self.store.create_job(&record, &quota).await {

@@ -87,6 +87,10 @@ pub struct JobView {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub params: SonicParams,
+    /// Parameters the request gave that this job's engine does not use (accepted because they were
+    /// valid and within the plan; the video does not depend on them), e.g. `inference_steps` on the
+    /// `builtin` engine or `motion_scale` on `sonic`. Empty when every given parameter is used.
+    pub ignored_parameters: Vec<String>,
     pub input: JobInput,
     pub output: OutputPlan,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +130,7 @@ impl JobView {
             started_at: job.started_at.map(UnixMillis::to_rfc3339),
             finished_at: job.finished_at.map(UnixMillis::to_rfc3339),
             params: parse("params", &job.params)?,
+            ignored_parameters: job.ignored_parameters.clone(),
             input: parse("input", &job.input)?,
             output: parse("output", &job.output_plan)?,
             error: job.error_code.as_ref().map(|code| JobError {

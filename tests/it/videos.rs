@@ -536,23 +536,86 @@ async fn each_parameter_range_is_a_422_naming_the_field() {
     no_jobs(&server, &admin.access).await;
 }
 
+/// The request of Sonic's own example, as clients written for Sonic send it.
+pub const SONIC_EXAMPLE: &[(&str, &str)] = &[
+    ("inference_steps", "25"),
+    ("min_resolution", "1024"),
+    ("expand_ratio", "0.18"),
+    ("dynamic_scale", "1.1"),
+    ("motion_scale", "1.05"),
+    ("enable_lip_sync_correction", "true"),
+    ("lip_sync_offset", "0.03"),
+];
+
 #[tokio::test]
-async fn engine_refuses_parameters_it_cannot_honour() {
+async fn sonic_example_request_is_accepted_by_the_builtin_engine_listing_what_it_ignores() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let job = submit_ok(&server, &admin.access, form("speech_en.wav", SONIC_EXAMPLE)).await;
+    assert_eq!(job["engine"], "builtin");
+    assert_eq!(
+        job["ignored_parameters"],
+        json!(["inference_steps"]),
+        "{job}"
+    );
+    assert_eq!(job["params"]["min_resolution"], 1024);
+    assert_eq!(job["params"]["lip_sync_offset"], 0.03);
+    let id = job["id"].as_str().unwrap();
+    let shown: Value = server
+        .client
+        .get(server.url(&format!("/v1/videos/{id}")))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        shown["ignored_parameters"],
+        json!(["inference_steps"]),
+        "{shown}"
+    );
+    // Nothing ignored when nothing unused was given.
+    let plain = submit_ok(
+        &server,
+        &admin.access,
+        form("speech_en.wav", &[("seed", "7")]),
+    )
+    .await;
+    assert_eq!(plain["ignored_parameters"], json!([]), "{plain}");
+}
+
+#[tokio::test]
+async fn ignored_parameters_are_still_checked_against_their_range_and_the_plan() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
     let body = problem(
         submit(
             &server,
             &admin.access,
-            form("speech_en.wav", &[("inference_steps", "30")]),
+            form("speech_en.wav", &[("inference_steps", "101")]),
         )
         .await,
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    assert_eq!(body["code"], "unsupported_parameter");
+    assert_eq!(body["code"], "validation_failed");
     assert_eq!(body["errors"][0]["field"], "inference_steps");
-    assert!(body["detail"].as_str().unwrap().contains("builtin"));
+    // The admin's pro plan allows 50 steps: 60 is over the plan even on an engine that ignores it.
+    let body = problem(
+        submit(
+            &server,
+            &admin.access,
+            form("speech_en.wav", &[("inference_steps", "60")]),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(body["code"], "plan_limit");
+    assert_eq!(body["errors"][0]["field"], "max_inference_steps");
+    no_jobs(&server, &admin.access).await;
 }
 
 #[tokio::test]

@@ -82,18 +82,6 @@ impl From<IntakeError> for ApiError {
                     .unwrap_or_default(),
                 errors,
             },
-            IntakeError::UnsupportedParameter { parameters, .. } => ApiError::Rejected {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "unsupported_parameter",
-                errors: parameters
-                    .into_iter()
-                    .map(|p| FieldError {
-                        message: detail.clone(),
-                        field: p,
-                    })
-                    .collect(),
-                detail,
-            },
             IntakeError::PlanLimit { limit, .. } => ApiError::Rejected {
                 status: StatusCode::FORBIDDEN,
                 code: "plan_limit",
@@ -166,12 +154,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     request_body(content_type = "multipart/form-data", description = "image, audio, and optional duration, min_resolution, expand_ratio, inference_steps, dynamic_scale, motion_scale, seed, enable_lip_sync_correction, lip_sync_offset, engine, callback_url"),
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the original job for the same request within 24 h")),
     responses(
-        (status = 202, description = "Queued", body = JobView),
+        (status = 202, description = "Queued; `ignored_parameters` lists the given parameters the engine does not use", body = JobView),
         (status = 200, description = "Replayed for the same Idempotency-Key", body = JobView),
         (status = 403, description = "plan_limit", body = crate::http::error::Problem),
         (status = 409, description = "idempotency_in_progress", body = crate::http::error::Problem),
         (status = 413, description = "file_too_large", body = crate::http::error::Problem),
-        (status = 422, description = "validation_failed, duration_mismatch, no_face_detected, unsupported_*", body = crate::http::error::Problem),
+        (status = 422, description = "validation_failed, duration_mismatch, no_face_detected, face_too_small, unsupported_image_format, unsupported_audio_format, image_too_large, audio_too_short", body = crate::http::error::Problem),
         (status = 429, description = "quota_exceeded", body = crate::http::error::Problem),
     ),
     security(("bearer" = [])))]
