@@ -351,10 +351,28 @@ impl VideoService {
             return Err(IntakeError::Media {
                 code: "no_face_detected",
                 field: "image",
-                message: "no face was found in the photo: use a well-lit, frontal portrait"
-                    .to_owned(),
+                message: format!(
+                    "no face was found in the photo (faces of {} px and more are looked for): use a \
+                     well-lit, frontal portrait",
+                    crate::media::face::MIN_FACE
+                ),
             });
         };
+        let face_size = largest.width.max(largest.height);
+        let smallest =
+            crate::media::face::smallest_usable_face(params.min_resolution, params.expand_ratio);
+        if face_size < smallest {
+            return Err(IntakeError::Media {
+                code: "face_too_small",
+                field: "image",
+                message: format!(
+                    "the face in the photo is {face_size} px; at min_resolution {} and expand_ratio {} \
+                     the smallest usable face is {smallest} px: use a photo taken closer, or a lower \
+                     min_resolution",
+                    params.min_resolution, params.expand_ratio
+                ),
+            });
+        }
         let crop = plan_crop(
             largest,
             image.width,

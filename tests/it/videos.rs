@@ -412,6 +412,71 @@ async fn photo_without_a_face_is_refused_before_queueing() {
     no_jobs(&server, &admin.access).await;
 }
 
+/// The sample photo shrunk so its face is about 50 px, pasted off-centre into a 2000 x 1500 canvas.
+fn small_face_photo(dir: &Path) -> PathBuf {
+    let face = image::open(sample("face_astronaut.png"))
+        .unwrap()
+        .into_rgb8();
+    // The sample's face is about 94 px of its 512.
+    let small = image::imageops::resize(&face, 272, 272, image::imageops::FilterType::Triangle);
+    let mut canvas = image::RgbImage::from_fn(2000, 1500, |x, y| {
+        image::Rgb([90 + (x / 40) as u8, 100 + (y / 40) as u8, 110])
+    });
+    image::imageops::replace(&mut canvas, &small, 1500, 1100);
+    let path = dir.join("small_face.png");
+    canvas.save(&path).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn small_face_in_a_large_photo_is_found_and_too_small_only_for_a_high_resolution() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let photo = small_face_photo(dir.path());
+    let with = |fields: &[(&str, &str)]| {
+        let mut form = Form::new()
+            .part("image", file_part(&photo, "small_face.png"))
+            .part("audio", file_part(&sample("speech_en.wav"), "speech.wav"));
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        form
+    };
+    // The default 512 px from a 50 px face (a 100 px crop): found, and used.
+    let job = submit_ok(&server, &admin.access, with(&[])).await;
+    let face = &job["input"]["image"]["face"];
+    let size = face["width"]
+        .as_u64()
+        .unwrap()
+        .max(face["height"].as_u64().unwrap());
+    assert!((40..=62).contains(&size), "{face}");
+    let (x, y) = (face["x"].as_u64().unwrap(), face["y"].as_u64().unwrap());
+    assert!(
+        (1500..1772).contains(&x) && (1100..1372).contains(&y),
+        "{face}"
+    );
+    // 1024 px from a crop of 1.2 x the face: more than 10x enlarged.
+    let body = problem(
+        submit(
+            &server,
+            &admin.access,
+            with(&[("min_resolution", "1024"), ("expand_ratio", "0.1")]),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["code"], "face_too_small", "{body}");
+    assert_eq!(body["errors"][0]["field"], "image");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("is {size} px"))
+            && detail.contains("smallest usable face is 86 px"),
+        "{detail}"
+    );
+}
+
 #[tokio::test]
 async fn file_types_are_detected_from_content_not_names() {
     let server = TestServer::start().await;
