@@ -5,7 +5,7 @@
 //! engine's capabilities, the plan's limits, a face in the photo, the idempotency key, then the quota
 //! again (atomically, with the insert).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
 use crate::domain::{
     FieldError, JobId, JobStatus, PlanName, RawParams, SonicParams, Stage, TenantId, UserId,
 };
-use crate::media::audio::{probe_audio, AudioInfo};
+use crate::media::audio::AudioInfo;
+use crate::media::audio_upload::probe_recording;
 use crate::media::face::plan_crop;
 use crate::media::image::{probe_image, ProbedImage};
 use crate::media::MediaError;
@@ -167,9 +168,13 @@ impl VideoService {
         let limits = self.settings.image_limits;
         let image_path = submission.image.path.clone();
         let audio_path = submission.audio.path.clone();
+        // The upload's own folder: a recording ffmpeg decodes is written next to it.
+        let scratch = audio_path
+            .parent()
+            .map_or_else(|| self.settings.work_dir.clone(), Path::to_path_buf);
         let max_duration_s = f64::from(plan.max_duration_s);
         let (image_slot, audio_slot) = (Arc::clone(&admitted), Arc::clone(&admitted));
-        let (image, audio) = tokio::try_join!(
+        let (image, recording) = tokio::try_join!(
             async {
                 tokio::task::spawn_blocking(move || {
                     let _slot = image_slot;
@@ -180,26 +185,23 @@ impl VideoService {
                 .map_err(|e| media_error("image", e))
             },
             async {
-                tokio::task::spawn_blocking(move || {
-                    let _slot = audio_slot;
-                    probe_audio(&audio_path, Some(max_duration_s))
-                })
-                .await
-                .map_err(anyhow::Error::from)?
-                .map_err(|e| match e {
-                    // Decoding stopped at the plan's limit: the same answer as a measured overlong
-                    // recording.
-                    MediaError::AudioTooLong { .. } => IntakeError::PlanLimit {
-                        limit: "max_duration_s",
-                        plan: submission.plan.to_string(),
-                        asked: format!("more than {}", plan.max_duration_s),
-                        allowed: plan.max_duration_s.to_string(),
-                    },
-                    other => media_error("audio", other),
-                })
+                probe_recording(&audio_path, Some(max_duration_s), &scratch, audio_slot)
+                    .await
+                    .map_err(|e| match e {
+                        // Decoding stopped at the plan's limit: the same answer as a measured overlong
+                        // recording.
+                        MediaError::AudioTooLong { .. } => IntakeError::PlanLimit {
+                            limit: "max_duration_s",
+                            plan: submission.plan.to_string(),
+                            asked: format!("more than {}", plan.max_duration_s),
+                            allowed: plan.max_duration_s.to_string(),
+                        },
+                        other => media_error("audio", other),
+                    })
             },
         )?;
 
+        let audio = recording.info;
         let params = SonicParams::parse(
             &submission.fields,
             audio.duration_s,
@@ -300,6 +302,7 @@ impl VideoService {
                 ignored,
                 &image,
                 &audio,
+                recording.decoded.as_deref(),
                 face,
                 faces_detected,
                 crop,
@@ -437,6 +440,7 @@ impl VideoService {
         ignored_parameters: Vec<String>,
         image: &ProbedImage,
         audio: &AudioInfo,
+        decoded_audio: Option<&Path>,
         face: crate::media::face::Rect,
         faces_detected: usize,
         crop: crate::media::face::CropPlan,
@@ -458,6 +462,7 @@ impl VideoService {
                 duration: audio.duration_s,
                 sample_rate: audio.sample_rate,
                 channels: audio.channels,
+                stored_as: decoded_audio.map(|_| "wav".to_owned()),
             },
         };
         let output = OutputPlan {
@@ -468,13 +473,16 @@ impl VideoService {
         };
         // Files first: a worker must never claim a job whose inputs are missing.
         let image_key = input_key(submission.tenant, id, "image", image.format.as_str());
-        let audio_key = input_key(submission.tenant, id, "audio", audio.format.as_str());
+        // A recording ffmpeg decoded is kept as that WAV, so engines read it as they read any WAV.
+        let (audio_file, audio_ext) = match decoded_audio {
+            Some(wav) => (wav, "wav"),
+            None => (submission.audio.path.as_path(), audio.format.as_str()),
+        };
+        let audio_key = input_key(submission.tenant, id, "audio", audio_ext);
         self.blobs
             .put_file(&image_key, &submission.image.path)
             .await?;
-        self.blobs
-            .put_file(&audio_key, &submission.audio.path)
-            .await?;
+        self.blobs.put_file(&audio_key, audio_file).await?;
         let record = JobRecord {
             id,
             tenant_id: submission.tenant,

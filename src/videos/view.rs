@@ -30,10 +30,22 @@ pub struct ImageInput {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AudioInput {
+    /// The upload's container: wav, mp3, flac, ogg, m4a or webm.
     pub format: String,
     pub duration: f64,
     pub sample_rate: u32,
     pub channels: u16,
+    /// Set when the job keeps the recording in another format than the upload's: `wav` for one ffmpeg
+    /// decoded (Opus, WebM, fragmented MP4), as 16-bit mono.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_as: Option<String>,
+}
+
+impl AudioInput {
+    /// The format of the recording the job keeps (the extension of its stored file).
+    pub fn stored_format(&self) -> &str {
+        self.stored_as.as_deref().unwrap_or(&self.format)
+    }
 }
 
 /// The planned output.

@@ -16,6 +16,7 @@ mod gpu_pool;
 mod hostile_media;
 mod ops;
 mod queue;
+mod recordings;
 mod redis_replicas;
 mod remote_worker;
 mod security_auth;
