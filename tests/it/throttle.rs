@@ -170,3 +170,18 @@ async fn concurrent_logins_with_the_right_password_are_not_refused() {
         assert_eq!(response.status(), StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn by_default_one_address_outlasts_the_per_account_limit() {
+    // Defaults: 10 per account, 100 per address. Colleagues behind one NAT address mistype their
+    // passwords a dozen times between them; the address is not locked, so the next sign-in works.
+    let server = TestServer::start().await;
+    for i in 0..12 {
+        let response = server
+            .try_login(&format!("colleague{i}"), "mistyped password", None)
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    let response = server.try_login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
