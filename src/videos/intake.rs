@@ -38,6 +38,7 @@ pub struct UploadedFile {
 pub struct Submission {
     pub user: UserId,
     pub tenant: TenantId,
+    /// The token's plan claim; intake replaces it with the user's current plan.
     pub plan: PlanName,
     pub image: UploadedFile,
     pub audio: UploadedFile,
@@ -142,7 +143,7 @@ impl VideoService {
     pub async fn submit(
         &self,
         context: &AuditContext,
-        submission: Submission,
+        mut submission: Submission,
     ) -> Result<Submitted, IntakeError> {
         // Shared with every blocking probe below: a probe cannot be cancelled, so the slot stays taken
         // until the last one really ends, even when the request is gone (client disconnected, or the
@@ -153,6 +154,11 @@ impl VideoService {
                 AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
             },
         )?);
+        // The plan now, not the token's claim (a downgrade would otherwise wait for the token to expire).
+        submission.plan = self
+            .current_plans
+            .of(self.store.as_ref(), submission.user, &submission.plan)
+            .await?;
         let plan = self.plans.limits(&submission.plan);
         let now = now_ms();
         let usage = self

@@ -723,6 +723,50 @@ async fn plan_limits_are_403_naming_the_limit_and_plan() {
 }
 
 #[tokio::test]
+async fn a_downgraded_tenant_gets_the_new_limits_at_its_next_submission_with_its_old_token() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.simulated_engine_ms = 50).await;
+    let admin = server.admin().await;
+    let tenant = server
+        .create_tenant(&admin.access, "shrinking", "pro")
+        .await;
+    server
+        .create_user(&admin.access, "paula", "user", Some(&tenant))
+        .await;
+    // Her token says `pro`, and stays valid through the downgrade.
+    let user = server.login("paula", USER_PASSWORD).await;
+    assert_eq!(decode_part(&user.access, 1)["plan"], "pro");
+    let fields = [("min_resolution", "1024"), ("engine", "simulated")];
+    let job = submit_ok(&server, &user.access, form("speech_en.wav", &fields)).await;
+    let events = follow(&server, &user.access, job["id"].as_str().unwrap()).await;
+    assert_eq!(events.last().unwrap()["status"], "succeeded");
+    let response = server
+        .patch_json(
+            &format!("/v1/tenants/{tenant}"),
+            &admin.access,
+            json!({ "plan": "free" }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = problem(
+        submit(&server, &user.access, form("speech_en.wav", &fields)).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(body["code"], "plan_limit");
+    assert_eq!(body["errors"][0]["field"], "max_resolution");
+    assert!(body["detail"].as_str().unwrap().contains("free"), "{body}");
+    // An upgrade takes effect as fast.
+    server
+        .patch_json(
+            &format!("/v1/tenants/{tenant}"),
+            &admin.access,
+            json!({ "plan": "pro" }),
+        )
+        .await;
+    submit_ok(&server, &user.access, form("speech_en.wav", &fields)).await;
+}
+
+#[tokio::test]
 async fn concurrency_quota_is_429_with_retry_after() {
     let server = TestServer::start_with(Backend::Sqlite, |c| c.workers = 0).await;
     let admin = server.admin().await;
