@@ -1122,6 +1122,41 @@ async fn demo_command_writes_a_playable_mp4() {
 }
 
 #[tokio::test]
+async fn demo_shows_only_its_own_progress_unless_verbose() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |verbose: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sonicgw"));
+        command
+            .args(["demo", "--out"])
+            .arg(dir.path().join(format!("demo-{verbose}.mp4")))
+            .env_remove("SONICGW_LOG");
+        if verbose {
+            command.arg("--verbose");
+        }
+        command.output()
+    };
+    let quiet = run(false).await.unwrap();
+    assert!(quiet.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&quiet.stdout),
+        String::from_utf8_lossy(&quiet.stderr),
+    );
+    // The demo's own lines, and no server log line anywhere.
+    assert!(
+        stdout.contains("queued job") && stdout.contains("video written to"),
+        "{stdout}"
+    );
+    for log_level in ["INFO", "WARN", "DEBUG"] {
+        assert!(!stderr.contains(log_level), "{stderr}");
+        assert!(!stdout.contains(log_level), "{stdout}");
+    }
+    let verbose = run(true).await.unwrap();
+    assert!(verbose.status.success());
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+}
+
+#[tokio::test]
 async fn job_is_traced_from_claim_through_the_engine_to_its_ffmpeg_process() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
