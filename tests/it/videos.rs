@@ -652,6 +652,32 @@ async fn sonic_example_request_is_accepted_by_the_builtin_engine_listing_what_it
 }
 
 #[tokio::test]
+async fn the_openapi_document_describes_ignored_parameters_and_the_new_refusals() {
+    let server = TestServer::start().await;
+    let doc: Value = server.get_public("/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    let ignored = &schemas["JobView"]["properties"]["ignored_parameters"];
+    assert_eq!(ignored["type"], "array", "{ignored}");
+    assert!(ignored["description"]
+        .as_str()
+        .unwrap()
+        .contains("does not use"));
+    assert!(schemas["JobView"]["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("ignored_parameters")));
+    let responses = &doc["paths"]["/v1/videos"]["post"]["responses"];
+    assert!(responses["202"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("ignored_parameters"));
+    assert!(responses["422"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("face_too_small"));
+}
+
+#[tokio::test]
 async fn ignored_parameters_are_still_checked_against_their_range_and_the_plan() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
@@ -724,7 +750,16 @@ async fn plan_limits_are_403_naming_the_limit_and_plan() {
 
 #[tokio::test]
 async fn a_downgraded_tenant_gets_the_new_limits_at_its_next_submission_with_its_old_token() {
-    let server = TestServer::start_with(Backend::Sqlite, |c| c.simulated_engine_ms = 50).await;
+    downgraded_tenant_gets_the_new_limits(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_downgraded_tenant_gets_the_new_limits_at_once_on_postgres() {
+    downgraded_tenant_gets_the_new_limits(Backend::Postgres).await;
+}
+
+async fn downgraded_tenant_gets_the_new_limits(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.simulated_engine_ms = 50).await;
     let admin = server.admin().await;
     let tenant = server
         .create_tenant(&admin.access, "shrinking", "pro")
