@@ -540,7 +540,7 @@ mod tests {
         assert_eq!(count(USER_COLUMNS), 9);
         assert_eq!(count(REFRESH_COLUMNS), 8);
         assert_eq!(count(AUDIT_COLUMNS), 14);
-        assert_eq!(count(JOB_COLUMNS), 25);
+        assert_eq!(count(JOB_COLUMNS), 26);
     }
 
     #[tokio::test]
