@@ -142,7 +142,11 @@ async fn concurrent_wrong_passwords_cannot_outrun_the_account_limit() {
 
 #[tokio::test]
 async fn concurrent_wrong_passwords_cannot_outrun_the_address_limit() {
-    let server = TestServer::start_with(Backend::Sqlite, |c| c.login_max_failures = 1000).await;
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.login_max_failures = 1000;
+        c.login_ip_max_failures = 10;
+    })
+    .await;
     let (invalid, throttled) = concurrent_wrong_logins(&server, 50, |i| format!("user{i}")).await;
     assert_eq!((invalid, throttled), (10, 40));
     let response = server.try_login("admin", ADMIN_PASSWORD, None).await;
