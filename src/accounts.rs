@@ -107,6 +107,58 @@ pub struct Accounts {
     pub auditor: Auditor,
     pub plans: Plans,
     pub policy: PasswordPolicy,
+    /// Forgotten here when a plan changes, so this process's next submission sees the change at once.
+    pub current_plans: Arc<CurrentPlans>,
+}
+
+/// How long a user's current plan is remembered: other processes see a plan change within this.
+pub const CURRENT_PLAN_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The plan that applies to a user now (their own, else their tenant's), read from the database and
+/// remembered for [`CURRENT_PLAN_TTL`]: submissions are checked against it rather than the token's
+/// `plan` claim, which can be as old as the token.
+pub struct CurrentPlans {
+    cache: quick_cache::sync::Cache<crate::domain::UserId, (PlanName, std::time::Instant)>,
+    ttl: std::time::Duration,
+}
+
+impl CurrentPlans {
+    pub fn new(capacity: usize, ttl: std::time::Duration) -> Self {
+        Self {
+            cache: quick_cache::sync::Cache::new(capacity.max(1)),
+            ttl,
+        }
+    }
+
+    /// The user's plan now; `claimed` (the token's) when the user no longer exists.
+    pub async fn of(
+        &self,
+        store: &dyn Store,
+        user: crate::domain::UserId,
+        claimed: &PlanName,
+    ) -> Result<PlanName, StoreError> {
+        if let Some((plan, at)) = self.cache.get(&user) {
+            if at.elapsed() < self.ttl {
+                return Ok(plan);
+            }
+        }
+        let plan = store
+            .current_plan(user)
+            .await?
+            .unwrap_or_else(|| claimed.clone());
+        self.cache
+            .insert(user, (plan.clone(), std::time::Instant::now()));
+        Ok(plan)
+    }
+
+    /// A tenant's plan changed: every user may be affected.
+    pub fn forget_all(&self) {
+        self.cache.clear();
+    }
+
+    pub fn forget(&self, user: crate::domain::UserId) {
+        self.cache.remove(&user);
+    }
 }
 
 impl Accounts {
@@ -152,6 +204,9 @@ impl Accounts {
             .update_tenant(id, &update, now_ms())
             .await?
             .ok_or(AccountError::NotFound)?;
+        if update.plan.is_some() {
+            self.current_plans.forget_all();
+        }
         self.auditor
             .record(
                 context,
@@ -304,6 +359,7 @@ impl Accounts {
         if !self.store.update_user(actor.scope(), &user).await? {
             return Err(AccountError::NotFound);
         }
+        self.current_plans.forget(id);
         if revoke_sessions {
             revoke_all_user_tokens(self.store.as_ref(), &self.revocations, id).await?;
         } else if revoke_access {

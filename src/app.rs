@@ -60,6 +60,10 @@ impl Core {
                 min_length: config.password_min_length,
                 max_length: config.password_max_length,
             },
+            current_plans: Arc::new(crate::accounts::CurrentPlans::new(
+                config.token_cache_size.max(1000),
+                crate::accounts::CURRENT_PLAN_TTL,
+            )),
         };
         Ok(Self {
             store,
@@ -588,6 +592,7 @@ async fn video_service(
         )?),
         engines,
         plans: core.plans.clone(),
+        current_plans: Arc::clone(&core.accounts.current_plans),
         auditor: core.accounts.auditor.clone(),
         signer: crate::videos::delivery::UrlSigner::new(url_signing_secret(config)?),
         faces: crate::media::face::FaceDetector::new().map_err(|e| anyhow::anyhow!("{e}"))?,

@@ -71,6 +71,10 @@ enum Command {
         /// Where to write the video.
         #[arg(long, default_value = "sonicgw-demo.mp4")]
         out: PathBuf,
+        /// Also print the server's log (otherwise only the demo's own progress is shown, unless
+        /// `SONICGW_LOG` asks for a log).
+        #[arg(long)]
+        verbose: bool,
     },
 }
 
@@ -217,7 +221,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _log_writer = init_tracing(&config);
+    // The demo's progress bar is the point of the demo: the server it starts stays quiet.
+    let quiet = matches!(command, Command::Demo { verbose: false, .. });
+    let _log_writer = init_tracing(&config, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -255,11 +261,13 @@ fn runner(command: Command) -> Runner {
 
 /// Logs to stderr through a writer thread, so a request never waits for the terminal or the pipe
 /// (lines are queued, never dropped: a full queue makes writers wait). Colour only on a terminal.
-/// The guard flushes what is queued when dropped at the end of `main`.
-fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+/// The guard flushes what is queued when dropped at the end of `main`. Filtered by `SONICGW_LOG`
+/// (default `info,sqlx=warn`; with `quiet`, nothing unless `SONICGW_LOG` is set).
+fn init_tracing(config: &Config, quiet: bool) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
+    let default = if quiet { "off" } else { "info,sqlx=warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SONICGW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("sonicgw-log")
@@ -299,7 +307,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             server.run_until(signal).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { out } => {
+        Command::Demo { out, .. } => {
             let path = crate::demo::run(config, out).await?;
             let absolute = std::fs::canonicalize(&path).unwrap_or(path);
             println!("video written to {}", absolute.display());

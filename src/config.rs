@@ -151,7 +151,7 @@ impl Default for Config {
             password_min_length: 12,
             password_max_length: 256,
             login_max_failures: 10,
-            login_ip_max_failures: 10,
+            login_ip_max_failures: 100,
             login_window_s: 15 * 60,
             login_lockout_s: 15 * 60,
             log_format: "text".to_owned(),

@@ -12,8 +12,13 @@
 //!
 //! Keys are bounded: values longer than [`MAX_KEY_BYTES`] (a username can be as long as the form limit)
 //! are replaced by their SHA-256, IPv6 clients are counted per /64 (one subscriber's usual allocation,
-//! whose 2^64 addresses would otherwise each get a fresh allowance), and the map holds about
-//! [`MAX_ENTRIES`] entries: see [`LoginThrottle::begin`] for what happens past that.
+//! whose 2^64 addresses would otherwise each get a fresh allowance), and the map of client networks holds
+//! at most [`MAX_ADDRESSES`] entries (about 100 bytes each): see [`LoginThrottle::begin`] for what happens
+//! past that. Accounts have a map of their own, so guesses at many usernames cannot crowd addresses out.
+//!
+//! The two limits differ by default: 10 failures per account protect its password, 100 per client
+//! network let an office behind one NAT address get through a morning of typos while still stopping a
+//! password spray from one address.
 //!
 //! With `redis_url`, the counts live in Redis instead ([`super::shared_throttle`]), shared by every
 //! replica under the same rules; while Redis fails, this process's map takes over.
@@ -33,8 +38,8 @@ use super::shared_throttle::{Reserved, Settle, SharedThrottle};
 /// Longest key value kept as is; longer ones become `sha256:<hex>`.
 pub const MAX_KEY_BYTES: usize = 64;
 
-/// Entries past which new client networks are no longer tracked (accounts always are).
-pub const MAX_ENTRIES: usize = 100_000;
+/// Client networks past which new ones are no longer tracked (accounts always are).
+pub const MAX_ADDRESSES: usize = 100_000;
 
 /// How often a full map may be swept for expired entries: a sweep walks the whole map, so it must not
 /// run once per request.
@@ -133,7 +138,9 @@ impl Entry {
 pub struct LoginThrottle {
     account: ThrottleLimits,
     address: ThrottleLimits,
-    entries: DashMap<String, Entry>,
+    accounts: DashMap<String, Entry>,
+    addresses: DashMap<String, Entry>,
+    /// Most client networks tracked at once.
     capacity: usize,
     last_sweep: Mutex<Option<Instant>>,
     /// Held while both keys of an attempt are reserved, so that no other reservation sees one key taken
@@ -181,10 +188,10 @@ pub use crate::net::client_network;
 impl LoginThrottle {
     /// A `max_failures` of 0 is taken as 1 (configuration refuses 0 anyway).
     pub fn new(account: ThrottleLimits, address: ThrottleLimits) -> Self {
-        Self::with_capacity(account, address, MAX_ENTRIES)
+        Self::with_capacity(account, address, MAX_ADDRESSES)
     }
 
-    /// `new` with another entry cap (tests).
+    /// `new` with another cap on client networks (tests).
     pub fn with_capacity(
         mut account: ThrottleLimits,
         mut address: ThrottleLimits,
@@ -195,7 +202,8 @@ impl LoginThrottle {
         Self {
             account,
             address,
-            entries: DashMap::new(),
+            accounts: DashMap::new(),
+            addresses: DashMap::new(),
             capacity,
             last_sweep: Mutex::new(None),
             reserving: Mutex::new(()),
@@ -296,7 +304,7 @@ impl LoginThrottle {
     /// a key's failures plus its attempts in flight have reached its limit, waits (up to `BUSY_WAIT`)
     /// for one of them to settle, then tries again: a failure may lock the key, a success frees the slot.
     ///
-    /// Once the map holds `capacity` entries (after sweeping expired ones), a client network seen for the
+    /// Once `capacity` client networks are tracked (after sweeping expired ones), one seen for the
     /// first time is not tracked and the attempt is limited by its account alone. Accounts are always
     /// tracked: their count is what protects a password, and every tracked account attempt costs an
     /// Argon2 verification, which bounds how fast they can be added.
@@ -339,13 +347,19 @@ impl LoginThrottle {
             .reserving
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.reserve(&account, self.account, now, true)?;
-        let address = match self.reserve(&address, self.address, now, false) {
+        self.reserve(&self.accounts, &account, self.account, now, None)?;
+        let address = match self.reserve(
+            &self.addresses,
+            &address,
+            self.address,
+            now,
+            Some(self.capacity),
+        ) {
             Ok(true) => Some(address),
             Ok(false) => None,
             Err(refusal) => {
                 // Nobody saw this slot taken (reservations are serialised), so nobody waits for it.
-                self.settle(&account, false, |_| {});
+                self.settle(&self.accounts, &account, false, |_| {});
                 return Err(refusal);
             }
         };
@@ -369,25 +383,26 @@ impl LoginThrottle {
             .then_some(Refusal::Busy)
     }
 
-    /// Counts one more attempt in flight on `key`. `Ok(false)`: not tracked, the map is full.
+    /// Counts one more attempt in flight on `key` of `map`. `Ok(false)`: not tracked, the map already
+    /// holds `capacity` entries.
     fn reserve(
         &self,
+        map: &DashMap<String, Entry>,
         key: &str,
         limits: ThrottleLimits,
         now: Instant,
-        must_track: bool,
+        capacity: Option<usize>,
     ) -> Result<bool, Refusal> {
         // No entry reference may be held here: sweeping and `len` lock every shard.
-        if !self.entries.contains_key(key) && self.entries.len() >= self.capacity {
-            self.sweep_if_due(now);
-            if !must_track && self.entries.len() >= self.capacity {
-                return Ok(false);
+        if let Some(capacity) = capacity {
+            if !map.contains_key(key) && map.len() >= capacity {
+                self.sweep_if_due(now);
+                if map.len() >= capacity {
+                    return Ok(false);
+                }
             }
         }
-        let mut entry = self
-            .entries
-            .entry(key.to_owned())
-            .or_insert_with(|| Entry::new(now));
+        let mut entry = map.entry(key.to_owned()).or_insert_with(|| Entry::new(now));
         entry.refresh(now, limits);
         if let Some(refusal) = Self::refuses(&entry, limits, now) {
             return Err(refusal);
@@ -399,8 +414,14 @@ impl LoginThrottle {
     /// Settles one in-flight attempt on `key` and forgets the entry if it no longer counts anything. An
     /// entry with attempts in flight is never removed (neither here nor by pruning), so it is there.
     /// With `wake`, attempts waiting for a slot try again.
-    fn settle(&self, key: &str, wake: bool, update: impl FnOnce(&mut Entry)) {
-        if let MapEntry::Occupied(mut occupied) = self.entries.entry(key.to_owned()) {
+    fn settle(
+        &self,
+        map: &DashMap<String, Entry>,
+        key: &str,
+        wake: bool,
+        update: impl FnOnce(&mut Entry),
+    ) {
+        if let MapEntry::Occupied(mut occupied) = map.entry(key.to_owned()) {
             let entry = occupied.get_mut();
             entry.in_flight = entry.in_flight.saturating_sub(1);
             update(entry);
@@ -414,8 +435,8 @@ impl LoginThrottle {
     }
 
     /// Gives an in-flight slot back; with `clear`, also forgets the key's failures and lockout.
-    fn release(&self, key: &str, clear: bool) {
-        self.settle(key, true, |entry| {
+    fn release(&self, map: &DashMap<String, Entry>, key: &str, clear: bool) {
+        self.settle(map, key, true, |entry| {
             if clear {
                 entry.failures = 0;
                 entry.locked_until = None;
@@ -425,9 +446,9 @@ impl LoginThrottle {
     }
 
     /// Turns an in-flight attempt into a failure, locking the key when it reaches its limit.
-    fn fail(&self, key: &str, limits: ThrottleLimits) {
+    fn fail(&self, map: &DashMap<String, Entry>, key: &str, limits: ThrottleLimits) {
         let now = Instant::now();
-        self.settle(key, true, |entry| {
+        self.settle(map, key, true, |entry| {
             entry.refresh(now, limits);
             entry.failures = entry.failures.saturating_add(1);
             if entry.failures >= limits.max_failures && entry.locked_until.is_none() {
@@ -457,17 +478,24 @@ impl LoginThrottle {
     }
 
     fn prune_at(&self, now: Instant) {
-        let longest = self.account.window.max(self.address.window);
-        self.entries.retain(|_, entry| !entry.expired(now, longest));
+        self.accounts
+            .retain(|_, entry| !entry.expired(now, self.account.window));
+        self.addresses
+            .retain(|_, entry| !entry.expired(now, self.address.window));
     }
 
-    /// How many keys are tracked.
+    /// How many keys (accounts and client networks) are tracked.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.accounts.len() + self.addresses.len()
+    }
+
+    /// How many client networks are tracked.
+    pub fn addresses(&self) -> usize {
+        self.addresses.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.accounts.is_empty() && self.addresses.is_empty()
     }
 }
 
@@ -492,9 +520,10 @@ impl Attempt<'_> {
         if self.settle_shared([Settle::Fail, Settle::Fail]) {
             return;
         }
-        self.throttle.fail(&self.account, self.throttle.account);
+        let throttle = self.throttle;
+        throttle.fail(&throttle.accounts, &self.account, throttle.account);
         if let Some(address) = &self.address {
-            self.throttle.fail(address, self.throttle.address);
+            throttle.fail(&throttle.addresses, address, throttle.address);
         }
     }
 
@@ -505,9 +534,10 @@ impl Attempt<'_> {
         if self.settle_shared([Settle::Clear, Settle::Release]) {
             return;
         }
-        self.throttle.release(&self.account, true);
+        let throttle = self.throttle;
+        throttle.release(&throttle.accounts, &self.account, true);
         if let Some(address) = &self.address {
-            self.throttle.release(address, false);
+            throttle.release(&throttle.addresses, address, false);
         }
     }
 }
@@ -531,9 +561,10 @@ impl Attempt<'_> {
         if self.settle_shared([Settle::Release, Settle::Release]) {
             return;
         }
-        self.throttle.release(&self.account, false);
+        let throttle = self.throttle;
+        throttle.release(&throttle.accounts, &self.account, false);
         if let Some(address) = &self.address {
-            self.throttle.release(address, false);
+            throttle.release(&throttle.addresses, address, false);
         }
     }
 }
@@ -545,9 +576,10 @@ impl Drop for Attempt<'_> {
             if self.settle_shared([Settle::Release, Settle::Release]) {
                 return;
             }
-            self.throttle.release(&self.account, false);
+            let throttle = self.throttle;
+            throttle.release(&throttle.accounts, &self.account, false);
             if let Some(address) = &self.address {
-                self.throttle.release(address, false);
+                throttle.release(&throttle.addresses, address, false);
             }
         }
     }

@@ -171,14 +171,14 @@ fn ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
 }
 
 #[test]
-fn a_full_map_stops_tracking_new_addresses_but_never_accounts() {
-    let throttle = LoginThrottle::with_capacity(limits(1), limits(1), 4);
+fn a_full_address_map_stops_tracking_new_addresses_but_never_accounts() {
+    let throttle = LoginThrottle::with_capacity(limits(1), limits(1), 2);
     throttle.try_begin("a", "1.1.1.1").unwrap().failed();
     throttle.try_begin("b", "2.2.2.2").unwrap().failed();
-    assert_eq!(throttle.len(), 4);
+    assert_eq!((throttle.len(), throttle.addresses()), (4, 2));
     // Full, nothing expired: the new address is not tracked, the new account is.
     throttle.try_begin("c", "3.3.3.3").unwrap().failed();
-    assert_eq!(throttle.len(), 5);
+    assert_eq!((throttle.len(), throttle.addresses()), (5, 2));
     assert!(
         throttle.try_begin("c", "4.4.4.4").is_err(),
         "account c counted"
@@ -192,15 +192,69 @@ fn a_full_map_stops_tracking_new_addresses_but_never_accounts() {
 }
 
 #[test]
+fn guesses_at_many_accounts_do_not_crowd_addresses_out() {
+    let throttle = LoginThrottle::with_capacity(limits(10), limits(100), 3);
+    for name in 0..50 {
+        throttle
+            .try_begin(&format!("user{name}"), "1.1.1.1")
+            .unwrap()
+            .failed();
+    }
+    // Fifty accounts tracked, one address: room for more addresses.
+    assert_eq!(throttle.addresses(), 1);
+    let attempt = throttle.try_begin("x", "2.2.2.2").unwrap();
+    assert!(attempt.address.is_some());
+}
+
+#[test]
+fn many_addresses_stay_within_the_cap() {
+    let throttle = LoginThrottle::with_capacity(limits(10), limits(100), 100);
+    for i in 0..1000u32 {
+        let address = format!("10.{}.{}.1", i / 256, i % 256);
+        throttle
+            .try_begin("victim-or-not", &address)
+            .map(|a| a.failed())
+            .ok();
+        throttle
+            .try_begin(&format!("u{i}"), &address)
+            .unwrap()
+            .failed();
+    }
+    assert_eq!(throttle.addresses(), 100);
+}
+
+#[test]
+fn an_office_behind_one_address_gets_a_hundred_failures_and_each_account_ten() {
+    let throttle = LoginThrottle::new(limits(10), limits(100));
+    for user in 0..10 {
+        for _ in 0..10 {
+            throttle
+                .try_begin(&format!("colleague{user}"), "198.51.100.7")
+                .unwrap()
+                .failed();
+        }
+        // The account is locked after its own ten.
+        assert!(throttle
+            .try_begin(&format!("colleague{user}"), "198.51.100.7")
+            .is_err());
+    }
+    // A hundred failures from the address: now it is locked for everyone behind it.
+    assert!(matches!(
+        throttle.try_begin("someone-else", "198.51.100.7"),
+        Err(Refusal::Locked(_))
+    ));
+}
+
+#[test]
 fn a_full_map_is_swept_of_expired_entries_first() {
-    let throttle = LoginThrottle::with_capacity(limits(5), limits(5), 2);
+    let throttle = LoginThrottle::with_capacity(limits(5), limits(5), 1);
     throttle.try_begin("a", "1.1.1.1").unwrap().failed();
-    assert_eq!(throttle.len(), 2);
+    assert_eq!((throttle.len(), throttle.addresses()), (2, 1));
     // Later than both windows: the sweep makes room and the new address is tracked.
     let later = Instant::now() + Duration::from_secs(1000);
     let attempt = throttle.try_begin_at("b", "2.2.2.2", later).unwrap();
     assert!(attempt.address.is_some());
-    assert_eq!(throttle.len(), 2);
+    assert_eq!((throttle.len(), throttle.addresses()), (2, 1));
 }
 
 #[test]

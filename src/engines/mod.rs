@@ -44,7 +44,8 @@ pub struct EngineJob {
 pub struct Capabilities {
     pub name: String,
     pub description: String,
-    /// Parameters that change its output. Others, when given, are refused for this engine.
+    /// Parameters that change its output. Others, when given (valid and within the plan), are
+    /// accepted and listed on the job as `ignored_parameters`.
     pub honours: Vec<String>,
     pub min_resolution: u32,
     pub max_resolution: u32,
@@ -252,14 +253,53 @@ impl Engines {
     }
 }
 
-/// The parameters a request gave explicitly that the engine would ignore.
-pub fn unhonoured(capabilities: &Capabilities, given: &[String]) -> Vec<String> {
-    given
+/// The parameters a request gave explicitly that the engine does not use, in `PARAM_FIELDS` order.
+/// They are accepted (a client written for one engine works on every engine) when valid and within the
+/// plan, and listed on the job as `ignored_parameters`.
+pub fn ignored_parameters(capabilities: &Capabilities, given: &[String]) -> Vec<String> {
+    crate::domain::params::PARAM_FIELDS
         .iter()
         .filter(|name| {
-            !matches!(name.as_str(), "duration" | "engine" | "callback_url")
+            !matches!(**name, "duration" | "engine" | "callback_url")
+                && given.iter().any(|g| g == *name)
                 && !capabilities.honours.iter().any(|h| h == *name)
         })
-        .cloned()
+        .map(|name| (*name).to_owned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(honours: &[&str]) -> Capabilities {
+        Capabilities {
+            name: "e".into(),
+            description: String::new(),
+            honours: honours.iter().map(|h| h.to_string()).collect(),
+            min_resolution: 128,
+            max_resolution: 2048,
+        }
+    }
+
+    #[test]
+    fn ignored_parameters_are_the_given_ones_the_engine_does_not_use_in_a_fixed_order() {
+        let given: Vec<String> = [
+            "motion_scale",
+            "seed",
+            "inference_steps",
+            "duration",
+            "engine",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            ignored_parameters(&caps(&["seed"]), &given),
+            ["inference_steps", "motion_scale"]
+        );
+        assert!(
+            ignored_parameters(&caps(&["seed", "inference_steps", "motion_scale"]), &given)
+                .is_empty()
+        );
+    }
 }

@@ -37,10 +37,12 @@ pub enum AudioFormatName {
     Mp3,
     /// Native FLAC.
     Flac,
-    /// Ogg Vorbis (Ogg Opus is recognised but refused: no pure-Rust decoder).
+    /// Ogg Vorbis, or Ogg Opus (decoded by ffmpeg: no pure-Rust decoder).
     Ogg,
-    /// MP4/M4A with AAC or ALAC.
+    /// MP4/MOV/M4A with AAC or ALAC (fragmented files and Opus decoded by ffmpeg).
     M4a,
+    /// WebM/Matroska, usually Opus from a browser (decoded by ffmpeg).
+    Webm,
 }
 
 impl AudioFormatName {
@@ -52,6 +54,18 @@ impl AudioFormatName {
             AudioFormatName::Flac => "flac",
             AudioFormatName::Ogg => "ogg",
             AudioFormatName::M4a => "m4a",
+            AudioFormatName::Webm => "webm",
+        }
+    }
+
+    /// The ffmpeg demuxer for an upload in this container that symphonia cannot decode.
+    pub fn upload_demuxer(self) -> Option<crate::media::ffmpeg::UploadDemuxer> {
+        use crate::media::ffmpeg::UploadDemuxer;
+        match self {
+            AudioFormatName::Ogg => Some(UploadDemuxer::Ogg),
+            AudioFormatName::M4a => Some(UploadDemuxer::Mov),
+            AudioFormatName::Webm => Some(UploadDemuxer::Matroska),
+            AudioFormatName::Wav | AudioFormatName::Mp3 | AudioFormatName::Flac => None,
         }
     }
 }
@@ -193,6 +207,11 @@ pub fn decode_mono(path: &Path, target_rate: u32) -> Result<Vec<f32>, MediaError
     Ok(resample(&mono, info.sample_rate, target_rate))
 }
 
+/// The container of the file at `path`, from its first bytes (as [`probe_audio`] sees it).
+pub fn sniff_format(path: &Path) -> Result<AudioFormatName, MediaError> {
+    sniff(path)
+}
+
 /// Sniffs the container from the first bytes. Anything not clearly one of
 /// ours is refused before symphonia sees it, because symphonia's probe scans
 /// forward for sync words and would happily "find" MP3 frames inside a PNG.
@@ -230,7 +249,7 @@ fn sniff(path: &Path) -> Result<AudioFormatName, MediaError> {
         return Err(unsupported("raw AAC (ADTS) stream; upload it as .m4a"));
     }
     if head.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]) {
-        return Err(unsupported("WebM/Matroska (usually Opus) audio"));
+        return Ok(AudioFormatName::Webm);
     }
     Err(unsupported("the content is not a recognised audio file"))
 }
@@ -298,6 +317,11 @@ fn decode<S>(
     mut sink: impl FnMut(&mut S, &AudioBufferRef<'_>, (usize, usize)),
 ) -> Result<(AudioInfo, S), MediaError> {
     let format = sniff(path)?;
+    if format == AudioFormatName::Webm {
+        return Err(MediaError::NeedsFfmpeg {
+            detail: "WebM/Matroska audio".into(),
+        });
+    }
     // Read the edit list before symphonia: it is the only source of AAC's
     // priming/padding (symphonia 0.5 trims MP3/Vorbis itself, not MP4).
     let edit = if format == AudioFormatName::M4a {
@@ -350,14 +374,14 @@ fn run<S>(
         })?;
     let track_id = track.id;
     if track.codec_params.codec == CODEC_TYPE_OPUS {
-        return Err(MediaError::UnsupportedAudioFormat {
-            detail: "Opus audio is not supported; use Vorbis, MP3, AAC, FLAC or WAV".into(),
+        return Err(MediaError::NeedsFfmpeg {
+            detail: format!("Opus audio in {}", format.as_str()),
         });
     }
     let mut decoder = symphonia::default::get_codecs()
         .make(&track.codec_params, &DecoderOptions::default())
-        .map_err(|e| MediaError::UnsupportedAudioFormat {
-            detail: format!("audio codec not supported ({e})"),
+        .map_err(|e| MediaError::NeedsFfmpeg {
+            detail: format!("audio codec not supported here ({e})"),
         })?;
 
     // Frames still to drop / to keep, from the MP4 edit list (in the track's

@@ -108,11 +108,18 @@ fn flac_ogg_m4a_fixtures() {
 }
 
 #[test]
-fn ogg_opus_is_refused_clearly() {
+fn ogg_opus_and_webm_are_left_to_ffmpeg() {
+    // symphonia has no Opus decoder: intake has ffmpeg decode these (`audio_upload`); anywhere else
+    // they are unsupported.
     let p = ffmpeg("s.opus.ogg", &["-c:a", "libopus", "-f", "ogg"]);
     let e = probe_audio(&p, None).unwrap_err();
+    assert!(matches!(e, MediaError::NeedsFfmpeg { .. }), "{e:?}");
     assert_eq!(e.code(), "unsupported_audio_format");
     assert!(e.to_string().contains("Opus"), "{e}");
+    let p = ffmpeg("s.webm", &["-c:a", "libopus", "-f", "webm"]);
+    let e = probe_audio(&p, None).unwrap_err();
+    assert!(matches!(e, MediaError::NeedsFfmpeg { .. }), "{e:?}");
+    assert_eq!(sniff_format(&p).unwrap(), AudioFormatName::Webm);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Face detection (pure-Rust SeetaFace port `rustface`) and the Sonic-style
 //! crop plan derived from the detected face.
 
+use std::borrow::Cow;
+
 use image::imageops;
 use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -15,13 +17,25 @@ static MODEL_BYTES: &[u8] = include_bytes!(concat!(
     "/assets/models/seeta_fd_frontal_v1.0.bin"
 ));
 
-/// The detector works on images at most this many pixels on the long side.
+mod scan;
+
+/// The first pass works on images at most this many pixels on the long side.
 /// rustface's pyramid always starts at scale 1.0 and its window is 40 px, so
 /// time grows with the pixel count (~0.1 s at 480x480 on one 2-core box)
 /// while the smallest face it can find is 40 px in the *downscaled* image,
-/// i.e. 40/480 = 8 % of the long side — ample for a talking-head portrait,
-/// where a smaller face would give a poor video anyway.
+/// i.e. 40/480 = 8 % of the long side: every ordinary portrait is found here,
+/// and later, finer passes run only when this one finds nothing.
 const DETECT_MAX_SIDE: u32 = 480;
+
+/// Smallest face looked for, in source pixels: the last pass enlarges the
+/// image so that such a face fills the classifier's 40 px window.
+pub const MIN_FACE: u32 = 32;
+
+/// How many times the crop around the face (the face grown by `expand_ratio`
+/// on each side) may be enlarged to reach `min_resolution`. Sonic's own example
+/// (a 94 px face at 1024 px with `expand_ratio` 0.18) is 8x; a smaller face
+/// than this allows gives a video of upscaling blur.
+pub const MAX_UPSCALE: f64 = 10.0;
 
 /// rustface's fixed classifier window (its `K_WND_SIZE`).
 const WINDOW: u32 = 40;
@@ -103,43 +117,144 @@ impl FaceDetector {
         Ok(FaceDetector { model })
     }
 
-    /// Finds frontal faces; returns them largest first (ties: higher score first).
-    /// An empty vector means no face was found.
+    /// Finds frontal faces down to [`MIN_FACE`] px anywhere in the image;
+    /// returns them largest first (ties: higher score first). An empty vector
+    /// means no face was found.
+    ///
+    /// Passes go from coarse to fine (see `scan`): the first works on a copy
+    /// at most 480 px long and finds every face of at least 8 % of the long
+    /// side; each further pass, run only when the previous ones found nothing,
+    /// looks at a larger copy for faces too small for the previous one, split
+    /// into overlapping bands that run on all cores.
     pub fn detect(&self, image: &RgbImage) -> Vec<FaceBox> {
         let (w, h) = image.dimensions();
         if w == 0 || h == 0 {
             return Vec::new();
         }
-        let Some((gray, scale)) = prepare(image) else {
+        let passes = scan::passes(w, h, DETECT_MAX_SIDE, MIN_FACE);
+        let mut gray: Option<GrayImage> = None;
+        for pass in passes {
+            let scaled = if pass.scale < 1.0 {
+                // Area-averaging `thumbnail` is ~4x faster than a Triangle resize on a 3000 px photo
+                // and anti-aliases as well; shrink first, then go gray.
+                Cow::Owned(imageops::grayscale(&imageops::thumbnail(
+                    image,
+                    pass.width,
+                    pass.height,
+                )))
+            } else {
+                let full = gray.get_or_insert_with(|| imageops::grayscale(image));
+                if (pass.width, pass.height) == (w, h) {
+                    Cow::Borrowed(&*full)
+                } else {
+                    Cow::Owned(imageops::resize(
+                        &*full,
+                        pass.width,
+                        pass.height,
+                        imageops::FilterType::Triangle,
+                    ))
+                }
+            };
+            let mut faces = self.detect_pass(&scaled, pass.max_face, w, h);
+            if !faces.is_empty() {
+                faces.sort_by(|a, b| {
+                    let area = |f: &FaceBox| u64::from(f.width) * u64::from(f.height);
+                    area(b).cmp(&area(a)).then(b.score.total_cmp(&a.score))
+                });
+                return faces;
+            }
+        }
+        Vec::new()
+    }
+
+    /// One pass over `scaled` (a copy of the `w` x `h` source), in bands on as
+    /// many threads as there are cores when it is large; boxes in source pixels.
+    fn detect_pass(
+        &self,
+        scaled: &GrayImage,
+        max_face: Option<u32>,
+        w: u32,
+        h: u32,
+    ) -> Vec<FaceBox> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let bands = scan::bands(scaled.width(), scaled.height(), max_face, threads);
+        let scale = (f64::from(scaled.width()) / f64::from(w)
+            + f64::from(scaled.height()) / f64::from(h))
+            / 2.0;
+        let found: Vec<Vec<FaceBox>> = if bands.len() == 1 {
+            vec![self.detect_band(scaled, bands[0], max_face, scale, w, h)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = bands
+                    .iter()
+                    .map(|band| s.spawn(|| self.detect_band(scaled, *band, max_face, scale, w, h)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| handle.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        scan::merge(found.into_iter().flatten().collect())
+    }
+
+    /// Runs rustface on rows `band` of `scaled`; boxes in source pixels.
+    fn detect_band(
+        &self,
+        scaled: &GrayImage,
+        band: (u32, u32),
+        max_face: Option<u32>,
+        scale: f64,
+        w: u32,
+        h: u32,
+    ) -> Vec<FaceBox> {
+        let width = scaled.width();
+        let (top, bottom) = band;
+        // rustface subtracts the window size from each pyramid level's size in
+        // unsigned arithmetic; a level that rounds to < 40 px would underflow and
+        // read out of bounds. Shave a pixel until the pyramid is safe (usually 0 tries).
+        let Some((bw, bh)) = scan::safe_size(width, bottom - top, max_face) else {
             return Vec::new();
         };
-
+        let cropped;
+        let data: &[u8] = if bw == width {
+            let row = width as usize;
+            &scaled.as_raw()[top as usize * row..(top + bh) as usize * row]
+        } else {
+            cropped = imageops::crop_imm(scaled, 0, top, bw, bh).to_image();
+            cropped.as_raw()
+        };
         let mut det = rustface::create_detector_with_model(self.model.clone());
         // Ineffective in rustface 0.1.7 (its pyramid never upscales, so 40 px
-        // is the floor) but set for clarity should a future version honour it.
+        // is the floor: the passes enlarge the image instead) but set for clarity.
         det.set_min_face_size(WINDOW);
+        if let Some(max) = max_face {
+            // Stops the pyramid once faces are large enough for the previous pass.
+            det.set_max_face_size(max);
+        }
         det.set_score_thresh(SCORE_THRESH);
         det.set_pyramid_scale_factor(PYRAMID_SCALE);
         det.set_slide_window_step(4, 4);
-        let data = rustface::ImageData::new(gray.as_raw(), gray.width(), gray.height());
+        let image = rustface::ImageData::new(data, bw, bh);
         let faces = match super::guard(
             |detail| MediaError::FaceModel { detail },
-            || Ok(det.detect(&data)),
+            || Ok(det.detect(&image)),
         ) {
             Ok(f) => f,
             Err(_) => return Vec::new(),
         };
-
-        let mut out: Vec<FaceBox> = faces
+        faces
             .iter()
             .filter_map(|f| {
                 let b = f.bbox();
+                let top = f64::from(top);
                 // Back to source coordinates, then clip: boxes can overhang
                 // the border when a face is cut off by the frame.
                 let x0 = (f64::from(b.x()) / scale).max(0.0);
-                let y0 = (f64::from(b.y()) / scale).max(0.0);
+                let y0 = ((f64::from(b.y()) + top) / scale).max(0.0);
                 let x1 = ((f64::from(b.x()) + f64::from(b.width())) / scale).min(f64::from(w));
-                let y1 = ((f64::from(b.y()) + f64::from(b.height())) / scale).min(f64::from(h));
+                let y1 =
+                    ((f64::from(b.y()) + top + f64::from(b.height())) / scale).min(f64::from(h));
                 if x1 - x0 < 1.0 || y1 - y0 < 1.0 {
                     return None;
                 }
@@ -152,69 +267,18 @@ impl FaceDetector {
                     score: f.score(),
                 })
             })
-            .collect();
-        out.sort_by(|a, b| {
-            let area = |f: &FaceBox| u64::from(f.width) * u64::from(f.height);
-            area(b).cmp(&area(a)).then(b.score.total_cmp(&a.score))
-        });
-        out
+            .collect()
     }
 }
 
-/// Grayscale, downscaled copy for the detector plus the scale applied
-/// (detector px per source px). `None` if the image is too small to hold a face.
-fn prepare(image: &RgbImage) -> Option<(GrayImage, f64)> {
-    let (w, h) = image.dimensions();
-    let long = w.max(h);
-    let (mut dw, mut dh) = if long > DETECT_MAX_SIDE {
-        let s = f64::from(DETECT_MAX_SIDE) / f64::from(long);
-        (
-            ((f64::from(w) * s).round() as u32).max(1),
-            ((f64::from(h) * s).round() as u32).max(1),
-        )
-    } else {
-        (w, h)
-    };
-    // rustface subtracts the window size from each pyramid level's size in
-    // unsigned arithmetic; a level that rounds to < 40 px would underflow and
-    // read out of bounds. Shave a pixel until the pyramid is safe (usually 0 tries).
-    for _ in 0..8 {
-        if dw.min(dh) <= WINDOW {
-            return None;
-        }
-        if pyramid_is_safe(dw, dh) {
-            break;
-        }
-        dw -= 1;
-        dh -= 1;
-    }
-    if !pyramid_is_safe(dw, dh) {
-        return None;
-    }
-    // Shrink first (area-averaging `thumbnail` is ~4x faster than a Triangle
-    // resize on a 3000 px photo and anti-aliases as well), then go gray.
-    let gray = if (dw, dh) == (w, h) {
-        imageops::grayscale(image)
-    } else {
-        imageops::grayscale(&imageops::thumbnail(image, dw, dh))
-    };
-    // Average the two axes' scales; they differ by under a pixel.
-    let scale = (f64::from(dw) / f64::from(w) + f64::from(dh) / f64::from(h)) / 2.0;
-    Some((gray, scale))
-}
-
-/// Replays rustface's pyramid loop (same f32 arithmetic) and checks every
-/// level is at least one window in both directions.
-fn pyramid_is_safe(w: u32, h: u32) -> bool {
-    let min_scale = WINDOW as f32 / w.min(h) as f32;
-    let mut s = 1.0_f32;
-    while s >= min_scale {
-        if ((w as f32 * s) as u32) < WINDOW || ((h as f32 * s) as u32) < WINDOW {
-            return false;
-        }
-        s *= PYRAMID_SCALE;
-    }
-    true
+/// The smallest face (its longer side, px) usable for a video of
+/// `min_resolution` with `expand_ratio`: the crop around it is the face grown by
+/// `expand_ratio` on each side, and may be enlarged at most [`MAX_UPSCALE`] times.
+pub fn smallest_usable_face(min_resolution: u32, expand_ratio: f64) -> u32 {
+    let crop_per_face = 1.0 + 2.0 * expand_ratio.max(0.0);
+    (f64::from(min_resolution) / (MAX_UPSCALE * crop_per_face))
+        .ceil()
+        .max(1.0) as u32
 }
 
 /// Plans the crop around `face` the way Sonic's `process_bbox` does, and the

@@ -161,3 +161,48 @@ fn output_sides_round_to_64() {
     let _ = plan_crop(&face(500, 500, 0), 10, 10, -3.0, 0);
     let _ = plan_crop(&face(0, 0, 10), 0, 0, f32::NAN, 512);
 }
+
+/// The astronaut shrunk to `side` px (its face about `side` x 0.18), pasted at (`x`, `y`) into a plain
+/// `w` x `h` canvas.
+fn pasted(side: u32, w: u32, h: u32, x: i64, y: i64) -> RgbImage {
+    let small = imageops::resize(&astronaut(), side, side, FilterType::Triangle);
+    let mut canvas = RgbImage::from_pixel(w, h, Rgb([120, 130, 140]));
+    imageops::replace(&mut canvas, &small, x, y);
+    canvas
+}
+
+#[test]
+fn finds_a_50_px_face_anywhere_in_a_2000_px_photo() {
+    let det = FaceDetector::new().unwrap();
+    // Near a corner, and across the middle where the bands of the finest pass overlap.
+    for (x, y) in [(1650, 1150), (100, 600), (900, 40)] {
+        let faces = det.detect(&pasted(272, 2000, 1500, x, y));
+        assert_eq!(faces.len(), 1, "at {x},{y}: {faces:?}");
+        let f = faces[0];
+        assert!((40..=62).contains(&f.width), "{f:?}");
+        let (cx, cy) = (i64::from(f.x + f.width / 2), i64::from(f.y + f.height / 2));
+        // The face centre is at about (118, 62) of the 272 px copy.
+        assert!(
+            (cx - (x + 118)).abs() <= 15 && (cy - (y + 62)).abs() <= 15,
+            "{f:?}"
+        );
+    }
+}
+
+#[test]
+fn finds_a_face_of_about_32_px() {
+    let faces = FaceDetector::new()
+        .unwrap()
+        .detect(&pasted(180, 1200, 900, 500, 400));
+    assert_eq!(faces.len(), 1, "{faces:?}");
+    assert!((26..=42).contains(&faces[0].width), "{:?}", faces[0]);
+}
+
+#[test]
+fn smallest_usable_face_follows_resolution_and_expansion() {
+    // 512 px from a crop twice the face, enlarged at most 10x.
+    assert_eq!(smallest_usable_face(512, 0.5), 26);
+    assert_eq!(smallest_usable_face(1024, 0.1), 86);
+    // Sonic's own example on the 94 px sample face.
+    assert!(smallest_usable_face(1024, 0.18) <= 76);
+}

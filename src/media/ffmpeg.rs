@@ -11,13 +11,15 @@
 //! the `ffmpeg_processes_total` / `ffmpeg_process_duration_seconds` metrics, recorded when the process
 //! ends however it ends, so slow and failing runs show up in traces and on dashboards.
 //!
-//! ffmpeg never reads an upload. Its format detection skips ID3 tags and
-//! follows references (an HLS playlist or `concat` list names other files,
-//! which the `file` protocol then opens), so a crafted "MP3" could make it mux
-//! any file on the server into a job's video. Every input here is data this
-//! process produced itself, read with its demuxer forced (`-f rawvideo`,
-//! `-f f32le`, `-f mov` for our own MP4s) and a protocol whitelist, so no byte
-//! of an input can choose how ffmpeg reads it.
+//! ffmpeg reads an upload in one place only (`upload.rs`: recordings symphonia
+//! cannot decode). Its format detection skips ID3 tags and follows references
+//! (an HLS playlist or `concat` list names other files, which the `file`
+//! protocol then opens), so a crafted "MP3" could make it mux any file on the
+//! server into a job's video. Every input is read with its demuxer forced
+//! (`-f rawvideo`, `-f f32le`, `-f mov` for our own MP4s; for an upload, the
+//! container our own sniffing found) and a protocol whitelist, so no byte of an
+//! input can choose how ffmpeg reads it; an upload's decoder also runs under an
+//! address-space limit.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -36,9 +38,11 @@ use crate::media::audio::PcmFile;
 
 mod conform;
 mod probe;
+mod upload;
 
 pub use conform::{conform_remote_video, remux_clean, ConformSpec};
 pub use probe::{probe, ProbeInfo};
+pub use upload::{decode_upload_to_wav, UploadDemuxer};
 
 const FFMPEG: &str = "ffmpeg";
 const FFPROBE: &str = "ffprobe";
@@ -221,10 +225,43 @@ async fn run_capture(
     what: &'static str,
     timeout: Duration,
 ) -> Result<Vec<u8>, FfmpegError> {
-    let child = command(program)
-        .args(args)
-        .spawn()
-        .map_err(|e| spawn_error(program, e))?;
+    run_capture_limited(program, args, what, timeout, None).await
+}
+
+/// Caps the child's address space (`RLIMIT_AS`), so a crafted input cannot make it take the machine's
+/// memory: an allocation past the cap fails inside the child, which then exits with an error.
+fn limit_address_space(cmd: &mut Command, bytes: u64) {
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit, which is
+    // async-signal-safe; it allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes as libc::rlim_t,
+                rlim_max: bytes as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// `run_capture`, with the child's address space capped at `max_address_space` bytes when given.
+async fn run_capture_limited(
+    program: &'static str,
+    args: &[OsString],
+    what: &'static str,
+    timeout: Duration,
+    max_address_space: Option<u64>,
+) -> Result<Vec<u8>, FfmpegError> {
+    let mut cmd = command(program);
+    cmd.args(args);
+    if let Some(bytes) = max_address_space {
+        limit_address_space(&mut cmd, bytes);
+    }
+    let child = cmd.spawn().map_err(|e| spawn_error(program, e))?;
     let mut guard = ProcessGuard::new(program, what, &child);
     let step = format!("{program} {what}");
     // On timeout the future owning `child` is dropped, which kills it.

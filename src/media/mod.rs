@@ -1,10 +1,11 @@
 //! Media intake for the gateway: validate and decode the uploaded face photo
 //! and speech recording before any expensive engine work is queued.
 //!
-//! Everything here is synchronous and CPU-bound; async callers should run it
-//! inside `tokio::task::spawn_blocking`.
+//! Everything here but `ffmpeg` and `audio_upload` is synchronous and CPU-bound;
+//! async callers should run it inside `tokio::task::spawn_blocking`.
 
 pub mod audio;
+pub mod audio_upload;
 pub mod face;
 pub mod ffmpeg;
 pub mod image;
@@ -44,9 +45,20 @@ pub enum MediaError {
     },
 
     /// The content is not audio in one of the accepted containers/codecs.
-    #[error("unsupported audio format: {detail} (accepted: WAV, MP3, FLAC, Ogg Vorbis, M4A/AAC)")]
+    #[error(
+        "unsupported audio format: {detail} (accepted: WAV, MP3, FLAC, Ogg Vorbis or Opus, WebM Opus, \
+         MP4/MOV/M4A with AAC)"
+    )]
     UnsupportedAudioFormat {
         /// What was found instead, for the message.
+        detail: String,
+    },
+
+    /// A recording in a container or codec this process does not decode itself (Opus, WebM,
+    /// fragmented MP4): intake has ffmpeg decode it; anywhere else it is unsupported.
+    #[error("unsupported audio format: {detail}")]
+    NeedsFfmpeg {
+        /// What was found, for the message.
         detail: String,
     },
 
@@ -91,7 +103,9 @@ impl MediaError {
             MediaError::UnsupportedImageFormat { .. } => "unsupported_image_format",
             MediaError::ImageTooLarge { .. } => "image_too_large",
             MediaError::ImageDecodeFailed { .. } => "image_decode_failed",
-            MediaError::UnsupportedAudioFormat { .. } => "unsupported_audio_format",
+            MediaError::UnsupportedAudioFormat { .. } | MediaError::NeedsFfmpeg { .. } => {
+                "unsupported_audio_format"
+            }
             MediaError::AudioDecodeFailed { .. } => "audio_decode_failed",
             MediaError::AudioTooLong { .. } => "audio_too_long",
             MediaError::AudioTooShort { .. } => "audio_too_short",

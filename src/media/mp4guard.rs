@@ -58,9 +58,10 @@ pub fn check(path: &Path) -> Result<(), MediaError> {
         }
         match &kind {
             b"moof" | b"mfra" => {
-                return Err(MediaError::UnsupportedAudioFormat {
-                    detail: "fragmented MP4 audio is not supported".to_owned(),
-                })
+                // Browsers' recorders write these; ffmpeg decodes them (see `media::audio_upload`).
+                return Err(MediaError::NeedsFfmpeg {
+                    detail: "fragmented MP4 audio".to_owned(),
+                });
             }
             b"moov" => {
                 if saw_moov {

@@ -193,7 +193,7 @@ async fn prepare_and_generate(
         .await
         .map_err(|e| internal(e.into()))?;
     let image_path = dir.join(format!("image.{}", input.image.format));
-    let audio_path = dir.join(format!("audio.{}", input.audio.format));
+    let audio_path = dir.join(format!("audio.{}", input.audio.stored_format()));
     for (url, path) in [(&job.image_url, &image_path), (&job.audio_url, &audio_path)] {
         client
             .download(url, &lease.lease_id, path)

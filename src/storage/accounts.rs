@@ -59,6 +59,9 @@ pub trait TenantStore: Send + Sync {
 pub trait UserStore: Send + Sync {
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
     async fn user(&self, scope: TenantScope, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// The plan that applies to the user now: their own when set, else their tenant's. One read by
+    /// primary keys; `None` when the user no longer exists.
+    async fn current_plan(&self, id: UserId) -> StoreResult<Option<PlanName>>;
     /// Users with this name across tenants (a login may omit the tenant when the name is unique).
     async fn users_by_username(&self, username: &Username) -> StoreResult<Vec<UserRecord>>;
     async fn list_users(&self, scope: TenantScope) -> StoreResult<Vec<UserRecord>>;

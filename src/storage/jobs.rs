@@ -36,6 +36,8 @@ pub struct JobRecord {
     pub started_at: Option<UnixMillis>,
     pub finished_at: Option<UnixMillis>,
     pub updated_at: UnixMillis,
+    /// Parameters the request gave that the engine does not use, in `PARAM_FIELDS` order.
+    pub ignored_parameters: Vec<String>,
 }
 
 /// Which jobs a caller may see: their tenant's (admins) or only their own.

@@ -27,7 +27,7 @@ pub(super) const AUDIT_COLUMNS: &str = "seq, at, request_id, actor_user_id, acto
 pub(super) const JOB_COLUMNS: &str = "id, tenant_id, user_id, status, stage, progress, engine, \
     params, input, output_plan, callback_url, vtag, attempts, worker_id, lease_expires_at, \
     counts_toward_quota, error_code, error_message, error_detail, result_key, result_bytes, \
-    created_at, started_at, finished_at, updated_at";
+    created_at, started_at, finished_at, updated_at, ignored_parameters";
 
 /// A reservation without a job after this long belongs to a request that died.
 pub(super) const ABANDONED_RESERVATION: Duration = Duration::from_secs(5 * 60);
@@ -39,6 +39,16 @@ pub(super) fn parse_stored<T: FromStr>(column: &str, value: &str) -> Result<T, S
     value
         .parse()
         .map_err(|_| StoreError::Corrupt(format!("{column}: {value:?}")))
+}
+
+/// A list of names as stored: a JSON array of strings.
+pub(super) fn names_json(names: &[String]) -> String {
+    serde_json::to_string(names).expect("a list of strings always serialises")
+}
+
+/// Parses a stored JSON array of names.
+pub(super) fn parse_names(column: &str, value: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(value).map_err(|_| StoreError::Corrupt(format!("{column}: {value:?}")))
 }
 
 /// A result row of either backend, read by column name as the types the schema uses.
@@ -222,6 +232,10 @@ pub(super) fn job_from_row(row: &impl StoredRow) -> StoreResult<JobRecord> {
         started_at: row.opt_instant("started_at")?,
         finished_at: row.opt_instant("finished_at")?,
         updated_at: row.instant("updated_at")?,
+        ignored_parameters: parse_names(
+            "jobs.ignored_parameters",
+            &row.text("ignored_parameters")?,
+        )?,
     })
 }
 
@@ -526,7 +540,7 @@ mod tests {
         assert_eq!(count(USER_COLUMNS), 9);
         assert_eq!(count(REFRESH_COLUMNS), 8);
         assert_eq!(count(AUDIT_COLUMNS), 14);
-        assert_eq!(count(JOB_COLUMNS), 25);
+        assert_eq!(count(JOB_COLUMNS), 26);
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! engine's capabilities, the plan's limits, a face in the photo, the idempotency key, then the quota
 //! again (atomically, with the insert).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
 use crate::domain::{
     FieldError, JobId, JobStatus, PlanName, RawParams, SonicParams, Stage, TenantId, UserId,
 };
-use crate::media::audio::{probe_audio, AudioInfo};
+use crate::media::audio::AudioInfo;
+use crate::media::audio_upload::probe_recording;
 use crate::media::face::plan_crop;
 use crate::media::image::{probe_image, ProbedImage};
 use crate::media::MediaError;
@@ -37,6 +38,7 @@ pub struct UploadedFile {
 pub struct Submission {
     pub user: UserId,
     pub tenant: TenantId,
+    /// The token's plan claim; intake replaces it with the user's current plan.
     pub plan: PlanName,
     pub image: UploadedFile,
     pub audio: UploadedFile,
@@ -59,12 +61,6 @@ pub enum IntakeError {
     Params {
         code: &'static str,
         errors: Vec<FieldError>,
-    },
-    /// The chosen engine cannot honour a parameter (422).
-    #[error("engine {engine} does not support {parameters:?}")]
-    UnsupportedParameter {
-        engine: String,
-        parameters: Vec<String>,
     },
     /// Over a limit of the caller's plan (403).
     #[error("the {plan} plan allows {limit} = {allowed}; the request asks for {asked}")]
@@ -120,6 +116,10 @@ pub(super) struct Inspected {
     face: crate::media::face::Rect,
     faces_detected: usize,
     crop: crate::media::face::CropPlan,
+    /// Parameters given that the engine does not use (valid and within the plan).
+    ignored: Vec<String>,
+    /// The recording as the WAV ffmpeg decoded it to, when symphonia could not read it.
+    decoded_audio: Option<PathBuf>,
 }
 
 impl Inspected {
@@ -139,6 +139,7 @@ impl Inspected {
                 duration: self.audio.duration_s,
                 sample_rate: self.audio.sample_rate,
                 channels: self.audio.channels,
+                stored_as: self.decoded_audio.as_ref().map(|_| "wav".to_owned()),
             },
         };
         let output = OutputPlan {
@@ -186,7 +187,7 @@ impl VideoService {
     pub async fn submit(
         &self,
         context: &AuditContext,
-        submission: Submission,
+        mut submission: Submission,
     ) -> Result<Submitted, IntakeError> {
         // Shared with every blocking probe below: a probe cannot be cancelled, so the slot stays taken
         // until the last one really ends, even when the request is gone (client disconnected, or the
@@ -197,6 +198,11 @@ impl VideoService {
                 AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
             },
         )?);
+        // The plan now, not the token's claim (a downgrade would otherwise wait for the token to expire).
+        submission.plan = self
+            .current_plans
+            .of(self.store.as_ref(), submission.user, &submission.plan)
+            .await?;
         let plan = self.plans.limits(&submission.plan);
         let now = now_ms();
         let usage = self
@@ -283,9 +289,13 @@ impl VideoService {
         let limits = self.settings.image_limits;
         let image_path = image_path.to_path_buf();
         let audio_path = audio_path.to_path_buf();
+        // The upload's own folder: a recording ffmpeg decodes is written next to it.
+        let scratch = audio_path
+            .parent()
+            .map_or_else(|| self.settings.work_dir.clone(), Path::to_path_buf);
         let max_duration_s = f64::from(plan.max_duration_s);
         let (image_slot, audio_slot) = (Arc::clone(&admitted), Arc::clone(&admitted));
-        let (image, audio) = tokio::try_join!(
+        let (image, recording) = tokio::try_join!(
             async {
                 tokio::task::spawn_blocking(move || {
                     let _slot = image_slot;
@@ -296,25 +306,22 @@ impl VideoService {
                 .map_err(|e| media_error("image", e))
             },
             async {
-                tokio::task::spawn_blocking(move || {
-                    let _slot = audio_slot;
-                    probe_audio(&audio_path, Some(max_duration_s))
-                })
-                .await
-                .map_err(anyhow::Error::from)?
-                .map_err(|e| match e {
-                    // Decoding stopped at the plan's limit: the same answer as a measured overlong
-                    // recording.
-                    MediaError::AudioTooLong { .. } => IntakeError::PlanLimit {
-                        limit: "max_duration_s",
-                        plan: plan_name.to_string(),
-                        asked: format!("more than {}", plan.max_duration_s),
-                        allowed: plan.max_duration_s.to_string(),
-                    },
-                    other => media_error("audio", other),
-                })
+                probe_recording(&audio_path, Some(max_duration_s), &scratch, audio_slot)
+                    .await
+                    .map_err(|e| match e {
+                        // Decoding stopped at the plan's limit: the same answer as a measured
+                        // overlong recording.
+                        MediaError::AudioTooLong { .. } => IntakeError::PlanLimit {
+                            limit: "max_duration_s",
+                            plan: plan_name.to_string(),
+                            asked: format!("more than {}", plan.max_duration_s),
+                            allowed: plan.max_duration_s.to_string(),
+                        },
+                        other => media_error("audio", other),
+                    })
             },
         )?;
+        let audio = recording.info;
 
         let params = SonicParams::parse(fields, audio.duration_s, &self.settings.default_engine)
             .map_err(|rejection| IntakeError::Params {
@@ -335,13 +342,8 @@ impl VideoService {
         };
         let capabilities = engine.capabilities();
         let given: Vec<String> = fields.keys().cloned().collect();
-        let unsupported = crate::engines::unhonoured(&capabilities, &given);
-        if !unsupported.is_empty() {
-            return Err(IntakeError::UnsupportedParameter {
-                engine: capabilities.name,
-                parameters: unsupported,
-            });
-        }
+        // Valid values the engine does not use are accepted and listed; the plan still bounds them.
+        let ignored = crate::engines::ignored_parameters(&capabilities, &given);
         if let Some(reason) = engine.unavailable() {
             return Err(IntakeError::EngineUnavailable {
                 engine: capabilities.name,
@@ -388,6 +390,8 @@ impl VideoService {
             face,
             faces_detected,
             crop,
+            ignored,
+            decoded_audio: recording.decoded,
         })
     }
 
@@ -419,10 +423,28 @@ impl VideoService {
             return Err(IntakeError::Media {
                 code: "no_face_detected",
                 field: "image",
-                message: "no face was found in the photo: use a well-lit, frontal portrait"
-                    .to_owned(),
+                message: format!(
+                    "no face was found in the photo (faces of {} px and more are looked for): use a \
+                     well-lit, frontal portrait",
+                    crate::media::face::MIN_FACE
+                ),
             });
         };
+        let face_size = largest.width.max(largest.height);
+        let smallest =
+            crate::media::face::smallest_usable_face(params.min_resolution, params.expand_ratio);
+        if face_size < smallest {
+            return Err(IntakeError::Media {
+                code: "face_too_small",
+                field: "image",
+                message: format!(
+                    "the face in the photo is {face_size} px; at min_resolution {} and expand_ratio {} \
+                     the smallest usable face is {smallest} px: use a photo taken closer, or a lower \
+                     min_resolution",
+                    params.min_resolution, params.expand_ratio
+                ),
+            });
+        }
         let crop = plan_crop(
             largest,
             image.width,
@@ -491,13 +513,16 @@ impl VideoService {
         let (params, image, audio) = (&inspected.params, &inspected.image, &inspected.audio);
         // Files first: a worker must never claim a job whose inputs are missing.
         let image_key = input_key(submission.tenant, id, "image", image.format.as_str());
-        let audio_key = input_key(submission.tenant, id, "audio", audio.format.as_str());
+        // A recording ffmpeg decoded is kept as that WAV, so engines read it as they read any WAV.
+        let (audio_file, audio_ext) = match inspected.decoded_audio.as_deref() {
+            Some(wav) => (wav, "wav"),
+            None => (submission.audio.path.as_path(), audio.format.as_str()),
+        };
+        let audio_key = input_key(submission.tenant, id, "audio", audio_ext);
         self.blobs
             .put_file(&image_key, &submission.image.path)
             .await?;
-        self.blobs
-            .put_file(&audio_key, &submission.audio.path)
-            .await?;
+        self.blobs.put_file(&audio_key, audio_file).await?;
         let record = JobRecord {
             id,
             tenant_id: submission.tenant,
@@ -524,6 +549,7 @@ impl VideoService {
             started_at: None,
             finished_at: None,
             updated_at: now,
+            ignored_parameters: inspected.ignored.clone(),
         };
         let quota = quota_limits(plan, now);
         let created = match self.store.create_job(&record, &quota).await {

@@ -53,6 +53,8 @@ pub struct VideoService {
     pub blobs: Arc<dyn BlobStore>,
     pub engines: Engines,
     pub plans: Plans,
+    /// Users' current plans: submissions are checked against them, not the token's claim.
+    pub current_plans: Arc<crate::accounts::CurrentPlans>,
     pub auditor: Auditor,
     pub signer: UrlSigner,
     pub faces: FaceDetector,

@@ -30,10 +30,22 @@ pub struct ImageInput {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AudioInput {
+    /// The upload's container: wav, mp3, flac, ogg, m4a or webm.
     pub format: String,
     pub duration: f64,
     pub sample_rate: u32,
     pub channels: u16,
+    /// Set when the job keeps the recording in another format than the upload's: `wav` for one ffmpeg
+    /// decoded (Opus, WebM, fragmented MP4), as 16-bit mono.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_as: Option<String>,
+}
+
+impl AudioInput {
+    /// The format of the recording the job keeps (the extension of its stored file).
+    pub fn stored_format(&self) -> &str {
+        self.stored_as.as_deref().unwrap_or(&self.format)
+    }
 }
 
 /// The planned output.
@@ -87,6 +99,10 @@ pub struct JobView {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub params: SonicParams,
+    /// Parameters the request gave that this job's engine does not use (accepted because they were
+    /// valid and within the plan; the video does not depend on them), e.g. `inference_steps` on the
+    /// `builtin` engine or `motion_scale` on `sonic`. Empty when every given parameter is used.
+    pub ignored_parameters: Vec<String>,
     pub input: JobInput,
     pub output: OutputPlan,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +142,7 @@ impl JobView {
             started_at: job.started_at.map(UnixMillis::to_rfc3339),
             finished_at: job.finished_at.map(UnixMillis::to_rfc3339),
             params: parse("params", &job.params)?,
+            ignored_parameters: job.ignored_parameters.clone(),
             input: parse("input", &job.input)?,
             output: parse("output", &job.output_plan)?,
             error: job.error_code.as_ref().map(|code| JobError {

@@ -392,7 +392,7 @@ impl VideoService {
             .await
             .map_err(|e| internal(e.into()))?;
         let image_path = workdir.join(format!("image.{}", input.image.format));
-        let audio_path = workdir.join(format!("audio.{}", input.audio.format));
+        let audio_path = workdir.join(format!("audio.{}", input.audio.stored_format()));
         let fetch = |name: &'static str, ext: String, path: std::path::PathBuf| async move {
             self.blobs
                 .fetch_to(&input_key(job.tenant_id, job.id, name, &ext), &path)
@@ -405,7 +405,12 @@ impl VideoService {
                 })
         };
         fetch("image", input.image.format.clone(), image_path.clone()).await?;
-        fetch("audio", input.audio.format.clone(), audio_path.clone()).await?;
+        fetch(
+            "audio",
+            input.audio.stored_format().to_owned(),
+            audio_path.clone(),
+        )
+        .await?;
 
         let work = super::eta::Work::new(&params, &output);
         let instance = slot.instance().map(str::to_owned);

@@ -19,6 +19,7 @@ mod migrations;
 mod ops;
 mod queue;
 mod rate_limit;
+mod recordings;
 mod redis_replicas;
 mod remote_worker;
 mod security_auth;

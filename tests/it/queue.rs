@@ -95,6 +95,7 @@ fn job(tenant: TenantId, user: UserId, created_at: i64) -> JobRecord {
         started_at: None,
         finished_at: None,
         updated_at: UnixMillis::from_millis(created_at),
+        ignored_parameters: Vec::new(),
     }
 }
 

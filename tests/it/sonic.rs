@@ -211,23 +211,22 @@ async fn with_every_comfyui_unreachable_submissions_are_refused_as_engine_unavai
 }
 
 #[tokio::test]
-async fn motion_scale_is_refused_by_the_sonic_engine() {
+async fn motion_scale_is_accepted_and_listed_as_ignored_by_the_sonic_engine() {
     let fake = FakeComfy::start().await;
     let server = sonic_server(&fake, |_| {}).await;
     let admin = server.admin().await;
-    let body = problem(
-        submit(
-            &server,
-            &admin.access,
-            form("speech_en.wav", &[("motion_scale", "1.5")]),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
+    let job = submit_ok(
+        &server,
+        &admin.access,
+        form("speech_en.wav", crate::videos::SONIC_EXAMPLE),
     )
     .await;
-    assert_eq!(body["code"], "unsupported_parameter");
-    assert_eq!(body["errors"][0]["field"], "motion_scale");
-    assert!(fake.received().is_empty());
+    assert_eq!(job["engine"], "sonic");
+    assert_eq!(job["ignored_parameters"], json!(["motion_scale"]), "{job}");
+    let id = job["id"].as_str().unwrap();
+    let events = follow(&server, &admin.access, id).await;
+    assert_eq!(events.last().unwrap()["status"], "succeeded", "{events:?}");
+    assert_eq!(fake.received().len(), 1);
 }
 
 #[tokio::test]

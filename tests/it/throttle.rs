@@ -142,7 +142,11 @@ async fn concurrent_wrong_passwords_cannot_outrun_the_account_limit() {
 
 #[tokio::test]
 async fn concurrent_wrong_passwords_cannot_outrun_the_address_limit() {
-    let server = TestServer::start_with(Backend::Sqlite, |c| c.login_max_failures = 1000).await;
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.login_max_failures = 1000;
+        c.login_ip_max_failures = 10;
+    })
+    .await;
     let (invalid, throttled) = concurrent_wrong_logins(&server, 50, |i| format!("user{i}")).await;
     assert_eq!((invalid, throttled), (10, 40));
     let response = server.try_login("admin", ADMIN_PASSWORD, None).await;
@@ -169,4 +173,19 @@ async fn concurrent_logins_with_the_right_password_are_not_refused() {
     for response in futures::future::join_all(logins).await {
         assert_eq!(response.status(), StatusCode::OK);
     }
+}
+
+#[tokio::test]
+async fn by_default_one_address_outlasts_the_per_account_limit() {
+    // Defaults: 10 per account, 100 per address. Colleagues behind one NAT address mistype their
+    // passwords a dozen times between them; the address is not locked, so the next sign-in works.
+    let server = TestServer::start().await;
+    for i in 0..12 {
+        let response = server
+            .try_login(&format!("colleague{i}"), "mistyped password", None)
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    let response = server.try_login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
 }

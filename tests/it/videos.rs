@@ -412,6 +412,71 @@ async fn photo_without_a_face_is_refused_before_queueing() {
     no_jobs(&server, &admin.access).await;
 }
 
+/// The sample photo shrunk so its face is about 50 px, pasted off-centre into a 2000 x 1500 canvas.
+fn small_face_photo(dir: &Path) -> PathBuf {
+    let face = image::open(sample("face_astronaut.png"))
+        .unwrap()
+        .into_rgb8();
+    // The sample's face is about 94 px of its 512.
+    let small = image::imageops::resize(&face, 272, 272, image::imageops::FilterType::Triangle);
+    let mut canvas = image::RgbImage::from_fn(2000, 1500, |x, y| {
+        image::Rgb([90 + (x / 40) as u8, 100 + (y / 40) as u8, 110])
+    });
+    image::imageops::replace(&mut canvas, &small, 1500, 1100);
+    let path = dir.join("small_face.png");
+    canvas.save(&path).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn small_face_in_a_large_photo_is_found_and_too_small_only_for_a_high_resolution() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let photo = small_face_photo(dir.path());
+    let with = |fields: &[(&str, &str)]| {
+        let mut form = Form::new()
+            .part("image", file_part(&photo, "small_face.png"))
+            .part("audio", file_part(&sample("speech_en.wav"), "speech.wav"));
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        form
+    };
+    // The default 512 px from a 50 px face (a 100 px crop): found, and used.
+    let job = submit_ok(&server, &admin.access, with(&[])).await;
+    let face = &job["input"]["image"]["face"];
+    let size = face["width"]
+        .as_u64()
+        .unwrap()
+        .max(face["height"].as_u64().unwrap());
+    assert!((40..=62).contains(&size), "{face}");
+    let (x, y) = (face["x"].as_u64().unwrap(), face["y"].as_u64().unwrap());
+    assert!(
+        (1500..1772).contains(&x) && (1100..1372).contains(&y),
+        "{face}"
+    );
+    // 1024 px from a crop of 1.2 x the face: more than 10x enlarged.
+    let body = problem(
+        submit(
+            &server,
+            &admin.access,
+            with(&[("min_resolution", "1024"), ("expand_ratio", "0.1")]),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["code"], "face_too_small", "{body}");
+    assert_eq!(body["errors"][0]["field"], "image");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("is {size} px"))
+            && detail.contains("smallest usable face is 86 px"),
+        "{detail}"
+    );
+}
+
 #[tokio::test]
 async fn file_types_are_detected_from_content_not_names() {
     let server = TestServer::start().await;
@@ -536,23 +601,112 @@ async fn each_parameter_range_is_a_422_naming_the_field() {
     no_jobs(&server, &admin.access).await;
 }
 
+/// The request of Sonic's own example, as clients written for Sonic send it.
+pub const SONIC_EXAMPLE: &[(&str, &str)] = &[
+    ("inference_steps", "25"),
+    ("min_resolution", "1024"),
+    ("expand_ratio", "0.18"),
+    ("dynamic_scale", "1.1"),
+    ("motion_scale", "1.05"),
+    ("enable_lip_sync_correction", "true"),
+    ("lip_sync_offset", "0.03"),
+];
+
 #[tokio::test]
-async fn engine_refuses_parameters_it_cannot_honour() {
+async fn sonic_example_request_is_accepted_by_the_builtin_engine_listing_what_it_ignores() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let job = submit_ok(&server, &admin.access, form("speech_en.wav", SONIC_EXAMPLE)).await;
+    assert_eq!(job["engine"], "builtin");
+    assert_eq!(
+        job["ignored_parameters"],
+        json!(["inference_steps"]),
+        "{job}"
+    );
+    assert_eq!(job["params"]["min_resolution"], 1024);
+    assert_eq!(job["params"]["lip_sync_offset"], 0.03);
+    let id = job["id"].as_str().unwrap();
+    let shown: Value = server
+        .client
+        .get(server.url(&format!("/v1/videos/{id}")))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        shown["ignored_parameters"],
+        json!(["inference_steps"]),
+        "{shown}"
+    );
+    // Nothing ignored when nothing unused was given.
+    let plain = submit_ok(
+        &server,
+        &admin.access,
+        form("speech_en.wav", &[("seed", "7")]),
+    )
+    .await;
+    assert_eq!(plain["ignored_parameters"], json!([]), "{plain}");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_ignored_parameters_and_the_new_refusals() {
+    let server = TestServer::start().await;
+    let doc: Value = server.get_public("/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    let ignored = &schemas["JobView"]["properties"]["ignored_parameters"];
+    assert_eq!(ignored["type"], "array", "{ignored}");
+    assert!(ignored["description"]
+        .as_str()
+        .unwrap()
+        .contains("does not use"));
+    assert!(schemas["JobView"]["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("ignored_parameters")));
+    let responses = &doc["paths"]["/v1/videos"]["post"]["responses"];
+    assert!(responses["202"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("ignored_parameters"));
+    assert!(responses["422"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("face_too_small"));
+}
+
+#[tokio::test]
+async fn ignored_parameters_are_still_checked_against_their_range_and_the_plan() {
     let server = TestServer::start().await;
     let admin = server.admin().await;
     let body = problem(
         submit(
             &server,
             &admin.access,
-            form("speech_en.wav", &[("inference_steps", "30")]),
+            form("speech_en.wav", &[("inference_steps", "101")]),
         )
         .await,
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    assert_eq!(body["code"], "unsupported_parameter");
+    assert_eq!(body["code"], "validation_failed");
     assert_eq!(body["errors"][0]["field"], "inference_steps");
-    assert!(body["detail"].as_str().unwrap().contains("builtin"));
+    // The admin's pro plan allows 50 steps: 60 is over the plan even on an engine that ignores it.
+    let body = problem(
+        submit(
+            &server,
+            &admin.access,
+            form("speech_en.wav", &[("inference_steps", "60")]),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(body["code"], "plan_limit");
+    assert_eq!(body["errors"][0]["field"], "max_inference_steps");
+    no_jobs(&server, &admin.access).await;
 }
 
 #[tokio::test]
@@ -592,6 +746,59 @@ async fn plan_limits_are_403_naming_the_limit_and_plan() {
         form("speech_en.wav", &[("min_resolution", "1024")]),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_downgraded_tenant_gets_the_new_limits_at_its_next_submission_with_its_old_token() {
+    downgraded_tenant_gets_the_new_limits(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_downgraded_tenant_gets_the_new_limits_at_once_on_postgres() {
+    downgraded_tenant_gets_the_new_limits(Backend::Postgres).await;
+}
+
+async fn downgraded_tenant_gets_the_new_limits(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.simulated_engine_ms = 50).await;
+    let admin = server.admin().await;
+    let tenant = server
+        .create_tenant(&admin.access, "shrinking", "pro")
+        .await;
+    server
+        .create_user(&admin.access, "paula", "user", Some(&tenant))
+        .await;
+    // Her token says `pro`, and stays valid through the downgrade.
+    let user = server.login("paula", USER_PASSWORD).await;
+    assert_eq!(decode_part(&user.access, 1)["plan"], "pro");
+    let fields = [("min_resolution", "1024"), ("engine", "simulated")];
+    let job = submit_ok(&server, &user.access, form("speech_en.wav", &fields)).await;
+    let events = follow(&server, &user.access, job["id"].as_str().unwrap()).await;
+    assert_eq!(events.last().unwrap()["status"], "succeeded");
+    let response = server
+        .patch_json(
+            &format!("/v1/tenants/{tenant}"),
+            &admin.access,
+            json!({ "plan": "free" }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = problem(
+        submit(&server, &user.access, form("speech_en.wav", &fields)).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(body["code"], "plan_limit");
+    assert_eq!(body["errors"][0]["field"], "max_resolution");
+    assert!(body["detail"].as_str().unwrap().contains("free"), "{body}");
+    // An upgrade takes effect as fast.
+    server
+        .patch_json(
+            &format!("/v1/tenants/{tenant}"),
+            &admin.access,
+            json!({ "plan": "pro" }),
+        )
+        .await;
+    submit_ok(&server, &user.access, form("speech_en.wav", &fields)).await;
 }
 
 #[tokio::test]
@@ -947,6 +1154,41 @@ async fn demo_command_writes_a_playable_mp4() {
     let streams = probe["streams"].as_array().unwrap();
     assert!(streams.iter().any(|s| s["codec_name"] == "h264"));
     assert!(streams.iter().any(|s| s["codec_name"] == "aac"));
+}
+
+#[tokio::test]
+async fn demo_shows_only_its_own_progress_unless_verbose() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |verbose: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sonicgw"));
+        command
+            .args(["demo", "--out"])
+            .arg(dir.path().join(format!("demo-{verbose}.mp4")))
+            .env_remove("SONICGW_LOG");
+        if verbose {
+            command.arg("--verbose");
+        }
+        command.output()
+    };
+    let quiet = run(false).await.unwrap();
+    assert!(quiet.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&quiet.stdout),
+        String::from_utf8_lossy(&quiet.stderr),
+    );
+    // The demo's own lines, and no server log line anywhere.
+    assert!(
+        stdout.contains("queued job") && stdout.contains("video written to"),
+        "{stdout}"
+    );
+    for log_level in ["INFO", "WARN", "DEBUG"] {
+        assert!(!stderr.contains(log_level), "{stderr}");
+        assert!(!stdout.contains(log_level), "{stdout}");
+    }
+    let verbose = run(true).await.unwrap();
+    assert!(verbose.status.success());
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
 }
 
 #[tokio::test]

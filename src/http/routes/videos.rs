@@ -84,18 +84,6 @@ impl From<IntakeError> for ApiError {
                     .unwrap_or_default(),
                 errors,
             },
-            IntakeError::UnsupportedParameter { parameters, .. } => ApiError::Rejected {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "unsupported_parameter",
-                errors: parameters
-                    .into_iter()
-                    .map(|p| FieldError {
-                        message: detail.clone(),
-                        field: p,
-                    })
-                    .collect(),
-                detail,
-            },
             IntakeError::PlanLimit { limit, .. } => ApiError::Rejected {
                 status: StatusCode::FORBIDDEN,
                 code: "plan_limit",
@@ -162,18 +150,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible characters"))
 }
 
-/// Submits a video job: multipart `image` (JPEG/PNG/WebP), `audio` (WAV/MP3/FLAC/OGG/M4A) and Sonic's
-/// parameters as text fields. Everything is validated before the job is queued.
+/// Submits a video job: multipart `image` (JPEG/PNG/WebP), `audio` (WAV/MP3/FLAC, Ogg Vorbis/Opus, WebM,
+/// MP4/MOV/M4A) and Sonic's parameters as text fields. Everything is validated before the job is queued.
 #[utoipa::path(post, path = "/v1/videos", tag = "videos",
     request_body(content_type = "multipart/form-data", description = "image, audio, and optional duration, min_resolution, expand_ratio, inference_steps, dynamic_scale, motion_scale, seed, enable_lip_sync_correction, lip_sync_offset, engine, callback_url"),
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the original job for the same request within 24 h")),
     responses(
-        (status = 202, description = "Queued", body = JobView),
+        (status = 202, description = "Queued; `ignored_parameters` lists the given parameters the engine does not use", body = JobView),
         (status = 200, description = "Replayed for the same Idempotency-Key", body = JobView),
         (status = 403, description = "plan_limit", body = crate::http::error::Problem),
         (status = 409, description = "idempotency_in_progress", body = crate::http::error::Problem),
         (status = 413, description = "file_too_large", body = crate::http::error::Problem),
-        (status = 422, description = "validation_failed, duration_mismatch, no_face_detected, unsupported_*", body = crate::http::error::Problem),
+        (status = 422, description = "validation_failed, duration_mismatch, no_face_detected, face_too_small, unsupported_image_format, unsupported_audio_format, image_too_large, audio_too_short", body = crate::http::error::Problem),
         (status = 429, description = "quota_exceeded", body = crate::http::error::Problem),
     ),
     security(("bearer" = [])))]

@@ -292,7 +292,7 @@ pub async fn input(
         serde_json::from_str(&job.input).map_err(anyhow::Error::from)?;
     let format = match name.as_str() {
         "image" => input.image.format,
-        "audio" => input.audio.format,
+        "audio" => input.audio.stored_format().to_owned(),
         _ => return Err(ApiError::NotFound),
     };
     let key = crate::videos::input_key(job.tenant_id, job.id, &name, &format);

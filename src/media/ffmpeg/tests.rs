@@ -199,3 +199,30 @@ fn every_input_has_a_forced_format_and_a_protocol_whitelist() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_address_space_limit_applies_to_the_child() {
+    // 32 MiB is not enough for ffmpeg even to map its libraries: the limit reaches the child.
+    let limited = run_capture_limited(
+        FFMPEG,
+        &words("-version"),
+        "version",
+        SHORT_TIMEOUT,
+        Some(32 * 1024 * 1024),
+    )
+    .await;
+    assert!(
+        matches!(limited, Err(FfmpegError::EncodeFailed { .. })),
+        "{limited:?}"
+    );
+    // The limit uploads are decoded under leaves room for real work.
+    let ok = run_capture_limited(
+        FFMPEG,
+        &words("-version"),
+        "version",
+        SHORT_TIMEOUT,
+        Some(1024 * 1024 * 1024),
+    )
+    .await;
+    assert!(ok.is_ok(), "{ok:?}");
+}

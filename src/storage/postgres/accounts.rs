@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::PgStore;
-use crate::domain::{TenantId, TenantName, UserId, Username};
+use crate::domain::{PlanName, TenantId, TenantName, UserId, Username};
 use crate::storage::shared::{
     tenant_from_row, user_from_row, StoredRow, TENANT_COLUMNS, USER_COLUMNS,
 };
@@ -135,6 +135,21 @@ impl UserStore for PgStore {
             .as_ref()
             .map(user_from_row)
             .transpose()
+    }
+
+    async fn current_plan(&self, id: UserId) -> StoreResult<Option<PlanName>> {
+        let row = sqlx::query(
+            "SELECT COALESCE(u.plan, t.plan) AS plan FROM users u
+             JOIN tenants t ON t.id = u.tenant_id
+             WHERE u.id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => Some(PlanName::from_stored(row.text("plan")?)),
+            None => None,
+        })
     }
 
     async fn users_by_username(&self, username: &Username) -> StoreResult<Vec<UserRecord>> {

@@ -10,8 +10,9 @@ use crate::storage::jobs::{
     QuotaRefusal, QuotaUsage,
 };
 use crate::storage::shared::{
-    finish_tag, held_key_state, job_from_row, job_scope_binds, placeholders, quota_usage_from_row,
-    FinishColumns, StoredRow, ABANDONED_RESERVATION, IDEMPOTENCY_TTL, JOB_COLUMNS,
+    finish_tag, held_key_state, job_from_row, job_scope_binds, names_json, placeholders,
+    quota_usage_from_row, FinishColumns, StoredRow, ABANDONED_RESERVATION, IDEMPOTENCY_TTL,
+    JOB_COLUMNS,
 };
 use crate::storage::StoreResult;
 use crate::time::UnixMillis;
@@ -62,7 +63,7 @@ impl JobStore for PgStore {
         let sql = format!(
             "INSERT INTO jobs ({JOB_COLUMNS})
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                     $18, $19, $20, $21, $22, $23, $24, $25)"
+                     $18, $19, $20, $21, $22, $23, $24, $25, $26)"
         );
         sqlx::query(&sql)
             .bind(job.id.to_string())
@@ -90,6 +91,7 @@ impl JobStore for PgStore {
             .bind(job.started_at)
             .bind(job.finished_at)
             .bind(job.updated_at)
+            .bind(names_json(&job.ignored_parameters))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
