@@ -679,7 +679,8 @@ fn list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
     })
 }
 
-/// A table of header names to values, or (the environment) `Name=value` pairs separated by commas.
+/// A table of names to values (`comfyui_headers`, `storage_options`), or (the environment) `Name=value`
+/// pairs separated by commas.
 fn headers<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {

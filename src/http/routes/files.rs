@@ -138,7 +138,8 @@ async fn serve_video(
 #[utoipa::path(get, path = "/v1/videos/{id}/content", tag = "videos", params(("id" = String, Path)),
     responses((status = 200, content_type = "video/mp4", description = "the video"),
         (status = 206, description = "a byte range"), (status = 404, body = crate::http::error::Problem),
-        (status = 409, description = "not finished", body = crate::http::error::Problem)),
+        (status = 409, description = "not finished", body = crate::http::error::Problem),
+        (status = 410, description = "video_expired: removed after the retention period", body = crate::http::error::Problem)),
     security(("bearer" = [])))]
 pub async fn content(
     State(state): State<AppState>,
@@ -170,7 +171,8 @@ pub struct SignedQuery {
 /// The MP4 behind a signed link; no bearer token needed. Altered or expired links get 403.
 #[utoipa::path(get, path = "/v1/files/videos/{file}", tag = "videos", params(("file" = String, Path)),
     responses((status = 200, content_type = "video/mp4", description = "the video"),
-        (status = 403, description = "invalid_signature or link_expired", body = crate::http::error::Problem)))]
+        (status = 403, description = "invalid_signature or link_expired", body = crate::http::error::Problem),
+        (status = 410, description = "video_expired: removed after the retention period", body = crate::http::error::Problem)))]
 pub async fn signed(
     State(state): State<AppState>,
     client: ClientInfo,
