@@ -2,8 +2,10 @@
 # Installs what a fresh machine lacks for running and testing sonicgw, from Debian's packages, only when
 # missing (so a second run does nothing): ffmpeg (MP4 encoding), Python's venv for validating the deploy
 # files, and for the web app's browser tests Chromium (driven by playwright-core, never a browser of its
-# own), Node.js with npm, and CJK fonts for the Chinese screenshots.
+# own), Node.js with npm, and CJK fonts for the Chinese screenshots; and the S3-compatible server the
+# storage tests start (moto's server mode, from PyPI, in a virtualenv under the cargo target directory).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 missing=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
 command -v chromium >/dev/null || missing+=(chromium)
@@ -20,4 +22,13 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   echo "installing python3-venv" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+
+# The version is pinned so that every machine tests against the same server.
+moto_version=5.2.5
+venv="${CARGO_TARGET_DIR:-target}/s3-venv"
+if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; then
+  echo "installing moto $moto_version (the tests' S3 server) into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
 fi

@@ -368,6 +368,7 @@ pub async fn start_with_options(
         );
     }
     crate::videos::worker::spawn_lease_reaper(Arc::clone(&videos), shutdown.subscribe());
+    crate::videos::sweeper::spawn_sweeper(Arc::clone(&videos), shutdown.subscribe());
 
     let state = AppState::new(Services {
         issuer,
@@ -587,8 +588,9 @@ async fn video_service(
     .context("loading engine speeds")?;
     Ok(crate::videos::VideoService {
         store: Arc::clone(&core.store),
-        blobs: Arc::new(crate::blobs::LocalBlobs::new(
-            config.data_dir.join("blobs"),
+        blobs: Arc::new(crate::blobs::BlobStore::open(
+            &config.storage().map_err(anyhow::Error::msg)?,
+            &config.storage_options,
         )?),
         engines,
         plans: core.plans.clone(),
@@ -613,6 +615,11 @@ async fn video_service(
             lease: Duration::from_secs(config.job_lease_s),
             max_attempts: config.job_max_attempts,
             link_ttl_s: config.link_ttl_s,
+            delivery: config.delivery()?,
+            public_base_url: config.public_base_url(),
+            retention: config
+                .retention_days
+                .map(|days| Duration::from_secs(u64::from(days) * 24 * 3600)),
             webhook_allow_private: config.webhook_allow_private,
             workers: config.workers,
             work_dir,

@@ -12,7 +12,9 @@ use figment::Figment;
 use serde::Deserialize;
 
 use crate::auth::keys::SigningAlg;
+use crate::blobs::StorageLocation;
 use crate::domain::{Plan, Plans};
+use crate::videos::delivery::Delivery;
 
 /// The whole configuration, with defaults for the embedded single-machine setup. Its `Debug` hides the
 /// secrets (see [`Redacted`] and [`redacted_url`]).
@@ -85,6 +87,21 @@ pub struct Config {
     pub job_max_attempts: i64,
     /// Lifetime of signed download links.
     pub link_ttl_s: i64,
+    /// `file://<dir>` or `s3://bucket/prefix`; empty means `file://<data_dir>/blobs`.
+    #[serde(deserialize_with = "text")]
+    pub storage_url: String,
+    /// object_store's S3 settings laid over the `AWS_*` environment (a table, or in the environment
+    /// `name=value` pairs separated by commas): secret.
+    #[serde(deserialize_with = "headers")]
+    pub storage_options: BTreeMap<String, String>,
+    /// `proxy` (signed links served by the gateway) or `presigned` (S3 presigned URLs).
+    #[serde(deserialize_with = "text")]
+    pub delivery: String,
+    /// Origin of signed links when a CDN is in front of the gateway; empty: links are paths.
+    #[serde(deserialize_with = "text")]
+    pub public_base_url: String,
+    /// Files of jobs that ended longer ago are removed; unset keeps them until the job is deleted.
+    pub retention_days: Option<u32>,
     /// HMAC key of signed links; empty: generated once under `keys_dir`.
     #[serde(deserialize_with = "text")]
     pub url_signing_secret: String,
@@ -168,6 +185,11 @@ impl Default for Config {
             job_lease_s: 30,
             job_max_attempts: 3,
             link_ttl_s: 3600,
+            storage_url: String::new(),
+            storage_options: BTreeMap::new(),
+            delivery: "proxy".to_owned(),
+            public_base_url: String::new(),
+            retention_days: None,
             url_signing_secret: String::new(),
             engine_timeout_s: 1800,
             shutdown_grace_s: 20,
@@ -228,6 +250,11 @@ impl fmt::Debug for Config {
             job_lease_s,
             job_max_attempts,
             link_ttl_s,
+            storage_url,
+            storage_options,
+            delivery,
+            public_base_url,
+            retention_days,
             url_signing_secret,
             engine_timeout_s,
             shutdown_grace_s,
@@ -283,6 +310,17 @@ impl fmt::Debug for Config {
             .field("job_lease_s", job_lease_s)
             .field("job_max_attempts", job_max_attempts)
             .field("link_ttl_s", link_ttl_s)
+            .field("storage_url", storage_url)
+            .field(
+                "storage_options",
+                &storage_options
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), Redacted(value)))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .field("delivery", delivery)
+            .field("public_base_url", public_base_url)
+            .field("retention_days", retention_days)
             .field("url_signing_secret", &Redacted(url_signing_secret))
             .field("engine_timeout_s", engine_timeout_s)
             .field("shutdown_grace_s", shutdown_grace_s)
@@ -405,6 +443,11 @@ const ENV_KEYS: &[&str] = &[
     "job_lease_s",
     "job_max_attempts",
     "link_ttl_s",
+    "storage_url",
+    "storage_options",
+    "delivery",
+    "public_base_url",
+    "retention_days",
     "url_signing_secret",
     "engine_timeout_s",
     "shutdown_grace_s",
@@ -505,6 +548,26 @@ impl Config {
         if self.sonic_checkpoint.is_empty() || self.sonic_unet.is_empty() {
             bail!("sonic_checkpoint and sonic_unet must name model files");
         }
+        let storage = self.storage().map_err(anyhow::Error::msg)?;
+        if self.delivery()? == Delivery::Presigned && !storage.is_s3() {
+            bail!(
+                "delivery = \"presigned\" needs S3 storage (storage_url = \"s3://bucket/prefix\")"
+            );
+        }
+        if !self.public_base_url.is_empty() {
+            let url = url::Url::parse(&self.public_base_url)
+                .map_err(|e| anyhow::anyhow!("public_base_url: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https")
+                || url.query().is_some()
+                || url.path() != "/"
+                || !url.username().is_empty()
+            {
+                bail!("public_base_url must be an http(s) origin such as https://cdn.example.com, without a path or query");
+            }
+        }
+        if self.retention_days == Some(0) {
+            bail!("retention_days must be at least 1 (leave it unset to keep files)");
+        }
         Ok(())
     }
 
@@ -535,6 +598,21 @@ impl Config {
         } else {
             self.database_url.clone()
         }
+    }
+
+    /// Where uploads and results are stored (`storage_url`).
+    pub fn storage(&self) -> Result<StorageLocation, String> {
+        StorageLocation::parse(&self.storage_url, self.data_dir.join("blobs"))
+    }
+
+    pub fn delivery(&self) -> anyhow::Result<Delivery> {
+        self.delivery.parse().map_err(anyhow::Error::msg)
+    }
+
+    /// `public_base_url` without its trailing slash, when set.
+    pub fn public_base_url(&self) -> Option<String> {
+        (!self.public_base_url.is_empty())
+            .then(|| self.public_base_url.trim_end_matches('/').to_owned())
     }
 
     pub fn keys_dir(&self) -> PathBuf {
@@ -632,7 +710,8 @@ fn list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
     })
 }
 
-/// A table of header names to values, or (the environment) `Name=value` pairs separated by commas.
+/// A table of names to values (`comfyui_headers`, `storage_options`), or (the environment) `Name=value`
+/// pairs separated by commas.
 fn headers<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
@@ -651,7 +730,7 @@ fn headers<'de, D: serde::Deserializer<'de>>(
             .map(|pair| {
                 pair.split_once('=')
                     .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
-                    .ok_or_else(|| serde::de::Error::custom("comfyui_headers: expected Name=value"))
+                    .ok_or_else(|| serde::de::Error::custom("expected Name=value pairs"))
             })
             .collect(),
     }

@@ -213,6 +213,8 @@ pub trait JobStore: Send + Sync {
         id: JobId,
         now: UnixMillis,
     ) -> StoreResult<Option<JobRecord>>;
+    /// Records that a finished job's video was removed (retention): it no longer has a result.
+    async fn forget_result(&self, id: JobId, now: UnixMillis) -> StoreResult<()>;
     /// Returns jobs whose lease expired to the queue, or fails them after `max_attempts`.
     async fn expire_leases(
         &self,

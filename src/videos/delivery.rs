@@ -11,6 +11,43 @@ use crate::domain::JobId;
 use crate::storage::jobs::JobScope;
 use crate::storage::TenantScope;
 
+/// How finished videos are handed out (`delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Our signed links, streamed from storage by the gateway (with `Range` and `ETag`).
+    Proxy,
+    /// S3 presigned GET URLs with the links' lifetime: the bucket (or a CDN on it) serves the bytes.
+    Presigned,
+}
+
+impl std::str::FromStr for Delivery {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "proxy" => Ok(Self::Proxy),
+            "presigned" => Ok(Self::Presigned),
+            _ => Err(format!("delivery must be proxy or presigned, not {s:?}")),
+        }
+    }
+}
+
+/// Links through a CDN expire on a grid of this many seconds (at most), so that every view of a
+/// video within one step gets the same URL and the CDN serves it from its cache.
+const CDN_EXPIRY_STEP_S: i64 = 300;
+
+/// When a link made at `now` expires: `now + ttl`, or for links through a CDN that instant rounded up
+/// to the next step (a tenth of the lifetime, at most 5 minutes), so the link lives between `ttl` and
+/// `ttl` plus one step.
+pub fn link_expiry(now: i64, ttl: i64, cdn: bool) -> i64 {
+    let expires = now + ttl;
+    if !cdn {
+        return expires;
+    }
+    let step = (ttl / 10).clamp(1, CDN_EXPIRY_STEP_S);
+    expires.div_euclid(step) * step + if expires % step == 0 { 0 } else { step }
+}
+
 /// Where signed download links point: `{DOWNLOAD_PREFIX}{job}.mp4`.
 pub const DOWNLOAD_PREFIX: &str = "/v1/files/videos/";
 
@@ -140,6 +177,22 @@ mod tests {
         assert_eq!(
             other.verify(&path, expires, &sig, 999),
             Err(LinkRejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn cdn_links_share_an_expiry_within_a_step() {
+        assert_eq!(link_expiry(1_000, 3600, false), 4_600);
+        let a = link_expiry(1_000, 3600, true);
+        let b = link_expiry(1_000 + 200, 3600, true);
+        assert_eq!(a, b, "views 200 s apart share a link");
+        assert_eq!(a % 300, 0);
+        assert!((4_600..4_600 + 300).contains(&a));
+        assert_eq!(link_expiry(1_200, 3600, true), 4_800, "already on the grid");
+        assert_eq!(
+            link_expiry(5, 10, true),
+            15,
+            "a 1 s step for short lifetimes"
         );
     }
 

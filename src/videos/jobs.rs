@@ -24,6 +24,9 @@ pub enum VideoError {
     /// Fetching the video of a job that has not succeeded.
     #[error("the job is {0}; the video exists once it has succeeded")]
     NotReady(JobStatus),
+    /// The video was removed after the retention period (`retention_days`).
+    #[error("the video was removed after the retention period")]
+    Expired,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -83,9 +86,9 @@ pub enum Downloader {
     LinkHolder(Option<IpAddr>),
 }
 
-/// A finished video opened for reading.
+/// A finished video found in storage, ready to be streamed.
 pub struct VideoFile {
-    pub file: tokio::fs::File,
+    key: String,
     pub size: u64,
     /// A strong validator: a job's result never changes, so its id and size identify it.
     pub etag: String,
@@ -181,28 +184,32 @@ impl VideoService {
         Ok(())
     }
 
-    /// Opens the MP4 of a succeeded job.
+    /// Finds the MP4 of a succeeded job in storage.
     pub async fn open_video(&self, job: &JobRecord) -> Result<VideoFile, VideoError> {
-        let Some(key) = job
-            .result_key
-            .as_deref()
-            .filter(|_| job.status == JobStatus::Succeeded)
-        else {
+        if job.status != JobStatus::Succeeded {
             return Err(VideoError::NotReady(job.status));
+        }
+        let Some(key) = job.result_key.as_deref() else {
+            return Err(VideoError::Expired);
         };
-        let path = self
-            .blobs
-            .local_path(key)
-            .ok_or_else(|| anyhow::anyhow!("blob store has no local path for {key}"))?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|_| VideoError::NotFound)?;
-        let size = file.metadata().await.map_err(anyhow::Error::from)?.len();
+        let meta = self.blobs.head(key).await?.ok_or(VideoError::Expired)?;
         Ok(VideoFile {
-            file,
-            size,
-            etag: format!("\"{}-{size}\"", job.id),
+            key: key.to_owned(),
+            size: meta.size,
+            etag: format!("\"{}-{}\"", job.id, meta.size),
         })
+    }
+
+    /// Streams the video, whole or the inclusive byte range `range`, from storage.
+    pub async fn read_video(
+        &self,
+        video: &VideoFile,
+        range: Option<(u64, u64)>,
+    ) -> Result<crate::blobs::BlobRead, VideoError> {
+        self.blobs
+            .read(&video.key, range.map(|(start, end)| start..end + 1))
+            .await?
+            .ok_or(VideoError::Expired)
     }
 
     /// Counts a download and audits the first by each downloader of each job within the hour. A signed-link download names no user: the link's holder is unknown.

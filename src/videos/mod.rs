@@ -11,6 +11,7 @@ pub mod presence;
 pub mod preview;
 pub mod remote;
 pub mod rerun;
+pub mod sweeper;
 pub mod view;
 pub mod webhook;
 pub mod worker;
@@ -27,6 +28,7 @@ use crate::media::face::FaceDetector;
 use crate::media::image::ImageLimits;
 use crate::storage::jobs::JobRecord;
 use crate::storage::Store;
+use delivery::Delivery;
 use delivery::UrlSigner;
 
 pub use events::JobEvents;
@@ -40,6 +42,13 @@ pub struct VideoSettings {
     pub lease: Duration,
     pub max_attempts: i64,
     pub link_ttl_s: i64,
+    /// How finished videos are handed out: our signed links, or S3 presigned URLs.
+    pub delivery: Delivery,
+    /// Origin of signed links (a CDN in front of the gateway), without a trailing slash; `None`:
+    /// links are paths on this server.
+    pub public_base_url: Option<String>,
+    /// Files of jobs that ended longer ago than this are removed by the sweeper.
+    pub retention: Option<Duration>,
     pub webhook_allow_private: bool,
     /// In-process workers: the slots of engines that do not say their capacity.
     pub workers: usize,
@@ -50,7 +59,7 @@ pub struct VideoSettings {
 /// Everything video intake and workers share.
 pub struct VideoService {
     pub store: Arc<dyn Store>,
-    pub blobs: Arc<dyn BlobStore>,
+    pub blobs: Arc<BlobStore>,
     pub engines: Engines,
     pub plans: Plans,
     /// Users' current plans: submissions are checked against them, not the token's claim.
@@ -111,14 +120,8 @@ impl VideoService {
             None
         };
         let result = match (&job.result_key, job.status) {
-            (Some(_), crate::domain::JobStatus::Succeeded) => {
-                let expires = crate::time::now_s() + self.settings.link_ttl_s;
-                Some(view::JobResult {
-                    url: self.signer.sign(&delivery::download_path(job.id), expires),
-                    expires_at: crate::time::UnixMillis::from_secs(expires).to_rfc3339(),
-                    content_type: "video/mp4",
-                    bytes: job.result_bytes.unwrap_or(0),
-                })
+            (Some(key), crate::domain::JobStatus::Succeeded) => {
+                Some(self.result_link(job, key).await?)
             }
             _ => None,
         };
@@ -126,5 +129,34 @@ impl VideoService {
         view.estimated_start_s = eta.start_s.map(view::tenths);
         view.eta_s = eta.done_s.map(view::tenths);
         Ok(view)
+    }
+}
+
+impl VideoService {
+    /// A fresh link to a finished video, as `delivery` says.
+    async fn result_link(&self, job: &JobRecord, key: &str) -> anyhow::Result<view::JobResult> {
+        let now = crate::time::now_s();
+        let ttl = self.settings.link_ttl_s;
+        let (url, expires) = match self.settings.delivery {
+            Delivery::Presigned => {
+                let url = self
+                    .blobs
+                    .presigned_get(key, Duration::from_secs(ttl as u64))
+                    .await?;
+                (url, now + ttl)
+            }
+            Delivery::Proxy => {
+                let base = self.settings.public_base_url.as_deref();
+                let expires = delivery::link_expiry(now, ttl, base.is_some());
+                let link = self.signer.sign(&delivery::download_path(job.id), expires);
+                (format!("{}{link}", base.unwrap_or("")), expires)
+            }
+        };
+        Ok(view::JobResult {
+            url,
+            expires_at: crate::time::UnixMillis::from_secs(expires).to_rfc3339(),
+            content_type: "video/mp4",
+            bytes: job.result_bytes.unwrap_or(0),
+        })
     }
 }

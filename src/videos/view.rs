@@ -71,7 +71,8 @@ pub struct JobError {
 /// Where to get the finished video.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobResult {
-    /// A signed link that works without a bearer token until `expires_at`.
+    /// A link that works without a bearer token until `expires_at`: the gateway's signed link (a path,
+    /// or absolute under `public_base_url`), or with `delivery = presigned` an S3 presigned URL.
     pub url: String,
     pub expires_at: String,
     pub content_type: &'static str,

@@ -291,6 +291,38 @@ async fn an_api_only_server_estimates_its_queue_on_the_capacity_remote_workers_r
 }
 
 #[tokio::test]
+async fn a_remote_worker_reads_inputs_from_and_stores_its_result_in_s3_through_the_gateway() {
+    let bucket = crate::s3::Bucket::create().await;
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.workers = 0;
+        c.storage_url = bucket.url("gw");
+        c.storage_options = bucket.options();
+    })
+    .await;
+    let admin = server.admin().await;
+    let credentials = create_worker(&server, "cpu-s3").await;
+    let created = submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
+    let id = created["id"].as_str().unwrap();
+    let _worker = WorkerProcess::start(&server, &credentials, "builtin", 0);
+
+    let events = follow(&server, &admin.access, id).await;
+    assert_eq!(events.last().unwrap()["status"], "succeeded", "{events:?}");
+    let keys = bucket.keys().await;
+    assert!(
+        keys.iter()
+            .any(|k| k.ends_with(&format!("/{id}/video.mp4"))),
+        "the result is in the bucket: {keys:?}"
+    );
+    let video = server
+        .get(&format!("/v1/videos/{id}/content"), &admin.access)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&video[4..8], b"ftyp", "an MP4");
+}
+
+#[tokio::test]
 async fn job_of_a_killed_worker_process_is_requeued_and_finished_by_another() {
     let server = api_only(3).await;
     let admin = server.admin().await;

@@ -1,15 +1,12 @@
 //! Delivering finished videos: with a bearer token (`/v1/videos/{id}/content`) or a signed, expiring link
-//! (`/v1/files/videos/{id}.mp4`). Both support single byte ranges (RFC 9110 14) and ETags.
-
-use std::io::SeekFrom;
+//! (`/v1/files/videos/{id}.mp4`). Both stream from object storage and support single byte ranges
+//! (RFC 9110 14) and ETags.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use crate::domain::JobId;
 use crate::http::caller::{Caller, ClientInfo};
@@ -17,7 +14,7 @@ use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::storage::jobs::JobRecord;
 use crate::videos::delivery::LinkRejection;
-use crate::videos::jobs::{Downloader, VideoFile};
+use crate::videos::jobs::Downloader;
 
 /// A parsed `Range` header: `bytes=a-b`, `bytes=a-` or `bytes=-n`. Other forms are ignored (whole file).
 fn parse_range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
@@ -49,17 +46,25 @@ fn parse_range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok(range))
 }
 
-/// Answers with the job's MP4, handling `Range`, `ETag`, `If-None-Match` and `If-Range`.
+/// How long caches may keep a response.
+enum Caching {
+    /// A bearer-token download: never stored by a shared cache.
+    Private,
+    /// A signed link until it expires (unix seconds): public and immutable, so a CDN in front of
+    /// the gateway serves it from its cache by the link's URL; never longer than the link lives.
+    SignedUntil(i64),
+}
+
+/// Answers with the job's MP4 streamed from storage, handling `Range`, `ETag`, `If-None-Match` and
+/// `If-Range`.
 async fn serve_video(
     state: &AppState,
     job: &JobRecord,
     headers: &HeaderMap,
+    caching: Caching,
 ) -> Result<Response, ApiError> {
-    let VideoFile {
-        mut file,
-        size,
-        etag,
-    } = state.videos.open_video(job).await?;
+    let video = state.videos.open_video(job).await?;
+    let (size, etag) = (video.size, video.etag.clone());
     let mut response_headers = HeaderMap::new();
     response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
     response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -67,9 +72,16 @@ async fn serve_video(
         header::ETAG,
         HeaderValue::from_str(&etag).map_err(anyhow::Error::from)?,
     );
+    let cache_control = match caching {
+        Caching::Private => "private, max-age=3600".to_owned(),
+        Caching::SignedUntil(expires) => format!(
+            "public, max-age={}, immutable",
+            (expires - crate::time::now_s()).max(0)
+        ),
+    };
     response_headers.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=3600"),
+        HeaderValue::from_str(&cache_control).map_err(anyhow::Error::from)?,
     );
     if headers
         .get(header::IF_NONE_MATCH)
@@ -88,8 +100,9 @@ async fn serve_video(
         .and_then(|v| parse_range(v, size));
     match range {
         None => {
-            response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-            let body = Body::from_stream(ReaderStream::new(file));
+            let read = state.videos.read_video(&video, None).await?;
+            response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(read.size));
+            let body = Body::from_stream(read.stream);
             Ok((StatusCode::OK, response_headers, body).into_response())
         }
         Some(Err(())) => {
@@ -100,17 +113,22 @@ async fn serve_video(
             Ok((StatusCode::RANGE_NOT_SATISFIABLE, response_headers).into_response())
         }
         Some(Ok((start, end))) => {
-            let length = end - start + 1;
-            file.seek(SeekFrom::Start(start))
-                .await
-                .map_err(anyhow::Error::from)?;
-            response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            let read = state.videos.read_video(&video, Some((start, end))).await?;
+            response_headers.insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(read.range.end - read.range.start),
+            );
             response_headers.insert(
                 header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes {start}-{end}/{size}"))
-                    .map_err(anyhow::Error::from)?,
+                HeaderValue::from_str(&format!(
+                    "bytes {}-{}/{}",
+                    read.range.start,
+                    read.range.end - 1,
+                    read.size
+                ))
+                .map_err(anyhow::Error::from)?,
             );
-            let body = Body::from_stream(ReaderStream::new(file.take(length)));
+            let body = Body::from_stream(read.stream);
             Ok((StatusCode::PARTIAL_CONTENT, response_headers, body).into_response())
         }
     }
@@ -120,7 +138,8 @@ async fn serve_video(
 #[utoipa::path(get, path = "/v1/videos/{id}/content", tag = "videos", params(("id" = String, Path)),
     responses((status = 200, content_type = "video/mp4", description = "the video"),
         (status = 206, description = "a byte range"), (status = 404, body = crate::http::error::Problem),
-        (status = 409, description = "not finished", body = crate::http::error::Problem)),
+        (status = 409, description = "not finished", body = crate::http::error::Problem),
+        (status = 410, description = "video_expired: removed after the retention period", body = crate::http::error::Problem)),
     security(("bearer" = [])))]
 pub async fn content(
     State(state): State<AppState>,
@@ -130,7 +149,7 @@ pub async fn content(
 ) -> Result<Response, ApiError> {
     let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
     let job = state.videos.find(caller.job_scope(), id).await?;
-    let response = serve_video(&state, &job, &headers).await?;
+    let response = serve_video(&state, &job, &headers, Caching::Private).await?;
     state
         .videos
         .record_download(
@@ -152,7 +171,8 @@ pub struct SignedQuery {
 /// The MP4 behind a signed link; no bearer token needed. Altered or expired links get 403.
 #[utoipa::path(get, path = "/v1/files/videos/{file}", tag = "videos", params(("file" = String, Path)),
     responses((status = 200, content_type = "video/mp4", description = "the video"),
-        (status = 403, description = "invalid_signature or link_expired", body = crate::http::error::Problem)))]
+        (status = 403, description = "invalid_signature or link_expired", body = crate::http::error::Problem),
+        (status = 410, description = "video_expired: removed after the retention period", body = crate::http::error::Problem)))]
 pub async fn signed(
     State(state): State<AppState>,
     client: ClientInfo,
@@ -190,7 +210,7 @@ pub async fn signed(
         .videos
         .find(crate::videos::delivery::signed_link_scope(), id)
         .await?;
-    let response = serve_video(&state, &job, &headers).await?;
+    let response = serve_video(&state, &job, &headers, Caching::SignedUntil(expires)).await?;
     state
         .videos
         .record_download(

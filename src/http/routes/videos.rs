@@ -53,6 +53,12 @@ impl From<VideoError> for ApiError {
                 code: "video_not_ready",
                 detail,
             },
+            VideoError::Expired => ApiError::Rejected {
+                status: StatusCode::GONE,
+                code: "video_expired",
+                detail,
+                errors: Vec::new(),
+            },
             VideoError::Internal(err) => ApiError::Internal(err),
         }
     }

@@ -14,7 +14,6 @@ use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt as _;
-use tokio_util::io::ReaderStream;
 
 use crate::domain::{JobId, Stage};
 use crate::http::caller::WorkerCaller;
@@ -296,22 +295,19 @@ pub async fn input(
         _ => return Err(ApiError::NotFound),
     };
     let key = crate::videos::input_key(job.tenant_id, job.id, &name, &format);
-    let path = state
+    let read = state
         .videos
         .blobs
-        .local_path(&key)
+        .read(&key, None)
+        .await?
         .ok_or(ApiError::NotFound)?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|_| ApiError::NotFound)?;
-    let size = file.metadata().await.map_err(anyhow::Error::from)?.len();
     let mut response_headers = HeaderMap::new();
-    response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(read.size));
     response_headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    let body = Body::from_stream(ReaderStream::new(file));
+    let body = Body::from_stream(read.stream);
     Ok((StatusCode::OK, response_headers, body).into_response())
 }
 

@@ -371,6 +371,18 @@ impl JobStore for PgStore {
             .transpose()
     }
 
+    async fn forget_result(&self, id: JobId, now: UnixMillis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE jobs SET result_key = NULL, updated_at = $2
+             WHERE id = $1 AND result_key IS NOT NULL",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn delete_job(
         &self,
         scope: JobScope,
