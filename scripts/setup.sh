@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks for running and testing sonicgw, from Debian's packages, only when
 # missing (so a second run does nothing): ffmpeg (MP4 encoding), Python's venv for validating the deploy
 # files, and for the web app's browser tests Chromium (driven by playwright-core, never a browser of its
-# own), Node.js with npm, and CJK fonts for the Chinese screenshots.
+# own), Node.js with npm, and CJK fonts for the Chinese screenshots; fonts-wqy-microhei is the default
+# `label_font` of the visible AI label.
 set -euo pipefail
 missing=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
@@ -10,6 +11,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 fc-list 2>/dev/null | grep -qi "cjk" || missing+=(fonts-noto-cjk)
+# The visible "AI生成" label's default `label_font` (1.6 MB).
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}" >&2
   apt-get update -qq

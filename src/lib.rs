@@ -20,6 +20,7 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod net;
+pub mod provenance;
 pub mod remote;
 pub mod storage;
 pub mod time;

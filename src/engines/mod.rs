@@ -218,6 +218,11 @@ pub trait Engine: Send + Sync + 'static {
     fn capacity(&self) -> Option<usize> {
         None
     }
+    /// Whether `generate` writes a real video, which every output step (labels) then works on; only
+    /// the simulated test double writes a placeholder instead.
+    fn writes_video(&self) -> bool {
+        true
+    }
     /// Writes the finished MP4 (H.264 + AAC, 25 fps) to `out`. Dropping the future stops the work.
     async fn generate(
         &self,

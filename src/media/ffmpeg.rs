@@ -35,9 +35,15 @@ use tracing::Instrument;
 use crate::media::audio::PcmFile;
 
 mod conform;
+mod label;
 mod probe;
 
+<<<<<<< HEAD
 pub use conform::{conform_remote_video, remux_clean, ConformSpec};
+=======
+pub use conform::{conform_remote_video, ConformSpec};
+pub use label::{label_video, LabelSpec, Overlay, CORNER_FILE, OPENING_FILE, OPENING_S};
+>>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
 pub use probe::{probe, ProbeInfo};
 
 const FFMPEG: &str = "ffmpeg";
@@ -221,10 +227,19 @@ async fn run_capture(
     what: &'static str,
     timeout: Duration,
 ) -> Result<Vec<u8>, FfmpegError> {
-    let child = command(program)
-        .args(args)
-        .spawn()
-        .map_err(|e| spawn_error(program, e))?;
+    let mut cmd = command(program);
+    cmd.args(args);
+    run_command(cmd, program, what, timeout).await
+}
+
+/// Runs a prepared `cmd` (made by [`command`]) to completion, returning stdout on success.
+async fn run_command(
+    mut cmd: Command,
+    program: &'static str,
+    what: &'static str,
+    timeout: Duration,
+) -> Result<Vec<u8>, FfmpegError> {
+    let child = cmd.spawn().map_err(|e| spawn_error(program, e))?;
     let mut guard = ProcessGuard::new(program, what, &child);
     let step = format!("{program} {what}");
     // On timeout the future owning `child` is dropped, which kills it.

@@ -192,15 +192,25 @@ impl VideoService {
 pub enum ResultRejection {
     #[error("the result is not an MP4 with an H.264 video stream: {0}")]
     NotMp4(String),
+<<<<<<< HEAD
     #[error("the result is not this job's video: {0}")]
     NotThisJob(String),
+=======
+    /// It looked like one, but labelling it (decoding every frame) failed.
+    #[error("the result could not be labelled: {0}")]
+    Unlabellable(String),
+>>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
 }
 
 impl ResultRejection {
     pub fn code(&self) -> &'static str {
         match self {
             ResultRejection::NotMp4(_) => "result_not_mp4",
+<<<<<<< HEAD
             ResultRejection::NotThisJob(_) => "result_mismatch",
+=======
+            ResultRejection::Unlabellable(_) => "result_unlabellable",
+>>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
         }
     }
 }
@@ -210,8 +220,8 @@ impl ResultRejection {
 const FRAME_TOLERANCE: u64 = 2;
 
 impl VideoService {
-    /// Checks an uploaded result (a sane MP4 with H.264 video), stores it as the job's video and
-    /// records the job's success. `Ok(false)`: the job is not under that lease.
+    /// Checks an uploaded result (a sane MP4 with H.264 video), labels it, stores it as the job's
+    /// video and records the job's success. `Ok(false)`: the job is not under that lease.
     /// `instance` is the engine instance the worker ran it on: with the account's name it keys the
     /// speed this run teaches the cost model (from the lease to the result, what a slot costs).
     #[allow(clippy::too_many_arguments)]
@@ -223,7 +233,6 @@ impl VideoService {
         id: JobId,
         lease: &str,
         file: &std::path::Path,
-        bytes: u64,
     ) -> anyhow::Result<Result<bool, ResultRejection>> {
         let Some((worker_id, job)) = self.leased_job(account, id, lease).await? else {
             return Ok(Ok(false));
@@ -259,6 +268,7 @@ impl VideoService {
             Ok(_) => {}
             Err(err) => return Ok(Err(ResultRejection::NotMp4(err.to_string()))),
         }
+<<<<<<< HEAD
         // Only the video and audio streams are kept: nothing else the file carried is served.
         let clean = file.with_extension("clean.mp4");
         let remuxed =
@@ -268,18 +278,37 @@ impl VideoService {
             let _ = tokio::fs::remove_file(&clean).await;
             return Ok(Err(ResultRejection::NotMp4(err.to_string())));
         }
+=======
+        // Labelling re-encodes the video, which may take longer than a lease: the lease is kept
+        // meanwhile, as the worker's heartbeats kept it while its engine ran.
+        let labelled = tokio::select! {
+            labelled = self.label_output(&job, file) => labelled,
+            () = self.keep_lease(&worker_id, &job) => return Ok(Ok(false)),
+        };
+        let labelled = match labelled {
+            Ok(labelled) => labelled,
+            Err(err) => return Ok(Err(ResultRejection::Unlabellable(err.detail))),
+        };
+>>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
         let key = super::result_key(job.tenant_id, job.id);
         let _ = self
             .store
             .set_progress(id, &worker_id, Stage::Storing, 1.0, now_ms())
             .await;
+<<<<<<< HEAD
         let stored = self.blobs.put_file(&key, &clean).await;
         let bytes = tokio::fs::metadata(&clean).await.map_or(bytes, |m| m.len());
         let _ = tokio::fs::remove_file(&clean).await;
         stored?;
+=======
+        let stored = self.blobs.put_file(&key, &labelled).await;
+        if labelled != file {
+            let _ = tokio::fs::remove_file(&labelled).await;
+        }
+>>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
         let outcome = JobOutcome::Succeeded {
             result_key: key,
-            result_bytes: bytes as i64,
+            result_bytes: stored? as i64,
         };
         let recorded = self.record_end(&worker_id, &job, &outcome).await;
         if recorded {

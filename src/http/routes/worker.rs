@@ -572,7 +572,6 @@ async fn receive_and_accept(
             id,
             lease,
             path,
-            length,
         )
         .await?
     {
