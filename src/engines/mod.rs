@@ -257,13 +257,16 @@ impl Engines {
     }
 }
 
-/// The parameters a request gave explicitly that the engine would ignore.
+/// The parameters a request gave explicitly that the engine would ignore (the gateway's own fields,
+/// `label_language` among them, apply to every engine).
 pub fn unhonoured(capabilities: &Capabilities, given: &[String]) -> Vec<String> {
     given
         .iter()
         .filter(|name| {
-            !matches!(name.as_str(), "duration" | "engine" | "callback_url")
-                && !capabilities.honours.iter().any(|h| h == *name)
+            !matches!(
+                name.as_str(),
+                "duration" | "engine" | "callback_url" | "label_language"
+            ) && !capabilities.honours.iter().any(|h| h == *name)
         })
         .cloned()
         .collect()
