@@ -38,12 +38,8 @@ mod conform;
 mod label;
 mod probe;
 
-<<<<<<< HEAD
 pub use conform::{conform_remote_video, remux_clean, ConformSpec};
-=======
-pub use conform::{conform_remote_video, ConformSpec};
 pub use label::{label_video, LabelSpec, Overlay, CORNER_FILE, OPENING_FILE, OPENING_S};
->>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
 pub use probe::{probe, ProbeInfo};
 
 const FFMPEG: &str = "ffmpeg";

@@ -73,13 +73,10 @@ pub struct VideoService {
     pub costs: eta::CostModel,
     /// What remote workers can run, for ETAs.
     pub remote: presence::RemoteCapacity,
-<<<<<<< HEAD
     /// Remote workers' result uploads in progress here.
     pub result_uploads: remote::ResultUploads,
-=======
     /// Labels every video before it is stored.
     pub labeller: crate::provenance::Labeller,
->>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
 }
 
 /// Where a job's files live in the blob store.

@@ -192,25 +192,19 @@ impl VideoService {
 pub enum ResultRejection {
     #[error("the result is not an MP4 with an H.264 video stream: {0}")]
     NotMp4(String),
-<<<<<<< HEAD
     #[error("the result is not this job's video: {0}")]
     NotThisJob(String),
-=======
     /// It looked like one, but labelling it (decoding every frame) failed.
     #[error("the result could not be labelled: {0}")]
     Unlabellable(String),
->>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
 }
 
 impl ResultRejection {
     pub fn code(&self) -> &'static str {
         match self {
             ResultRejection::NotMp4(_) => "result_not_mp4",
-<<<<<<< HEAD
             ResultRejection::NotThisJob(_) => "result_mismatch",
-=======
             ResultRejection::Unlabellable(_) => "result_unlabellable",
->>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
         }
     }
 }
@@ -268,7 +262,6 @@ impl VideoService {
             Ok(_) => {}
             Err(err) => return Ok(Err(ResultRejection::NotMp4(err.to_string()))),
         }
-<<<<<<< HEAD
         // Only the video and audio streams are kept: nothing else the file carried is served.
         let clean = file.with_extension("clean.mp4");
         let remuxed =
@@ -278,34 +271,30 @@ impl VideoService {
             let _ = tokio::fs::remove_file(&clean).await;
             return Ok(Err(ResultRejection::NotMp4(err.to_string())));
         }
-=======
         // Labelling re-encodes the video, which may take longer than a lease: the lease is kept
         // meanwhile, as the worker's heartbeats kept it while its engine ran.
         let labelled = tokio::select! {
-            labelled = self.label_output(&job, file) => labelled,
-            () = self.keep_lease(&worker_id, &job) => return Ok(Ok(false)),
+            labelled = self.label_output(&job, &clean) => labelled,
+            () = self.keep_lease(&worker_id, &job) => {
+                let _ = tokio::fs::remove_file(&clean).await;
+                return Ok(Ok(false));
+            }
         };
         let labelled = match labelled {
             Ok(labelled) => labelled,
-            Err(err) => return Ok(Err(ResultRejection::Unlabellable(err.detail))),
+            Err(err) => {
+                let _ = tokio::fs::remove_file(&clean).await;
+                return Ok(Err(ResultRejection::Unlabellable(err.detail)));
+            }
         };
->>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
         let key = super::result_key(job.tenant_id, job.id);
         let _ = self
             .store
             .set_progress(id, &worker_id, Stage::Storing, 1.0, now_ms())
             .await;
-<<<<<<< HEAD
-        let stored = self.blobs.put_file(&key, &clean).await;
-        let bytes = tokio::fs::metadata(&clean).await.map_or(bytes, |m| m.len());
-        let _ = tokio::fs::remove_file(&clean).await;
-        stored?;
-=======
         let stored = self.blobs.put_file(&key, &labelled).await;
-        if labelled != file {
-            let _ = tokio::fs::remove_file(&labelled).await;
-        }
->>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
+        let _ = tokio::fs::remove_file(&clean).await;
+        let _ = tokio::fs::remove_file(&labelled).await;
         let outcome = JobOutcome::Succeeded {
             result_key: key,
             result_bytes: stored? as i64,

@@ -15,11 +15,8 @@ mod exposure;
 mod fake_comfyui;
 mod gpu_pool;
 mod hostile_media;
-<<<<<<< HEAD
-mod migrations;
-=======
 mod labels;
->>>>>>> 7259305 (Labels on every output video: one step after every engine (in-process and remote results) draws the visible AI label (opening 3 s, corner mark after; language per job, texts per tenant, platform switches) and writes GB 45438-2025's AIGC metadata; label_font installed by setup.sh and checked at start)
+mod migrations;
 mod ops;
 mod queue;
 mod redis_replicas;
