@@ -3,7 +3,8 @@
 # missing (so a second run does nothing): ffmpeg (MP4 encoding), Python's venv for validating the deploy
 # files, and for the web app's browser tests Chromium (driven by playwright-core, never a browser of its
 # own), Node.js with npm, and CJK fonts for the Chinese screenshots; and the S3-compatible server the
-# storage tests start (moto's server mode, from PyPI, in a virtualenv under the cargo target directory).
+# storage tests start (moto's server mode, from PyPI, in a virtualenv under the cargo target directory);
+# fonts-wqy-microhei is the default `label_font` of the visible AI label.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -12,6 +13,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 fc-list 2>/dev/null | grep -qi "cjk" || missing+=(fonts-noto-cjk)
+# The visible "AI生成" label's default `label_font` (1.6 MB).
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}" >&2
   apt-get update -qq

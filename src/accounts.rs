@@ -218,6 +218,48 @@ impl Accounts {
         Ok(tenant)
     }
 
+    /// Sets the tenant's visible label texts (each `None` keeps the default), or with `reset` goes
+    /// back to the defaults. Returns the texts in force.
+    pub async fn set_tenant_label(
+        &self,
+        context: &AuditContext,
+        id: TenantId,
+        zh: Option<&str>,
+        en: Option<&str>,
+        reset: bool,
+    ) -> Result<crate::domain::LabelTexts, AccountError> {
+        use crate::domain::{LabelText, LabelTexts};
+        self.store
+            .tenant(TenantScope::by_trusted_id(), id)
+            .await?
+            .ok_or(AccountError::NotFound)?;
+        let defaults = LabelTexts::default();
+        let texts = LabelTexts {
+            zh: zh
+                .map(|t| LabelText::parse("zh", t))
+                .transpose()?
+                .unwrap_or(defaults.zh.clone()),
+            en: en
+                .map(|t| LabelText::parse("en", t))
+                .transpose()?
+                .unwrap_or(defaults.en.clone()),
+        };
+        let custom = !reset && texts != defaults;
+        self.store
+            .put_tenant_label(id, custom.then_some(&texts), now_ms())
+            .await?;
+        self.auditor
+            .record(
+                context,
+                AuditEvent::new(AuditAction::TenantUpdate, Outcome::Success)
+                    .tenant(id)
+                    .target(id)
+                    .reason("label"),
+            )
+            .await;
+        Ok(if custom { texts } else { defaults })
+    }
+
     pub async fn create_user(
         &self,
         context: &AuditContext,

@@ -627,6 +627,13 @@ async fn video_service(
         costs,
         remote: crate::videos::presence::RemoteCapacity::new(Arc::clone(&core.store)),
         result_uploads: Default::default(),
+        labeller: crate::provenance::Labeller::new(crate::provenance::LabelSettings {
+            explicit_label: config.explicit_label,
+            corner_mark: config.label_corner_mark,
+            font: std::path::PathBuf::from(&config.label_font),
+            producer_id: config.aigc_producer_id.clone(),
+            timeout: Duration::from_secs(config.engine_timeout_s),
+        })?,
     })
 }
 

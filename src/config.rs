@@ -144,7 +144,21 @@ pub struct Config {
     /// An API-format workflow with placeholders used instead of the built-in graph; empty: built-in.
     #[serde(deserialize_with = "text")]
     pub sonic_workflow: String,
+    /// The visible AI label on every video; `false`: only the metadata label (an operator's
+    /// decision for jurisdictions without the duty).
+    pub explicit_label: bool,
+    /// The corner mark after the opening label.
+    pub label_corner_mark: bool,
+    /// A font with CJK glyphs for the visible label (TrueType/OpenType, collections too).
+    #[serde(deserialize_with = "text")]
+    pub label_font: String,
+    /// The service's name or code written as `ContentProducer` in the AIGC metadata.
+    #[serde(deserialize_with = "text")]
+    pub aigc_producer_id: String,
 }
+
+/// The default `label_font`: the font scripts/setup.sh installs (Debian's fonts-wqy-microhei).
+pub const DEFAULT_LABEL_FONT: &str = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc";
 
 impl Default for Config {
     fn default() -> Self {
@@ -206,6 +220,10 @@ impl Default for Config {
             comfyui_health_interval_s: 10,
             audit_checkpoint_interval_s: 3600,
             sonic_workflow: String::new(),
+            explicit_label: true,
+            label_corner_mark: true,
+            label_font: DEFAULT_LABEL_FONT.to_owned(),
+            aigc_producer_id: "sonicgw".to_owned(),
         }
     }
 }
@@ -271,6 +289,10 @@ impl fmt::Debug for Config {
             comfyui_health_interval_s,
             audit_checkpoint_interval_s,
             sonic_workflow,
+            explicit_label,
+            label_corner_mark,
+            label_font,
+            aigc_producer_id,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -349,6 +371,10 @@ impl fmt::Debug for Config {
             .field("comfyui_health_interval_s", comfyui_health_interval_s)
             .field("audit_checkpoint_interval_s", audit_checkpoint_interval_s)
             .field("sonic_workflow", sonic_workflow)
+            .field("explicit_label", explicit_label)
+            .field("label_corner_mark", label_corner_mark)
+            .field("label_font", label_font)
+            .field("aigc_producer_id", aigc_producer_id)
             .finish()
     }
 }
@@ -464,6 +490,10 @@ const ENV_KEYS: &[&str] = &[
     "comfyui_health_interval_s",
     "audit_checkpoint_interval_s",
     "sonic_workflow",
+    "explicit_label",
+    "label_corner_mark",
+    "label_font",
+    "aigc_producer_id",
 ];
 
 impl Config {
@@ -544,6 +574,9 @@ impl Config {
             .find(|(_, speed)| !(0.001..=10_000.0).contains(*speed))
         {
             bail!("engine_speed_seed.{engine} must be between 0.001 and 10000 seconds per second");
+        }
+        if !crate::provenance::aigc::valid_producer_id(&self.aigc_producer_id) {
+            bail!("aigc_producer_id must be 1 to 128 characters on one line");
         }
         if self.sonic_checkpoint.is_empty() || self.sonic_unet.is_empty() {
             bail!("sonic_checkpoint and sonic_unet must name model files");

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod net;
 pub mod ratelimit;
 pub mod redis_script;
+pub mod provenance;
 pub mod remote;
 pub mod storage;
 pub mod time;

@@ -73,6 +73,9 @@ pub struct GenerateArgs {
     pub engine: Option<String>,
     #[arg(long)]
     pub callback_url: Option<String>,
+    /// The visible AI label's language: zh, en or both (the server's default: both).
+    #[arg(long)]
+    pub label_language: Option<String>,
     /// Wait for the video (implied by -o).
     #[arg(long)]
     pub wait: bool,
@@ -383,6 +386,7 @@ fn generate_fields(args: &GenerateArgs) -> Vec<(&'static str, String)> {
     }
     add("engine", args.engine.clone());
     add("callback_url", args.callback_url.clone());
+    add("label_language", args.label_language.clone());
     fields
 }
 

@@ -2,6 +2,7 @@
 
 pub mod ids;
 pub mod job;
+pub mod label;
 pub mod params;
 pub mod plan;
 pub mod role;
@@ -9,6 +10,7 @@ pub mod user;
 
 pub use ids::{FamilyId, Jti, TenantId, UserId, WorkerId};
 pub use job::{JobId, JobStatus, Stage};
+pub use label::{LabelLanguage, LabelText, LabelTexts};
 pub use params::{ParamRejection, RawParams, SonicParams};
 pub use plan::{Plan, PlanName, Plans};
 pub use role::Role;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FieldError, Plan};
+use super::{FieldError, LabelLanguage, Plan};
 
 /// Why parameters were refused: every invalid field, and whether `duration` contradicted the audio's
 /// measured length (its own error code, since the fix is different: measure the file again).
@@ -52,6 +52,9 @@ pub struct SonicParams {
     pub engine: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The visible AI label's language: `zh`, `en` or `both` (the default).
+    #[serde(default)]
+    pub label_language: LabelLanguage,
 }
 
 /// The text fields of an upload, by name.
@@ -70,6 +73,7 @@ pub const PARAM_FIELDS: &[&str] = &[
     "lip_sync_offset",
     "engine",
     "callback_url",
+    "label_language",
 ];
 
 fn number<T: std::str::FromStr>(
@@ -176,6 +180,13 @@ impl SonicParams {
                 errors.push(error("callback_url", "must be an http(s) URL"));
             }
         }
+        let label_language = match raw.get("label_language") {
+            None => LabelLanguage::default(),
+            Some(raw) => LabelLanguage::parse(raw).unwrap_or_else(|e| {
+                errors.push(e);
+                LabelLanguage::default()
+            }),
+        };
         let params = SonicParams {
             duration,
             min_resolution,
@@ -191,6 +202,7 @@ impl SonicParams {
                 .map(|e| e.trim().to_owned())
                 .unwrap_or_else(|| default_engine.to_owned()),
             callback_url,
+            label_language,
         };
         if errors.is_empty() {
             Ok(params)
@@ -262,6 +274,7 @@ mod tests {
         );
         assert_eq!(p.duration, 7.56);
         assert!(!p.enable_lip_sync_correction);
+        assert_eq!(p.label_language, LabelLanguage::Both);
     }
 
     #[test]
@@ -292,6 +305,10 @@ mod tests {
             ["callback_url"]
         );
         assert_eq!(field_errors(&[("colour", "red")]), ["colour"]);
+        assert_eq!(
+            field_errors(&[("label_language", "fr")]),
+            ["label_language"]
+        );
     }
 
     #[test]

@@ -219,6 +219,11 @@ pub trait Engine: Send + Sync + 'static {
     fn capacity(&self) -> Option<usize> {
         None
     }
+    /// Whether `generate` writes a real video, which every output step (labels) then works on; only
+    /// the simulated test double writes a placeholder instead.
+    fn writes_video(&self) -> bool {
+        true
+    }
     /// Writes the finished MP4 (H.264 + AAC, 25 fps) to `out`. Dropping the future stops the work.
     async fn generate(
         &self,
@@ -260,7 +265,10 @@ pub fn ignored_parameters(capabilities: &Capabilities, given: &[String]) -> Vec<
     crate::domain::params::PARAM_FIELDS
         .iter()
         .filter(|name| {
-            !matches!(**name, "duration" | "engine" | "callback_url")
+            !matches!(
+                **name,
+                "duration" | "engine" | "callback_url" | "label_language"
+            )
                 && given.iter().any(|g| g == *name)
                 && !capabilities.honours.iter().any(|h| h == *name)
         })

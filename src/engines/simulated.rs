@@ -39,6 +39,10 @@ impl Engine for SimulatedEngine {
         }
     }
 
+    fn writes_video(&self) -> bool {
+        false
+    }
+
     async fn health(&self) -> Health {
         Health {
             healthy: true,

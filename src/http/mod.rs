@@ -87,6 +87,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(users::get, users::update, users::delete))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::get, tenants::update))
+        .routes(routes!(tenants::get_label, tenants::put_label))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
         .routes(routes!(videos::list))

@@ -37,10 +37,12 @@ use tracing::Instrument;
 use crate::media::audio::PcmFile;
 
 mod conform;
+mod label;
 mod probe;
 mod upload;
 
 pub use conform::{conform_remote_video, remux_clean, ConformSpec};
+pub use label::{label_video, LabelSpec, Overlay, CORNER_FILE, OPENING_FILE, OPENING_S};
 pub use probe::{probe, ProbeInfo};
 pub use upload::{decode_upload_to_wav, UploadDemuxer};
 
@@ -261,6 +263,16 @@ async fn run_capture_limited(
     if let Some(bytes) = max_address_space {
         limit_address_space(&mut cmd, bytes);
     }
+    run_command(cmd, program, what, timeout).await
+}
+
+/// Runs a prepared `cmd` (made by [`command`]) to completion, returning stdout on success.
+async fn run_command(
+    mut cmd: Command,
+    program: &'static str,
+    what: &'static str,
+    timeout: Duration,
+) -> Result<Vec<u8>, FfmpegError> {
     let child = cmd.spawn().map_err(|e| spawn_error(program, e))?;
     let mut guard = ProcessGuard::new(program, what, &child);
     let step = format!("{program} {what}");

@@ -1,5 +1,5 @@
 //! Persistence: per-concern store traits (`TenantStore`, `UserStore`, `TokenStore`, `AuditStore`,
-//! `WebhookSecretStore`, `JobStore`, `EstimateStore`, `WorkerAccountStore`) composed into `Store`, with a SQLite backend (the embedded default)
+//! `WebhookSecretStore`, `JobStore`, `EstimateStore`, `WorkerAccountStore`, `LabelStore`) composed into `Store`, with a SQLite backend (the embedded default)
 //! and a PostgreSQL backend, chosen by the scheme of `database_url`. Each backend is its own module with
 //! its own SQL and its own migrations, applied on connect; `shared` holds what they have in common.
 
@@ -8,6 +8,7 @@ pub mod audit;
 pub mod chain;
 pub mod estimates;
 pub mod jobs;
+pub mod labels;
 mod postgres;
 pub mod schema;
 mod shared;
@@ -27,6 +28,7 @@ pub use audit::{AuditQuery, AuditRecord, AuditStore, StoredCheckpoint};
 pub use chain::NewAuditRecord;
 pub use estimates::EstimateStore;
 pub use jobs::JobStore;
+pub use labels::LabelStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use tokens::{RefreshTokenRecord, RevokedToken, TokenId, TokenStore};
@@ -151,6 +153,7 @@ pub trait Store:
     + JobStore
     + EstimateStore
     + WorkerAccountStore
+    + LabelStore
     + 'static
 {
 }
@@ -165,6 +168,7 @@ impl<S> Store for S where
         + JobStore
         + EstimateStore
         + WorkerAccountStore
+        + LabelStore
         + 'static
 {
 }
@@ -172,8 +176,8 @@ impl<S> Store for S where
 /// The store traits, for code that calls store methods on a concrete backend type.
 pub mod prelude {
     pub use super::{
-        AuditStore, EstimateStore, HealthCheck, JobStore, Store, TenantStore, TokenStore,
-        UserStore, WebhookSecretStore,
+        AuditStore, EstimateStore, HealthCheck, JobStore, LabelStore, Store, TenantStore,
+        TokenStore, UserStore, WebhookSecretStore,
     };
 }
 

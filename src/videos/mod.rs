@@ -7,6 +7,7 @@ pub mod eta;
 pub mod events;
 pub mod intake;
 pub mod jobs;
+mod output;
 pub mod presence;
 pub mod preview;
 pub mod remote;
@@ -85,6 +86,8 @@ pub struct VideoService {
     pub remote: presence::RemoteCapacity,
     /// Remote workers' result uploads in progress here.
     pub result_uploads: remote::ResultUploads,
+    /// Labels every video before it is stored.
+    pub labeller: crate::provenance::Labeller,
 }
 
 /// Where a job's files live in the blob store.

@@ -194,6 +194,9 @@ pub enum ResultRejection {
     NotMp4(String),
     #[error("the result is not this job's video: {0}")]
     NotThisJob(String),
+    /// It looked like one, but labelling it (decoding every frame) failed.
+    #[error("the result could not be labelled: {0}")]
+    Unlabellable(String),
 }
 
 impl ResultRejection {
@@ -201,6 +204,7 @@ impl ResultRejection {
         match self {
             ResultRejection::NotMp4(_) => "result_not_mp4",
             ResultRejection::NotThisJob(_) => "result_mismatch",
+            ResultRejection::Unlabellable(_) => "result_unlabellable",
         }
     }
 }
@@ -210,8 +214,8 @@ impl ResultRejection {
 const FRAME_TOLERANCE: u64 = 2;
 
 impl VideoService {
-    /// Checks an uploaded result (a sane MP4 with H.264 video), stores it as the job's video and
-    /// records the job's success. `Ok(false)`: the job is not under that lease.
+    /// Checks an uploaded result (a sane MP4 with H.264 video), labels it, stores it as the job's
+    /// video and records the job's success. `Ok(false)`: the job is not under that lease.
     /// `instance` is the engine instance the worker ran it on: with the account's name it keys the
     /// speed this run teaches the cost model (from the lease to the result, what a slot costs).
     #[allow(clippy::too_many_arguments)]
@@ -223,7 +227,6 @@ impl VideoService {
         id: JobId,
         lease: &str,
         file: &std::path::Path,
-        bytes: u64,
     ) -> anyhow::Result<Result<bool, ResultRejection>> {
         let Some((worker_id, job)) = self.leased_job(account, id, lease).await? else {
             return Ok(Ok(false));
@@ -268,18 +271,33 @@ impl VideoService {
             let _ = tokio::fs::remove_file(&clean).await;
             return Ok(Err(ResultRejection::NotMp4(err.to_string())));
         }
+        // Labelling re-encodes the video, which may take longer than a lease: the lease is kept
+        // meanwhile, as the worker's heartbeats kept it while its engine ran.
+        let labelled = tokio::select! {
+            labelled = self.label_output(&job, &clean) => labelled,
+            () = self.keep_lease(&worker_id, &job) => {
+                let _ = tokio::fs::remove_file(&clean).await;
+                return Ok(Ok(false));
+            }
+        };
+        let labelled = match labelled {
+            Ok(labelled) => labelled,
+            Err(err) => {
+                let _ = tokio::fs::remove_file(&clean).await;
+                return Ok(Err(ResultRejection::Unlabellable(err.detail)));
+            }
+        };
         let key = super::result_key(job.tenant_id, job.id);
         let _ = self
             .store
             .set_progress(id, &worker_id, Stage::Storing, 1.0, now_ms())
             .await;
-        let stored = self.blobs.put_file(&key, &clean).await;
-        let bytes = tokio::fs::metadata(&clean).await.map_or(bytes, |m| m.len());
+        let stored = self.blobs.put_file(&key, &labelled).await;
         let _ = tokio::fs::remove_file(&clean).await;
-        stored?;
+        let _ = tokio::fs::remove_file(&labelled).await;
         let outcome = JobOutcome::Succeeded {
             result_key: key,
-            result_bytes: bytes as i64,
+            result_bytes: stored? as i64,
         };
         let recorded = self.record_end(&worker_id, &job, &outcome).await;
         if recorded {

@@ -338,7 +338,7 @@ impl VideoService {
     }
 
     /// Heartbeats until the job is no longer this worker's (then returns, which cancels the engine).
-    async fn keep_lease(&self, worker_id: &WorkerId, job: &JobRecord) {
+    pub(super) async fn keep_lease(&self, worker_id: &WorkerId, job: &JobRecord) {
         let mut tick = tokio::time::interval(self.settings.lease / 3);
         let mut stopped = self.events.subscribe_stopped();
         tick.tick().await;
@@ -445,9 +445,10 @@ impl VideoService {
                 started.elapsed(),
             )
             .await;
+        let labelled = self.label_output(job, &out).await?;
         progress(Stage::Storing, 1.0);
         self.blobs
-            .put_file(&result_key(job.tenant_id, job.id), &out)
+            .put_file(&result_key(job.tenant_id, job.id), &labelled)
             .await
             .map_err(|e| EngineError::server("storage_failed", e.to_string()))
     }

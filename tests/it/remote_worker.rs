@@ -140,6 +140,9 @@ async fn api_only_server_and_a_remote_builtin_worker_process_complete_a_job() {
     assert_eq!(response.status(), StatusCode::OK);
     let video = response.bytes().await.unwrap();
     assert_eq!(&video[4..8], b"ftyp", "an MP4");
+    // The gateway labelled the remote result before storing it.
+    let aigc = crate::labels::aigc_of_download(&server, &admin.access, id).await;
+    assert_eq!(aigc["ProduceID"], id, "{aigc}");
 
     // The worker process reported its capacity, and its run taught the cost model its speed.
     let store = &server.state().store;

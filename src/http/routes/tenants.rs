@@ -136,3 +136,84 @@ pub async fn update(
     state.directory.clear();
     Ok(Json(tenant.into()))
 }
+
+/// The visible AI label's texts a tenant's videos show.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TenantLabelView {
+    /// Shown for `label_language` `zh` and `both`.
+    pub zh: String,
+    /// Shown for `label_language` `en` and `both`.
+    pub en: String,
+    /// `false`: the defaults ("AI生成", "AI-generated").
+    pub custom: bool,
+}
+
+impl TenantLabelView {
+    fn of(texts: crate::domain::LabelTexts) -> Self {
+        let custom = texts != crate::domain::LabelTexts::default();
+        Self {
+            zh: texts.zh.into(),
+            en: texts.en.into(),
+            custom,
+        }
+    }
+}
+
+/// New label texts: each one line, at most 32 characters and 13 CJK characters wide; an omitted one
+/// is the default. `reset: true` goes back to both defaults.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenantLabel {
+    pub zh: Option<String>,
+    pub en: Option<String>,
+    #[serde(default)]
+    pub reset: bool,
+}
+
+/// A platform admin reads any tenant's label texts; a tenant admin their own.
+#[utoipa::path(get, path = "/v1/tenants/{id}/label", tag = "platform",
+    params(("id" = String, Path)),
+    responses((status = 200, body = TenantLabelView), (status = 404, body = crate::http::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn get_label(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<TenantLabelView>, ApiError> {
+    let tenant = state
+        .store
+        .tenant(caller.scope(), parse_tenant_id(&id)?)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let texts = state
+        .store
+        .tenant_label(tenant.id)
+        .await?
+        .unwrap_or_default();
+    Ok(Json(TenantLabelView::of(texts)))
+}
+
+/// Only platform admins change a label: what it says is the operator's legal duty.
+#[utoipa::path(put, path = "/v1/tenants/{id}/label", tag = "platform", request_body = UpdateTenantLabel,
+    params(("id" = String, Path)),
+    responses((status = 200, body = TenantLabelView), (status = 404, body = crate::http::error::Problem),
+        (status = 422, body = crate::http::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn put_label(
+    State(state): State<AppState>,
+    PlatformAdmin(caller): PlatformAdmin,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateTenantLabel>,
+) -> Result<Json<TenantLabelView>, ApiError> {
+    let texts = state
+        .accounts
+        .set_tenant_label(
+            &caller.audit_context(),
+            parse_tenant_id(&id)?,
+            body.zh.as_deref(),
+            body.en.as_deref(),
+            body.reset,
+        )
+        .await?;
+    Ok(Json(TenantLabelView::of(texts)))
+}

@@ -159,7 +159,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Submits a video job: multipart `image` (JPEG/PNG/WebP), `audio` (WAV/MP3/FLAC, Ogg Vorbis/Opus, WebM,
 /// MP4/MOV/M4A) and Sonic's parameters as text fields. Everything is validated before the job is queued.
 #[utoipa::path(post, path = "/v1/videos", tag = "videos",
-    request_body(content_type = "multipart/form-data", description = "image, audio, and optional duration, min_resolution, expand_ratio, inference_steps, dynamic_scale, motion_scale, seed, enable_lip_sync_correction, lip_sync_offset, engine, callback_url"),
+    request_body(content_type = "multipart/form-data", description = "image, audio, and optional duration, min_resolution, expand_ratio, inference_steps, dynamic_scale, motion_scale, seed, enable_lip_sync_correction, lip_sync_offset, engine, callback_url, label_language (zh, en or both: the visible AI label's language)"),
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the original job for the same request within 24 h")),
     responses(
         (status = 202, description = "Queued; `ignored_parameters` lists the given parameters the engine does not use", body = JobView),

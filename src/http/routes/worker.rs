@@ -568,7 +568,6 @@ async fn receive_and_accept(
             id,
             lease,
             path,
-            length,
         )
         .await?
     {

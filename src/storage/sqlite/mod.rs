@@ -6,6 +6,7 @@ mod accounts;
 mod audit;
 mod estimates;
 mod jobs;
+mod labels;
 mod tokens;
 mod webhooks;
 mod workers;
