@@ -268,8 +268,7 @@ pub fn ignored_parameters(capabilities: &Capabilities, given: &[String]) -> Vec<
             !matches!(
                 **name,
                 "duration" | "engine" | "callback_url" | "label_language"
-            )
-                && given.iter().any(|g| g == *name)
+            ) && given.iter().any(|g| g == *name)
                 && !capabilities.honours.iter().any(|h| h == *name)
         })
         .map(|name| (*name).to_owned())

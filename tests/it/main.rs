@@ -35,6 +35,6 @@ mod throttle;
 mod tokens;
 mod verifier;
 mod videos;
-mod webapp;
 mod videos_storage;
+mod webapp;
 mod webhooks;
