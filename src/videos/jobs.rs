@@ -137,6 +137,7 @@ impl VideoService {
     ) -> anyhow::Result<JobView> {
         let mut view = self.view_with_eta(job, eta).await?;
         if audience == Audience::Platform {
+            view.tenant_id = Some(job.tenant_id);
             if let Some(error) = view.error.as_mut() {
                 error.detail = job.error_detail.clone();
             }

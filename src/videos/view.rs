@@ -83,6 +83,10 @@ pub struct JobResult {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: JobId,
+    /// The job's tenant: shown to platform admins only, who see every tenant's jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub tenant_id: Option<crate::domain::TenantId>,
     pub status: JobStatus,
     pub stage: Stage,
     pub progress: f64,
@@ -130,6 +134,7 @@ impl JobView {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             id: job.id,
+            tenant_id: None,
             status: job.status,
             stage: job.stage,
             progress: job.progress,

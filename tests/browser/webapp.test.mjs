@@ -306,6 +306,8 @@ test("a platform admin manages users and exports the audit log as CSV", async ()
   assert.match(text, /user\.create/);
   assert.doesNotMatch(text, /auth\.login/, "the export keeps the filter");
   await shot(page, "12-admin-audit");
+  await page.getByRole("link", { name: "Usage" }).click();
+  await page.getByRole("cell", { name: "creator" }).first().waitFor();
   await page.getByRole("link", { name: "Queue and engines" }).click();
   await page.getByText("builtin").first().waitFor();
   await shot(page, "13-admin-queue");

@@ -1305,3 +1305,42 @@ async fn signed_link_signature_never_reaches_the_logs() {
         assert!(!text.contains(leak), "{leak} was logged:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn platform_admins_see_each_jobs_tenant_and_tenants_do_not() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.simulated_engine_ms = 50).await;
+    let admin = server.admin().await;
+    let tenant = server.create_tenant(&admin.access, "acme", "pro").await;
+    server
+        .create_user(&admin.access, "ann", "admin", Some(&tenant))
+        .await;
+    let ann = server.login("ann", USER_PASSWORD).await;
+    let job = submit_ok(
+        &server,
+        &ann.access,
+        form("speech_en.wav", &[("engine", "simulated")]),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap();
+    assert!(job.get("tenant_id").is_none(), "{job}");
+    let own: Value = server
+        .get(&format!("/v1/videos/{id}"), &ann.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(own.get("tenant_id").is_none(), "{own}");
+    let listed: Value = server
+        .get("/v1/videos", &admin.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let seen = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id)
+        .expect("platform admins list every tenant's jobs");
+    assert_eq!(seen["tenant_id"], tenant.as_str());
+}

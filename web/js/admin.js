@@ -135,11 +135,15 @@ async function tenants(body, ctx) {
   replace(body, table([t("admin.name"), t("admin.plan"), t("job.created")], rows), error, h("h2", {}, t("admin.create_tenant")), form);
 }
 
+// Every submission of the last USAGE_DAYS days, page by page (1000 records a page, at most 100 pages).
+const USAGE_DAYS = 30;
+
 async function usage(body) {
   const counts = new Map();
+  const since = new Date(Date.now() - USAGE_DAYS * 24 * 3600 * 1000).toISOString().slice(0, 19) + "Z";
   let cursor = null;
-  for (let page = 0; page < 10; page++) {
-    const query = new URLSearchParams({ action: "video.create", outcome: "success", limit: "100" });
+  for (let page = 0; page < 100; page++) {
+    const query = new URLSearchParams({ action: "video.create", outcome: "success", limit: "1000", since });
     if (cursor) query.set("cursor", cursor);
     const result = await api(`/v1/audit?${query}`);
     for (const entry of result.items) {
@@ -223,12 +227,29 @@ async function audit(body) {
 }
 
 async function queue(body, ctx, platform) {
-  const [engines, queued, running] = await Promise.all([
+  const [engines, queued, running, tenants] = await Promise.all([
     api("/v1/engines"),
     api("/v1/videos?status=queued&limit=100"),
     api("/v1/videos?status=running&limit=100"),
+    platform ? api("/v1/tenants") : Promise.resolve({ items: [] }),
   ]);
   const jobs = [...running.items, ...queued.items];
+  // Platform admins see every tenant's jobs, each with its tenant: counted per tenant first.
+  const tenantName = new Map(tenants.items.map((x) => [x.id, x.name]));
+  const nameOf = (j) => tenantName.get(j.tenant_id) || (j.tenant_id || "").slice(0, 8);
+  const perTenant = new Map();
+  for (const j of jobs) {
+    const n = perTenant.get(nameOf(j)) || { running: 0, queued: 0 };
+    n[j.status === "running" ? "running" : "queued"] += 1;
+    perTenant.set(nameOf(j), n);
+  }
+  const tenantSummary = platform && jobs.length
+    ? [h("h2", {}, t("admin.queue.per_tenant")),
+       table([t("admin.tenant"), t("job.status.running"), t("job.status.queued")],
+         [...perTenant.entries()].sort((a, b) => a[0].localeCompare(b[0])).map(([name, n]) =>
+           h("tr", {}, h("td", {}, name), h("td", { class: "num" }, String(n.running)), h("td", { class: "num" }, String(n.queued)))))]
+    : [];
+  const headers = [t("job.title"), ...(platform ? [t("admin.tenant")] : []), t("admin.status"), t("job.progress"), t("new.engine"), t("admin.queue.eta")];
   const refresh = action(t("admin.refresh"), () => queue(body, ctx, platform));
   replace(body,
     h("div", { class: "section-head" }, h("h2", {}, t("admin.queue.engines")), refresh),
@@ -241,11 +262,13 @@ async function queue(body, ctx, platform) {
         ? h("p", { class: "small" }, `${t("admin.queue.instances")}: `,
             e.instances.map((i) => `${i.name || i.id} (${i.healthy ? "✓" : "✗"}${i.busy ? `, ${t("admin.queue.busy")}` : ""})`).join(", "))
         : null))),
+    ...tenantSummary,
     h("h2", {}, t("admin.queue.jobs")),
     jobs.length
-      ? table([t("job.title"), t("admin.status"), t("job.progress"), t("new.engine"), t("admin.queue.eta")],
+      ? table(headers,
           jobs.map((j) => h("tr", {},
             h("td", {}, h("a", { href: `#/videos/${j.id}`, class: "mono" }, j.id.slice(0, 8))),
+            platform ? h("td", {}, nameOf(j)) : null,
             h("td", {}, h("span", { class: `badge ${j.status}` }, t(`job.status.${j.status}`))),
             h("td", { class: "num" }, `${Math.round(j.progress * 100)} %`),
             h("td", {}, j.engine),
