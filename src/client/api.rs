@@ -12,6 +12,30 @@ use serde_json::Value;
 
 use super::credentials::{self, Credentials};
 
+/// The most a JSON answer (or an error's body) may be: a hostile server cannot make the CLI hold more.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// A response's body, at most `MAX_ANSWER_BYTES` of it.
+pub async fn read_capped(mut response: reqwest::Response) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        anyhow::ensure!(
+            body.len() + chunk.len() <= MAX_ANSWER_BYTES,
+            "the server's answer is larger than {} MiB",
+            MAX_ANSWER_BYTES / (1024 * 1024)
+        );
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A JSON answer, read with `read_capped`.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> anyhow::Result<T> {
+    Ok(serde_json::from_slice(&read_capped(response).await?)?)
+}
+
 /// Refresh the access token when less than this is left of it.
 const REFRESH_MARGIN_S: i64 = 30;
 
@@ -31,7 +55,26 @@ impl ApiFailure {
     /// `error_description`) from a failed response.
     pub async fn from_response(response: reqwest::Response) -> Self {
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = read_capped(response)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if status.is_redirection() {
+            return Self {
+                status: status.as_u16(),
+                code: "redirected".to_owned(),
+                detail: format!(
+                    "the server answers with a redirect to {}; use that address with `sonicgw login --server` (redirects are not followed, so that tokens go nowhere else)",
+                    location.as_deref().unwrap_or("another address")
+                ),
+                fields: Vec::new(),
+            };
+        }
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let string = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
         let code = string("code")
@@ -71,6 +114,8 @@ pub fn http_client(insecure: bool) -> anyhow::Result<reqwest::Client> {
     }
     Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
+        // A token must never follow a redirect to another address.
+        .redirect(reqwest::redirect::Policy::none())
         .danger_accept_invalid_certs(insecure)
         .user_agent(concat!("sonicgw-cli/", env!("CARGO_PKG_VERSION")))
         .build()?)
@@ -109,7 +154,7 @@ pub async fn password_login(
     if !response.status().is_success() {
         return Err(ApiFailure::from_response(response).await.into());
     }
-    let answer: TokenAnswer = response.json().await?;
+    let answer: TokenAnswer = read_json(response).await?;
     Ok((
         answer.access_token,
         crate::time::now_s() + answer.expires_in,
@@ -185,7 +230,7 @@ impl Session {
             }
             return Err(failure.into());
         }
-        let answer: TokenAnswer = response.json().await?;
+        let answer: TokenAnswer = read_json(response).await?;
         current.access_token = answer.access_token;
         current.access_expires_at = crate::time::now_s() + answer.expires_in;
         current.refresh_token = answer.refresh_token;
@@ -246,7 +291,7 @@ impl Session {
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
-        Ok(response.json().await?)
+        read_json(response).await
     }
 
     /// Signs out: revokes the sign-in on the server (every token of it), then forgets it here. The

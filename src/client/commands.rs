@@ -404,10 +404,13 @@ async fn generate_video(
         idempotency_key: args.idempotency_key.clone(),
     };
     let created = generate::submit(&session, &request).await?;
+    // The id names files and URLs here: only a real job id from the server is used (a hostile
+    // server's "../x" must not pick where the video is written).
     let id = created["id"]
         .as_str()
-        .context("the server's answer has no job id")?
-        .to_owned();
+        .and_then(|id| id.parse::<crate::domain::JobId>().ok())
+        .context("the server's answer has no valid job id")?
+        .to_string();
     if !(args.wait || args.output.is_some()) {
         if options.json {
             println!("{created}");

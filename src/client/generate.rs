@@ -163,22 +163,23 @@ pub async fn submit(session: &Session, request: &GenerateRequest) -> anyhow::Res
             .timeout(Duration::from_secs(600))
             .send()
             .await;
-        let outcome: anyhow::Result<Value> =
-            match sent {
-                Ok(response)
-                    if response.status() == reqwest::StatusCode::UNAUTHORIZED && !refreshed =>
-                {
-                    // A multipart body is read once: the form is built again after the refresh.
-                    refreshed = true;
-                    attempt -= 1;
-                    session.expire().await;
-                    continue;
-                }
-                Ok(response) if response.status().is_success() => Ok(response.json().await?),
-                Ok(response) => Err(ApiFailure::from_response(response).await.into()),
-                Err(err) => Err(anyhow::Error::from(err)
-                    .context(format!("sending the job to {}", session.server))),
-            };
+        let outcome: anyhow::Result<Value> = match sent {
+            Ok(response)
+                if response.status() == reqwest::StatusCode::UNAUTHORIZED && !refreshed =>
+            {
+                // A multipart body is read once: the form is built again after the refresh.
+                refreshed = true;
+                attempt -= 1;
+                session.expire().await;
+                continue;
+            }
+            Ok(response) if response.status().is_success() => super::api::read_json(response).await,
+            Ok(response) => Err(ApiFailure::from_response(response).await.into()),
+            Err(err) => {
+                Err(anyhow::Error::from(err)
+                    .context(format!("sending the job to {}", session.server)))
+            }
+        };
         match outcome {
             Ok(view) => return Ok(view),
             Err(err) if attempt < SUBMIT_ATTEMPTS && worth_retrying(&err) => {
@@ -207,8 +208,15 @@ struct SseParser {
 }
 
 impl SseParser {
-    fn push(&mut self, chunk: &str) -> Vec<SseEvent> {
+    /// The events `chunk` completes; an error when one line grows past `MAX_ANSWER_BYTES` (a hostile
+    /// server's endless line must not take the CLI's memory).
+    fn push(&mut self, chunk: &str) -> anyhow::Result<Vec<SseEvent>> {
         self.buffer.push_str(chunk);
+        anyhow::ensure!(
+            self.buffer.len() <= super::api::MAX_ANSWER_BYTES
+                && self.data.len() <= super::api::MAX_ANSWER_BYTES,
+            "the job's event stream sent an event larger than allowed"
+        );
         let mut events = Vec::new();
         while let Some(end) = self.buffer.find('\n') {
             let line: String = self.buffer.drain(..=end).collect();
@@ -229,7 +237,7 @@ impl SseParser {
                 self.data.push_str(value.strip_prefix(' ').unwrap_or(value));
             }
         }
-        events
+        Ok(events)
     }
 }
 
@@ -259,7 +267,7 @@ pub async fn follow(
         let mut ended = false;
         while let Some(chunk) = body.next().await {
             let Ok(chunk) = chunk else { break };
-            for event in parser.push(&String::from_utf8_lossy(&chunk)) {
+            for event in parser.push(&String::from_utf8_lossy(&chunk))? {
                 match event.event.as_str() {
                     "job" => {
                         if let Ok(view) = serde_json::from_str::<Value>(&event.data) {
@@ -360,12 +368,28 @@ mod tests {
     #[test]
     fn sse_events_are_split_across_chunks() {
         let mut parser = SseParser::default();
-        assert!(parser.push("event: job\ndata: {\"a\"").is_empty());
-        let events = parser.push(":1}\n\n: keep-alive\n\nevent: end\r\ndata: {}\r\n\r\n");
+        assert!(parser.push("event: job\ndata: {\"a\"").unwrap().is_empty());
+        let events = parser
+            .push(":1}\n\n: keep-alive\n\nevent: end\r\ndata: {}\r\n\r\n")
+            .unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].event, "job");
         assert_eq!(events[0].data, "{\"a\":1}");
         assert_eq!(events[1].event, "end");
+    }
+
+    #[test]
+    fn an_endless_event_line_is_refused_not_buffered() {
+        let mut parser = SseParser::default();
+        let chunk = "x".repeat(1024 * 1024);
+        let mut refused = false;
+        for _ in 0..=super::super::api::MAX_ANSWER_BYTES / chunk.len() {
+            if parser.push(&chunk).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
     }
 
     #[test]
