@@ -36,6 +36,12 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     Ok(serde_json::from_slice(&read_capped(response).await?)?)
 }
 
+/// When a token that lives `expires_in` seconds from now expires, in Unix seconds; a server's
+/// nonsense lifetime (negative, or past a month) is taken as none or a month.
+fn expiry(expires_in: i64) -> i64 {
+    crate::time::now_s().saturating_add(expires_in.clamp(0, 30 * 24 * 3600))
+}
+
 /// Refresh the access token when less than this is left of it.
 const REFRESH_MARGIN_S: i64 = 30;
 
@@ -157,7 +163,7 @@ pub async fn password_login(
     let answer: TokenAnswer = read_json(response).await?;
     Ok((
         answer.access_token,
-        crate::time::now_s() + answer.expires_in,
+        expiry(answer.expires_in),
         answer.refresh_token,
     ))
 }
@@ -232,7 +238,7 @@ impl Session {
         }
         let answer: TokenAnswer = read_json(response).await?;
         current.access_token = answer.access_token;
-        current.access_expires_at = crate::time::now_s() + answer.expires_in;
+        current.access_expires_at = expiry(answer.expires_in);
         current.refresh_token = answer.refresh_token;
         credentials::save(&self.path, current)?;
         drop(lock);

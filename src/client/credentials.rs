@@ -93,13 +93,17 @@ pub fn lock(path: &Path) -> anyhow::Result<std::fs::File> {
         .context("the credentials path has no directory")?;
     create_private_dir(dir)?;
     let lock_path = path.with_extension("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    // Never through a symlink someone planted: the lock file is ours, made here.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NOFOLLOW).mode(0o600);
+    }
+    let file = options
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
-    set_owner_only(&lock_path, 0o600)?;
     file.lock()
         .with_context(|| format!("locking {}", lock_path.display()))?;
     Ok(file)
@@ -163,6 +167,18 @@ mod tests {
         remove(&path).unwrap();
         remove(&path).unwrap();
         assert!(load(&path).unwrap().is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_lock_file_is_never_opened_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "x").unwrap();
+        let creds = dir.path().join("c.json");
+        std::os::unix::fs::symlink(&victim, dir.path().join("c.lock")).unwrap();
+        assert!(lock(&creds).is_err());
+        assert!(lock(&dir.path().join("d.json")).is_ok());
     }
 
     #[test]
