@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         // Throughput is measured here, not the request rate limit.
         requests_per_minute: u32::MAX / 20,
         tenant_requests_per_minute: None,
+        previews_per_minute: 10,
     };
     let config = Config {
         listen: "127.0.0.1:0".parse()?,

@@ -181,6 +181,7 @@ async fn run_one(mb: f64) -> anyhow::Result<()> {
         // One client at full speed must measure storage, not the request rate limit.
         requests_per_minute: u32::MAX / 20,
         tenant_requests_per_minute: None,
+        previews_per_minute: 10,
     };
     let config = Config {
         listen: "127.0.0.1:0".parse()?,

@@ -387,6 +387,13 @@ pub async fn start_with_options(
             Some(url) => crate::ratelimit::RateLimiter::shared(url, &config.redis_prefix).await?,
             None => crate::ratelimit::RateLimiter::in_process(),
         }),
+        preview_limiter: Arc::new(match config.redis_url() {
+            Some(url) => {
+                let prefix = format!("{}:preview", config.redis_prefix);
+                crate::ratelimit::RateLimiter::shared(url, &prefix).await?
+            }
+            None => crate::ratelimit::RateLimiter::in_process(),
+        }),
         config: config.clone(),
     });
 

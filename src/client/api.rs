@@ -29,11 +29,12 @@ pub async fn read_capped(mut response: reqwest::Response) -> anyhow::Result<Vec<
     Ok(body)
 }
 
-/// A JSON answer, read with `read_capped`.
+/// A JSON answer, read with `read_capped`, every string in it cleaned for the terminal.
 pub async fn read_json<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
 ) -> anyhow::Result<T> {
-    Ok(serde_json::from_slice(&read_capped(response).await?)?)
+    let value: Value = serde_json::from_slice(&read_capped(response).await?)?;
+    Ok(serde_json::from_value(super::terminal::clean_json(value))?)
 }
 
 /// When a token that lives `expires_in` seconds from now expires, in Unix seconds; a server's
@@ -76,12 +77,14 @@ impl ApiFailure {
                 code: "redirected".to_owned(),
                 detail: format!(
                     "the server answers with a redirect to {}; use that address with `sonicgw login --server` (redirects are not followed, so that tokens go nowhere else)",
-                    location.as_deref().unwrap_or("another address")
+                    location
+                        .as_deref()
+                        .map_or_else(|| "another address".to_owned(), super::terminal::clean_text)
                 ),
                 fields: Vec::new(),
             };
         }
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let body = super::terminal::clean_json(serde_json::from_str(&text).unwrap_or(Value::Null));
         let string = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
         let code = string("code")
             .or_else(|| string("error"))

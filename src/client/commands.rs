@@ -177,9 +177,18 @@ pub enum ClientCommand {
 /// Runs a client command to its exit status, printing errors as `error: <code>: <detail>`.
 pub async fn run(command: ClientCommand, options: ClientOptions) -> ExitCode {
     let waiting_for = WaitingFor::default();
+    // Ctrl-C or SIGTERM ends the command by dropping it, so its temporary files (a download in
+    // progress) are removed rather than left behind.
+    let stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        match crate::app::shutdown_signal() {
+            Ok(signal) => Box::pin(signal),
+            Err(_) => Box::pin(async {
+                let _ = tokio::signal::ctrl_c().await;
+            }),
+        };
     let outcome = tokio::select! {
         outcome = dispatch(command, &options, &waiting_for) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(match waiting_for.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        () = stop => Err(match waiting_for.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             Some(id) => StoppedWaiting(id).into(),
             None => anyhow::Error::new(Interrupted),
         }),
@@ -193,7 +202,7 @@ pub async fn run(command: ClientCommand, options: ClientOptions) -> ExitCode {
 /// The job `generate` is waiting for, if any: Ctrl-C then says it keeps running.
 type WaitingFor = std::sync::Mutex<Option<String>>;
 
-/// Ctrl-C.
+/// Ctrl-C or SIGTERM.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]
 struct Interrupted;
@@ -321,6 +330,16 @@ fn read_line(prompt: &str) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// Whether `url` names this machine (plain HTTP is then fine: nothing crosses a network).
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 async fn login(
     args: LoginArgs,
     path: &std::path::Path,
@@ -330,6 +349,11 @@ async fn login(
     let parsed = url::Url::parse(&server).with_context(|| format!("{server} is not a URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         anyhow::bail!("the server URL must start with https:// (or http:// for a local server)");
+    }
+    if parsed.scheme() == "http" && !is_loopback(&parsed) {
+        eprintln!(
+            "warning: {server} is plain HTTP: your password and tokens cross the network unencrypted; use https://"
+        );
     }
     let username = match args.username {
         Some(username) => username,

@@ -48,15 +48,47 @@ pub fn default_path() -> anyhow::Result<PathBuf> {
     Ok(dir.join("sonicgw").join("credentials.json"))
 }
 
-/// The stored credentials; `None` when nobody is signed in.
+/// The stored credentials; `None` when nobody is signed in. Like ssh with a private key, a file
+/// someone else owns or could read is refused: its tokens may be someone else's, or known to others.
 pub fn load(path: &Path) -> anyhow::Result<Option<Credentials>> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-            format!("{} is damaged; run `sonicgw login` again", path.display())
-        })?)),
+        Ok(bytes) => {
+            check_private_file(path)?;
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is damaged; run `sonicgw login` again", path.display())
+            })?))
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+#[cfg(unix)]
+fn check_private_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    anyhow::ensure!(
+        meta.uid() == me,
+        "{} belongs to another user (uid {}); refusing to use its tokens: remove it and run `sonicgw login`",
+        path.display(),
+        meta.uid()
+    );
+    anyhow::ensure!(
+        meta.mode() & 0o077 == 0,
+        "{} can be read by other users (mode {:o}); its tokens may be known to them: run `sonicgw logout`, \
+         `chmod 600 {}` and `sonicgw login` again",
+        path.display(),
+        meta.mode() & 0o777,
+        path.display()
+    );
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private_file(_path: &Path) -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// Writes `credentials` to `path` atomically, readable by its owner only.
@@ -109,11 +141,41 @@ pub fn lock(path: &Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
+/// Makes `dir` (0700) when missing. An existing one is used only when no other user can swap the
+/// files in it: it is ours (or root's), and not writable by others unless sticky (like /tmp).
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         set_owner_only(dir, 0o700)?;
     }
+    check_safe_dir(dir)
+}
+
+#[cfg(unix)]
+fn check_safe_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    anyhow::ensure!(
+        meta.uid() == me || meta.uid() == 0,
+        "{} belongs to another user (uid {}); keep the credentials in a folder of yours",
+        dir.display(),
+        meta.uid()
+    );
+    let sticky = meta.mode() & 0o1000 != 0;
+    anyhow::ensure!(
+        meta.mode() & 0o022 == 0 || sticky,
+        "other users can change the files in {} (mode {:o}); run `chmod 700 {}`",
+        dir.display(),
+        meta.mode() & 0o777,
+        dir.display()
+    );
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_safe_dir(_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
@@ -179,6 +241,27 @@ mod tests {
         std::os::unix::fs::symlink(&victim, dir.path().join("c.lock")).unwrap();
         assert!(lock(&creds).is_err());
         assert!(lock(&dir.path().join("d.json")).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn credentials_others_can_read_or_a_folder_others_can_change_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("sonicgw");
+        let path = folder.join("credentials.json");
+        save(&path, &sample()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = load(&path).err().unwrap().to_string();
+        assert!(refused.contains("mode 644"), "{refused}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load(&path).unwrap().is_some());
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = save(&path, &sample()).err().unwrap().to_string();
+        assert!(refused.contains("chmod 700"), "{refused}");
+        // A shared sticky folder (like /tmp) is fine: nobody else can replace our files there.
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        save(&path, &sample()).unwrap();
     }
 
     #[test]

@@ -16,6 +16,9 @@ use super::api::{ApiFailure, Session};
 const SUBMIT_ATTEMPTS: u32 = 4;
 /// How often an event stream is opened again after it dropped.
 const FOLLOW_RECONNECTS: u32 = 20;
+/// A stream that sends nothing for this long is taken as dead: the event stream sends a keep-alive
+/// every 15 s, and a download that stops moving is a stalled connection, not a slow one.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What to generate and how to report it.
 pub struct GenerateRequest {
@@ -200,9 +203,10 @@ struct SseEvent {
 }
 
 /// Splits a stream's text into events (`event:` and `data:` lines, a blank line ends one).
+/// Works on bytes: a character split between two chunks is whole again by the end of its line.
 #[derive(Default)]
 struct SseParser {
-    buffer: String,
+    buffer: Vec<u8>,
     event: String,
     data: String,
 }
@@ -210,16 +214,17 @@ struct SseParser {
 impl SseParser {
     /// The events `chunk` completes; an error when one line grows past `MAX_ANSWER_BYTES` (a hostile
     /// server's endless line must not take the CLI's memory).
-    fn push(&mut self, chunk: &str) -> anyhow::Result<Vec<SseEvent>> {
-        self.buffer.push_str(chunk);
+    fn push(&mut self, chunk: &[u8]) -> anyhow::Result<Vec<SseEvent>> {
+        self.buffer.extend_from_slice(chunk);
         anyhow::ensure!(
             self.buffer.len() <= super::api::MAX_ANSWER_BYTES
                 && self.data.len() <= super::api::MAX_ANSWER_BYTES,
             "the job's event stream sent an event larger than allowed"
         );
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.find('\n') {
-            let line: String = self.buffer.drain(..=end).collect();
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+            let bytes: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&bytes);
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 if !self.data.is_empty() || !self.event.is_empty() {
@@ -265,13 +270,13 @@ pub async fn follow(
         let mut parser = SseParser::default();
         let mut body = response.bytes_stream();
         let mut ended = false;
-        while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else { break };
-            for event in parser.push(&String::from_utf8_lossy(&chunk))? {
+        // Ends on a broken stream or IDLE_TIMEOUT of silence; the job's state then decides.
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout(IDLE_TIMEOUT, body.next()).await {
+            for event in parser.push(&chunk)? {
                 match event.event.as_str() {
                     "job" => {
                         if let Ok(view) = serde_json::from_str::<Value>(&event.data) {
-                            on_job(&view);
+                            on_job(&super::terminal::clean_json(view));
                         }
                     }
                     "end" => ended = true,
@@ -316,7 +321,16 @@ pub async fn download(session: &Session, id: &str, out: &Path) -> anyhow::Result
     let mut file = tokio::fs::File::from_std(partial.reopen()?);
     let mut written = 0u64;
     let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
+    loop {
+        let next = tokio::time::timeout(IDLE_TIMEOUT, body.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the download stalled: nothing arrived for {} s",
+                    IDLE_TIMEOUT.as_secs()
+                )
+            })?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.context("the download was interrupted")?;
         written += chunk.len() as u64;
         file.write_all(&chunk).await?;
@@ -368,13 +382,15 @@ mod tests {
     #[test]
     fn sse_events_are_split_across_chunks() {
         let mut parser = SseParser::default();
-        assert!(parser.push("event: job\ndata: {\"a\"").unwrap().is_empty());
-        let events = parser
-            .push(":1}\n\n: keep-alive\n\nevent: end\r\ndata: {}\r\n\r\n")
-            .unwrap();
+        let text =
+            "event: job\ndata: {\"a\":\"人脸\"}\n\n: keep-alive\n\nevent: end\r\ndata: {}\r\n\r\n";
+        // Split inside the first Chinese character's UTF-8 bytes.
+        let split = text.find('人').unwrap() + 1;
+        assert!(parser.push(&text.as_bytes()[..split]).unwrap().is_empty());
+        let events = parser.push(&text.as_bytes()[split..]).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].event, "job");
-        assert_eq!(events[0].data, "{\"a\":1}");
+        assert_eq!(events[0].data, "{\"a\":\"人脸\"}");
         assert_eq!(events[1].event, "end");
     }
 
@@ -384,7 +400,7 @@ mod tests {
         let chunk = "x".repeat(1024 * 1024);
         let mut refused = false;
         for _ in 0..=super::super::api::MAX_ANSWER_BYTES / chunk.len() {
-            if parser.push(&chunk).is_err() {
+            if parser.push(chunk.as_bytes()).is_err() {
                 refused = true;
                 break;
             }

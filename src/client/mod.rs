@@ -6,3 +6,4 @@ pub mod api;
 pub mod commands;
 pub mod credentials;
 pub mod generate;
+pub mod terminal;

@@ -65,10 +65,19 @@ pub struct Plan {
     /// Default: 10 times `requests_per_minute`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_requests_per_minute: Option<u32>,
+    /// Previews (`POST /v1/videos/preview`) per minute of one user; a whole tenant may make 10 times
+    /// as many. A preview costs the checks of a submission (decoding, a face scan) and no quota, so
+    /// it has a budget of its own. Default 10.
+    #[serde(default = "default_previews_per_minute")]
+    pub previews_per_minute: u32,
 }
 
 fn default_requests_per_minute() -> u32 {
     60
+}
+
+fn default_previews_per_minute() -> u32 {
+    10
 }
 
 impl Plan {
@@ -83,6 +92,7 @@ impl Plan {
             allow_lip_sync_correction: false,
             requests_per_minute: 60,
             tenant_requests_per_minute: None,
+            previews_per_minute: 10,
         }
     }
 
@@ -97,6 +107,7 @@ impl Plan {
             allow_lip_sync_correction: true,
             requests_per_minute: 600,
             tenant_requests_per_minute: None,
+            previews_per_minute: 30,
         }
     }
 
@@ -110,10 +121,23 @@ impl Plan {
         }
     }
 
+    /// The preview budget of a caller on this plan.
+    pub fn preview_quota(&self) -> crate::ratelimit::Quota {
+        crate::ratelimit::Quota {
+            user: self.previews_per_minute,
+            tenant: self.previews_per_minute.saturating_mul(10),
+        }
+    }
+
     fn validate(&self, name: &str) -> Result<(), String> {
         if self.requests_per_minute == 0 || self.tenant_requests_per_minute == Some(0) {
             return Err(format!(
                 "plan {name}: requests_per_minute and tenant_requests_per_minute must be at least 1"
+            ));
+        }
+        if self.previews_per_minute == 0 {
+            return Err(format!(
+                "plan {name}: previews_per_minute must be at least 1"
             ));
         }
         if self.priority_weight == 0 {

@@ -146,13 +146,13 @@ pub async fn not_found() -> impl IntoResponse {
 
 /// The answer for a known path with the wrong method.
 pub fn method_not_allowed() -> Response {
-    let mut response = ApiError::BadRequest {
+    ApiError::Rejected {
+        status: StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed",
         detail: "this method is not allowed on this path".to_owned(),
+        errors: Vec::new(),
     }
-    .into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+    .into_response()
 }
 
 #[cfg(test)]
@@ -264,6 +264,13 @@ mod tests {
             .unwrap();
         let (response, captured) = traced(odd).await;
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        // The problem document says what the status line says.
+        assert_eq!(problem["status"], 405, "{problem}");
+        assert_eq!(problem["code"], "method_not_allowed");
         assert_eq!(captured.event("request")["span"]["method"], "OTHER");
         assert!(!captured.text().contains("XYZZY"), "{}", captured.text());
     }

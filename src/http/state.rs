@@ -30,6 +30,8 @@ pub struct Services {
     pub videos: Arc<crate::videos::VideoService>,
     /// The request rate limit, applied by the `Caller` extractor.
     pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// The preview budget (`previews_per_minute` of the caller's plan), apart from the request rate.
+    pub preview_limiter: Arc<crate::ratelimit::RateLimiter>,
     /// Role refusals already audited (per user and route, for a minute).
     pub denials: crate::audit::Repeats,
     /// Cancelled when the process starts shutting down: event streams end, `/readyz` says 503.

@@ -2,8 +2,8 @@
 //! Order: admission (a bounded number of probes per user and per process), a read-only quota check
 //! (so an exhausted quota costs no probing), media (real image format and size, real audio duration,
 //! decoding no further than the plan's longest recording), parameters against Sonic's ranges, the
-//! engine's capabilities, the plan's limits, a face in the photo, the idempotency key, then the quota
-//! again (atomically, with the insert).
+//! engine's capabilities, the plan's limits, a face in the photo, then the quota again (atomically,
+//! with the insert). An Idempotency-Key is looked at before all of it, so a replay always answers.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -175,6 +175,23 @@ fn quota_limits(plan: &crate::domain::Plan, now: UnixMillis) -> QuotaLimits {
     }
 }
 
+/// What makes two submissions "the same request" for an Idempotency-Key: the form fields as sent
+/// (in name order) and the bytes of both files.
+fn request_hash(submission: &Submission) -> String {
+    let fields: std::collections::BTreeMap<_, _> = submission.fields.iter().collect();
+    let mut hasher = Sha256::new();
+    for (name, value) in fields {
+        // Length-prefixed, so no two different field sets hash alike.
+        for part in [name, value] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    hasher.update(submission.image.sha256.as_bytes());
+    hasher.update(submission.audio.sha256.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
 /// Seconds until the next UTC midnight, when the daily quota resets.
 fn until_midnight(now: UnixMillis) -> Duration {
     const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -183,12 +200,59 @@ fn until_midnight(now: UnixMillis) -> Duration {
 }
 
 impl VideoService {
-    /// Validates a submission completely and queues it.
+    /// Validates a submission completely and queues it. The Idempotency-Key is looked at first: a
+    /// replay of a request that already made its job answers with that job whatever the quota or the
+    /// server's load is now, and costs no probing.
     pub async fn submit(
         &self,
         context: &AuditContext,
-        mut submission: Submission,
+        submission: Submission,
     ) -> Result<Submitted, IntakeError> {
+        let Some(key) = submission.idempotency_key.clone() else {
+            return self
+                .validate_and_queue(context, submission)
+                .await
+                .map(Submitted::Created);
+        };
+        let request_hash = request_hash(&submission);
+        match self
+            .store
+            .reserve_idempotency_key(submission.user, &key, &request_hash, now_ms())
+            .await?
+        {
+            IdempotencyState::Reserved => {}
+            IdempotencyState::InProgress => return Err(IntakeError::IdempotencyInProgress),
+            IdempotencyState::Mismatch => return Err(IntakeError::IdempotencyMismatch),
+            IdempotencyState::Existing(id) => {
+                let scope = crate::storage::jobs::JobScope {
+                    tenant: crate::storage::TenantScope::tenant(submission.tenant),
+                    user: Some(submission.user),
+                };
+                if let Some(job) = self.store.job(scope, id).await? {
+                    return Ok(Submitted::Replayed(job));
+                }
+                // The original job was deleted: the key makes a new one.
+            }
+        }
+        let user = submission.user;
+        let result = self.validate_and_queue(context, submission).await;
+        match &result {
+            Ok(job) => {
+                self.store
+                    .complete_idempotency_key(user, &key, job.id)
+                    .await?
+            }
+            Err(_) => self.store.release_idempotency_key(user, &key).await?,
+        }
+        result.map(Submitted::Created)
+    }
+
+    /// Admission, the plan now, quota, every check of the uploads, then the job.
+    async fn validate_and_queue(
+        &self,
+        context: &AuditContext,
+        mut submission: Submission,
+    ) -> Result<JobRecord, IntakeError> {
         // Shared with every blocking probe below: a probe cannot be cancelled, so the slot stays taken
         // until the last one really ends, even when the request is gone (client disconnected, or the
         // other file already failed).
@@ -226,50 +290,7 @@ impl VideoService {
                 Arc::clone(&admitted),
             )
             .await?;
-        let request_hash = {
-            let mut hasher = Sha256::new();
-            hasher.update(serde_json::to_vec(&inspected.params).map_err(anyhow::Error::from)?);
-            hasher.update(submission.image.sha256.as_bytes());
-            hasher.update(submission.audio.sha256.as_bytes());
-            hex::encode(hasher.finalize())
-        };
-        if let Some(key) = &submission.idempotency_key {
-            match self
-                .store
-                .reserve_idempotency_key(submission.user, key, &request_hash, now_ms())
-                .await?
-            {
-                IdempotencyState::Reserved => {}
-                IdempotencyState::InProgress => return Err(IntakeError::IdempotencyInProgress),
-                IdempotencyState::Mismatch => return Err(IntakeError::IdempotencyMismatch),
-                IdempotencyState::Existing(id) => {
-                    let scope = crate::storage::jobs::JobScope {
-                        tenant: crate::storage::TenantScope::tenant(submission.tenant),
-                        user: Some(submission.user),
-                    };
-                    if let Some(job) = self.store.job(scope, id).await? {
-                        return Ok(Submitted::Replayed(job));
-                    }
-                    // The original job was deleted: treat the key as fresh.
-                }
-            }
-        }
-        let result = self.queue(context, &submission, &inspected, &plan).await;
-        if let Some(key) = &submission.idempotency_key {
-            match &result {
-                Ok(job) => {
-                    self.store
-                        .complete_idempotency_key(submission.user, key, job.id)
-                        .await?
-                }
-                Err(_) => {
-                    self.store
-                        .release_idempotency_key(submission.user, key)
-                        .await?
-                }
-            }
-        }
-        result.map(Submitted::Created)
+        self.queue(context, &submission, &inspected, &plan).await
     }
 
     /// Every check of the media and parameters: real formats, the audio's real duration, Sonic's

@@ -265,6 +265,12 @@ async fn router_serves_exactly_the_documented_operations_and_the_undocumented_ro
                 }
             } else if status != StatusCode::METHOD_NOT_ALLOWED {
                 undocumented_answers.push(format!("{method} {path}: {status}"));
+            } else {
+                // The problem document says what the status line says.
+                let body: Value = response.json().await.unwrap_or_default();
+                if body["status"] != 405 || body["code"] != "method_not_allowed" {
+                    undocumented_answers.push(format!("{method} {path}: 405 with {body}"));
+                }
             }
         }
     }

@@ -862,6 +862,56 @@ async fn idempotency_key_replays_the_original_job_and_refuses_a_different_reques
 }
 
 #[tokio::test]
+async fn a_replay_answers_with_its_job_even_when_the_quota_is_used_up() {
+    // A client retrying after a lost response must learn its job, not "quota exceeded" (the job it
+    // retries is what uses the quota).
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.workers = 0).await;
+    let admin = server.admin().await;
+    let tenant = server.create_tenant(&admin.access, "retries", "free").await;
+    server
+        .create_user(&admin.access, "retrier", "user", Some(&tenant))
+        .await;
+    let user = server.login("retrier", USER_PASSWORD).await;
+    let send = |key: &'static str| {
+        server
+            .client
+            .post(server.url("/v1/videos"))
+            .bearer_auth(&user.access)
+            .header("idempotency-key", key)
+            .multipart(form("speech_en.wav", &[("seed", "7")]))
+            .send()
+    };
+    let first = send("retry-1").await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    let again = send("retry-1").await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    // A new key is a new job, and the free plan's one slot is taken.
+    let other = problem(
+        send("retry-2").await.unwrap(),
+        StatusCode::TOO_MANY_REQUESTS,
+    )
+    .await;
+    assert_eq!(other["code"], "quota_exceeded");
+    // The refused key was not kept: once the slot is free it makes a job.
+    let cancel = server
+        .client
+        .post(server.url(&format!(
+            "/v1/videos/{}/cancel",
+            first["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&user.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK);
+    let second = send("retry-2").await.unwrap();
+    assert_eq!(second.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
 async fn another_tenants_job_is_404_on_every_video_route() {
     let server = TestServer::start_with(Backend::Sqlite, |c| c.workers = 0).await;
     let admin = server.admin().await;

@@ -118,6 +118,34 @@ async fn cookie_is_secure_when_a_trusted_proxy_says_the_client_used_https() {
 }
 
 #[tokio::test]
+async fn with_a_configured_issuer_only_its_origin_may_sign_in_never_the_host_header() {
+    // DNS rebinding: a page at rebind.example, resolved to this server, sends its own name as Host
+    // and Origin. With the issuer configured, Host is not trusted.
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.issuer = "https://videos.example".to_owned();
+    })
+    .await;
+    let sign_in = |origin: &'static str, host: &'static str| {
+        server
+            .client
+            .post(server.url("/v1/auth/session"))
+            .header(ORIGIN, origin)
+            .header("host", host)
+            .form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])
+            .send()
+    };
+    let rebound = sign_in("http://rebind.example", "rebind.example")
+        .await
+        .unwrap();
+    let body = problem(rebound, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["code"], "cross_origin");
+    let issuer = sign_in("https://videos.example", "rebind.example")
+        .await
+        .unwrap();
+    assert_eq!(issuer.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn session_routes_refuse_requests_without_this_servers_origin() {
     let server = TestServer::start().await;
     let (_, cookie) = server.web_sign_in("admin", ADMIN_PASSWORD).await;
@@ -359,6 +387,48 @@ async fn preview_refuses_like_a_submission_naming_the_field_and_code() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     no_jobs(&server, &free.access).await;
+}
+
+#[tokio::test]
+async fn previews_have_a_budget_per_minute_of_their_own() {
+    // A preview costs a submission's checks and no quota: without a budget of its own, one user could
+    // keep the server's decoders and face scans busy all day.
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        for plan in config.plans.values_mut() {
+            plan.previews_per_minute = 2;
+        }
+    })
+    .await;
+    let admin = server.admin().await;
+    let preview = || {
+        server
+            .client
+            .post(server.url("/v1/videos/preview"))
+            .bearer_auth(&admin.access)
+            .multipart(form("speech_en.wav", &[]))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(preview().await.unwrap().status(), StatusCode::OK);
+    }
+    let refused = preview().await.unwrap();
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    let body = problem(refused, StatusCode::TOO_MANY_REQUESTS).await;
+    assert_eq!(body["code"], "preview_limit");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2 previews per minute"),
+        "{body}"
+    );
+    // Submissions are not previews: their own rules still apply.
+    submit_ok(&server, &admin.access, form("speech_en.wav", &[])).await;
 }
 
 #[tokio::test]

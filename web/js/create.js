@@ -314,7 +314,7 @@ export async function renderCreate(main, query, ctx) {
         : h("section", { class: "card" }, h("h2", {}, t("new.title")), h("p", { class: "muted" }, t("new.intro")),
             h("div", { class: "drops" },
               dropZone("image", "new.photo", "new.photo.hint", "image/jpeg,image/png,image/webp"),
-              dropZone("audio", "new.audio", "new.audio.hint", "audio/*,.wav,.mp3,.flac,.ogg,.m4a"))),
+              dropZone("audio", "new.audio", "new.audio.hint", "audio/*,.wav,.mp3,.flac,.ogg,.opus,.webm,.m4a,.mp4,.mov"))),
       paramsCard),
     h("div", { class: "col side" }, previewCard, h("div", { class: "card actions" }, generalError, generate)));
 

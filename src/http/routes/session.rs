@@ -62,8 +62,10 @@ fn origin_of(url: &str) -> Option<String> {
     }
 }
 
-/// Refuses a request whose `Origin` is missing or is not this server: the request's own `Host` with the
-/// scheme it arrived on, or the configured issuer.
+/// Refuses a request whose `Origin` is missing or is not this server. This server is the configured
+/// issuer or `public_base_url`; only when no issuer is configured (one machine, the issuer derived
+/// from the listen address) also the request's own `Host` with the scheme it arrived on. A configured
+/// issuer never trusts `Host`: a DNS-rebinding page names its own host there.
 fn check_origin(state: &AppState, request: &Request, https: bool) -> Result<(), ApiError> {
     let refused = |detail: &str| ApiError::Forbidden {
         code: "cross_origin",
@@ -75,14 +77,22 @@ fn check_origin(state: &AppState, request: &Request, https: bool) -> Result<(), 
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| refused("this endpoint needs the Origin header a browser sends"))?;
     let origin = origin_of(origin).ok_or_else(|| refused("the Origin header is not an origin"))?;
-    let scheme = if https { "https" } else { "http" };
-    let own = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|host| origin_of(&format!("{scheme}://{host}")));
     let issuer = origin_of(&state.issuer);
-    if own.as_deref() == Some(origin.as_str()) || issuer.as_deref() == Some(origin.as_str()) {
+    let public = origin_of(&state.config.public_base_url);
+    let own = if state.config.issuer.is_empty() {
+        let scheme = if https { "https" } else { "http" };
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|host| origin_of(&format!("{scheme}://{host}")))
+    } else {
+        None
+    };
+    if [own, issuer, public]
+        .iter()
+        .any(|allowed| allowed.as_deref() == Some(origin.as_str()))
+    {
         Ok(())
     } else {
         Err(refused("requests from another site are refused"))

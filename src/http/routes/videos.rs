@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest as _, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -214,7 +214,9 @@ pub async fn create(
 /// Checks a photo and a recording exactly as `POST /v1/videos` does and stores nothing (no job, no
 /// files, no quota, no audit record): the detected face box, the crop that becomes the video, the
 /// recording's real duration, the parameters with their defaults, and the output size. Same multipart
-/// fields and the same refusals as a submission, except that quotas are not checked.
+/// fields and the same refusals as a submission, except that quotas are not checked. Previews have a
+/// budget of their own, the plan's `previews_per_minute` (429 `preview_limit`, checked before the
+/// upload is read).
 #[utoipa::path(post, path = "/v1/videos/preview", tag = "videos",
     request_body(content_type = "multipart/form-data", description = "image, audio, and the same optional parameters as POST /v1/videos"),
     responses(
@@ -222,19 +224,50 @@ pub async fn create(
         (status = 403, description = "plan_limit", body = crate::http::error::Problem),
         (status = 413, description = "file_too_large", body = crate::http::error::Problem),
         (status = 422, description = "validation_failed, duration_mismatch, no_face_detected, unsupported_*", body = crate::http::error::Problem),
-        (status = 429, description = "too_many_uploads", body = crate::http::error::Problem),
+        (status = 429, description = "too_many_uploads, preview_limit, rate_limited", body = crate::http::error::Problem),
     ),
     security(("bearer" = [])))]
 pub async fn preview(
     State(state): State<AppState>,
     caller: Caller,
-    upload: VideoUpload,
+    request: axum::extract::Request,
 ) -> Result<Json<Preview>, ApiError> {
+    // The plan now, as at submission (not the token's claim).
+    let plan = state
+        .videos
+        .current_plans
+        .of(state.store.as_ref(), caller.user_id, &caller.plan)
+        .await?;
+    let budget = state
+        .preview_limiter
+        .check(
+            caller.tenant_id,
+            caller.user_id,
+            state.plans.limits(&plan).preview_quota(),
+        )
+        .await;
+    if !budget.allowed {
+        return Err(ApiError::Limited {
+            code: "preview_limit",
+            detail: format!(
+                "the {plan} plan allows {} previews per minute{}; try again in {} s",
+                budget.limit,
+                if budget.bucket == crate::ratelimit::Bucket::Tenant {
+                    " for the whole tenant"
+                } else {
+                    ""
+                },
+                budget.retry_after_s.max(1)
+            ),
+            retry_after: Duration::from_secs(budget.retry_after_s.max(1)),
+        });
+    }
+    let upload = VideoUpload::from_request(request, &state).await?;
     let preview = state
         .videos
         .preview(
             caller.user_id,
-            &caller.plan,
+            &plan,
             &upload.fields,
             &upload.image,
             &upload.audio,
