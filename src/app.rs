@@ -394,6 +394,10 @@ pub async fn start_with_options(
             }
             None => crate::ratelimit::RateLimiter::in_process(),
         }),
+        dpop_replays: Arc::new(match config.redis_url() {
+            Some(url) => crate::auth::dpop::ReplayGuard::shared(url, &config.redis_prefix).await?,
+            None => crate::auth::dpop::ReplayGuard::in_process(),
+        }),
         config: config.clone(),
     });
 

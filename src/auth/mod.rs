@@ -1,5 +1,6 @@
 //! Authentication: signing keys, access tokens, passwords, sessions, revocation and login throttling.
 
+pub mod dpop;
 pub mod jwks;
 pub mod keys;
 pub mod password;

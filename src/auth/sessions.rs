@@ -27,6 +27,8 @@ pub struct TokenPair {
     pub expires_in: i64,
     pub refresh_token: String,
     pub scope: String,
+    /// The access token is DPoP-bound (`token_type` `DPoP`), not a bearer token.
+    pub dpop_bound: bool,
 }
 
 impl std::fmt::Debug for TokenPair {
@@ -37,6 +39,7 @@ impl std::fmt::Debug for TokenPair {
             .field("expires_in", &self.expires_in)
             .field("refresh_token", &Redacted(&self.refresh_token))
             .field("scope", &self.scope)
+            .field("dpop_bound", &self.dpop_bound)
             .finish()
     }
 }
@@ -52,6 +55,9 @@ pub enum GrantError {
     InvalidClient,
     #[error("invalid_request: {0}")]
     InvalidRequest(&'static str),
+    /// DPoP: the refresh token is bound to a key and the request's proof is missing or of another key.
+    #[error("invalid_dpop_proof")]
+    DpopKeyMismatch,
     /// Too many failed logins; retry after the duration.
     #[error("too many failed logins")]
     Throttled(Duration),
@@ -119,6 +125,7 @@ impl Sessions {
         username: &str,
         password: &str,
         tenant: Option<&str>,
+        dpop_jkt: Option<String>,
     ) -> Result<TokenPair, GrantError> {
         let address = context.client_ip.clone().unwrap_or_default();
         // Keyed on the username alone: spelling the tenant differently, or leaving it out, must not buy
@@ -167,7 +174,10 @@ impl Sessions {
             attempt.succeeded();
         }
         let family = FamilyId::generate();
-        let pair = self.issue_pair(&user, &family).await?;
+        // A proof binds both tokens to the client's key.
+        let pair = self
+            .issue_pair(&user, &family, dpop_jkt.clone(), dpop_jkt)
+            .await?;
         self.auditor
             .record(
                 &context.clone().with_actor(user.id, user.tenant_id),
@@ -249,10 +259,15 @@ impl Sessions {
     }
 
     /// `grant_type=refresh_token`: rotates the token. A token presented twice revokes its whole family.
+    /// A DPoP-bound refresh token is taken only with a proof of its key (`dpop_jkt`, the thumbprint of
+    /// the request's checked proof), checked before the token is spent, so a thief without the key
+    /// cannot even use it up. The new access token is bound to the proof's key, if any; the new refresh
+    /// token keeps its predecessor's binding.
     pub async fn refresh_grant(
         &self,
         context: &AuditContext,
         refresh_token: &str,
+        dpop_jkt: Option<String>,
     ) -> Result<TokenPair, GrantError> {
         let now = now_ms();
         let hash = refresh_token_hash(refresh_token);
@@ -268,6 +283,10 @@ impl Sessions {
         }
         if record.expires_at <= now {
             return Err(refused("refresh_token_expired").await);
+        }
+        if record.dpop_jkt.is_some() && record.dpop_jkt != dpop_jkt {
+            crate::metrics::auth_failure("refresh_token_dpop_key");
+            return Err(GrantError::DpopKeyMismatch);
         }
         let first_use =
             record.used_at.is_none() && self.store.mark_refresh_token_used(&hash, now).await?;
@@ -292,7 +311,9 @@ impl Sessions {
             self.revoke_family(&record.family_id).await?;
             return Err(refused("user_unavailable").await);
         };
-        let pair = self.issue_pair(&user, &record.family_id).await?;
+        let pair = self
+            .issue_pair(&user, &record.family_id, dpop_jkt, record.dpop_jkt.clone())
+            .await?;
         // A concurrent reuse may have revoked the family while the new pair was being issued; its sweep
         // can miss tokens inserted after it, so check again and take the new pair down with the family.
         if self.store.family_revoked(&record.family_id).await? {
@@ -335,11 +356,14 @@ impl Sessions {
         &self,
         user: &UserRecord,
         family: &FamilyId,
+        access_jkt: Option<String>,
+        refresh_jkt: Option<String>,
     ) -> Result<TokenPair, GrantError> {
         let plan = self.effective_plan(user).await?;
+        let dpop_bound = access_jkt.is_some();
         let issued = self
             .tokens
-            .issue(user.id, user.tenant_id, user.role, plan)?;
+            .issue(user.id, user.tenant_id, user.role, plan, access_jkt)?;
         self.store
             .insert_access_token(
                 &TokenId {
@@ -364,6 +388,7 @@ impl Sessions {
                 expires_at: now + self.refresh_ttl,
                 used_at: None,
                 revoked_at: None,
+                dpop_jkt: refresh_jkt,
             })
             .await?;
         Ok(TokenPair {
@@ -371,6 +396,7 @@ impl Sessions {
             expires_in: issued.claims.exp - now_s(),
             refresh_token,
             scope: issued.claims.scope,
+            dpop_bound,
         })
     }
 
@@ -510,6 +536,7 @@ mod tests {
             expires_in: 1800,
             refresh_token: "refresh-token-value".to_owned(),
             scope: "videos:write".to_owned(),
+            dpop_bound: false,
         };
         let text = format!("{pair:?}");
         assert!(!text.contains("access-token-value"), "{text}");

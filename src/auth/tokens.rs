@@ -43,6 +43,17 @@ pub struct AccessClaims {
     pub nbf: i64,
     pub exp: i64,
     pub jti: Jti,
+    /// DPoP (RFC 9449): the key the token is bound to. A bound token is accepted only with a proof
+    /// signed by that key (`auth::dpop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim (RFC 7800) of a DPoP-bound token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The RFC 7638 thumbprint of the client's public key.
+    pub jkt: String,
 }
 
 /// The claims as a token presents them: each may be absent, so a missing claim is told apart from a
@@ -60,6 +71,7 @@ struct PresentedClaims {
     nbf: Option<i64>,
     exp: Option<i64>,
     jti: Option<Jti>,
+    cnf: Option<Confirmation>,
 }
 
 impl PresentedClaims {
@@ -77,6 +89,7 @@ impl PresentedClaims {
             nbf: self.nbf?,
             exp: self.exp?,
             jti: self.jti?,
+            cnf: self.cnf,
         })
     }
 }
@@ -114,6 +127,15 @@ pub enum TokenRejection {
     MissingClaim,
     #[error("the token has been revoked")]
     Revoked,
+    /// A DPoP-bound token presented as a bearer token (RFC 9449 7.2).
+    #[error("the token is DPoP-bound: send it as Authorization: DPoP with a DPoP proof")]
+    DpopBound,
+    /// `Authorization: DPoP` with a token that is not bound to a key.
+    #[error("the token is not DPoP-bound: send it as Authorization: Bearer")]
+    NotDpopBound,
+    /// The DPoP proof of a bound token's request was refused.
+    #[error("{0}")]
+    InvalidDpopProof(super::dpop::ProofRejection),
 }
 
 impl TokenRejection {
@@ -134,6 +156,9 @@ impl TokenRejection {
             TokenRejection::WrongAudience => "wrong_audience",
             TokenRejection::MissingClaim => "missing_claim",
             TokenRejection::Revoked => "revoked",
+            TokenRejection::DpopBound => "dpop_bound",
+            TokenRejection::NotDpopBound => "not_dpop_bound",
+            TokenRejection::InvalidDpopProof(proof) => proof.code(),
         }
     }
 }
@@ -382,13 +407,14 @@ impl Tokens {
         self.key_ring().jwks().clone()
     }
 
-    /// Signs an access token for a user.
+    /// Signs an access token for a user; bound to the DPoP key with thumbprint `jkt` when given.
     pub fn issue(
         &self,
         user: UserId,
         tenant: TenantId,
         role: Role,
         plan: PlanName,
+        jkt: Option<String>,
     ) -> anyhow::Result<IssuedToken> {
         let now = now_s();
         let claims = AccessClaims {
@@ -403,6 +429,7 @@ impl Tokens {
             nbf: now,
             exp: now + self.settings.ttl_s,
             jti: Jti::generate(),
+            cnf: jkt.map(|jkt| Confirmation { jkt }),
         };
         let token = self.sign(&claims)?;
         Ok(IssuedToken { token, claims })

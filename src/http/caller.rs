@@ -136,6 +136,76 @@ impl Caller {
     }
 }
 
+/// How a request presents its access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// `Authorization: Bearer` (RFC 6750).
+    Bearer,
+    /// `Authorization: DPoP` with a `DPoP` proof header (RFC 9449).
+    Dpop,
+}
+
+/// The access token of a request and its scheme, if there is exactly one well-formed one.
+fn access_token(headers: &HeaderMap) -> Result<(Scheme, &str), TokenRejection> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(TokenRejection::Missing)?;
+    if values.next().is_some() {
+        return Err(TokenRejection::Malformed);
+    }
+    let value = value.to_str().map_err(|_| TokenRejection::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenRejection::Malformed)?;
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
+        return Err(TokenRejection::Missing);
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(TokenRejection::Malformed);
+    }
+    Ok((scheme, token))
+}
+
+/// Verifies a user's access token as the request presents it: the token itself, then its binding.
+/// A DPoP-bound token passes only as `Authorization: DPoP` with a fresh proof of its key for this
+/// request; an unbound one only as a bearer token.
+async fn verified_claims(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Arc<AccessClaims>, TokenRejection> {
+    let (scheme, token) = access_token(&parts.headers)?;
+    let claims = state.tokens.verify(token).await?;
+    match (scheme, &claims.cnf) {
+        (Scheme::Bearer, None) => Ok(claims),
+        (Scheme::Bearer, Some(_)) => Err(TokenRejection::DpopBound),
+        (Scheme::Dpop, None) => Err(TokenRejection::NotDpopBound),
+        (Scheme::Dpop, Some(bound)) => {
+            let https = crate::http::dpop::over_https(state, &parts.extensions, &parts.headers);
+            let proof = crate::http::dpop::request_proof(
+                state,
+                &parts.method,
+                parts.uri.path(),
+                &parts.headers,
+                https,
+                Some(token),
+            )
+            .await
+            .map_err(TokenRejection::InvalidDpopProof)?;
+            match proof {
+                Some(jkt) if jkt == bound.jkt => Ok(claims),
+                Some(_) => Err(TokenRejection::InvalidDpopProof(
+                    crate::auth::dpop::ProofRejection::WrongKey,
+                )),
+                None => Err(TokenRejection::InvalidDpopProof(
+                    crate::auth::dpop::ProofRejection::NotOne,
+                )),
+            }
+        }
+    }
+}
+
 /// The bearer token of a request (RFC 6750 2.1), if there is exactly one well-formed one.
 fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenRejection> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
@@ -162,15 +232,11 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let verified = match bearer_token(&parts.headers) {
-            Ok(token) => state.tokens.verify(token).await,
-            Err(reason) => Err(reason),
-        };
-        let claims = match verified {
+        let claims = match verified_claims(parts, state).await {
             Ok(claims) => claims,
             Err(reason) => {
                 crate::metrics::auth_failure(reason.code());
-                tracing::info!(reason = reason.code(), "bearer token refused");
+                tracing::info!(reason = reason.code(), "access token refused");
                 return Err(ApiError::Unauthorized(reason));
             }
         };
@@ -352,5 +418,9 @@ mod tests {
         assert_eq!(bearer_token(&headers), Ok("abc"));
         headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(bearer_token(&headers), Err(TokenRejection::Missing));
+        // A DPoP token is no bearer token: worker routes refuse the scheme.
+        headers.insert(header::AUTHORIZATION, "DPoP abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Err(TokenRejection::Missing));
+        assert_eq!(access_token(&headers), Ok((Scheme::Dpop, "abc")));
     }
 }

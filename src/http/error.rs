@@ -114,6 +114,7 @@ impl ApiError {
             | ApiError::Limited { code, .. }
             | ApiError::Busy { code, .. } => code,
             ApiError::Unauthorized(TokenRejection::Missing) => "missing_token",
+            ApiError::Unauthorized(TokenRejection::InvalidDpopProof(_)) => "invalid_dpop_proof",
             ApiError::Unauthorized(_) => "invalid_token",
             ApiError::NotFound => "not_found",
             ApiError::RateLimited(_) => "rate_limited",
@@ -199,9 +200,23 @@ impl IntoResponse for ApiError {
                 );
             }
             ApiError::Unauthorized(reason) => {
-                let value = format!(
-                    "Bearer realm=\"sonicgw\", error=\"invalid_token\", error_description=\"{reason}\""
-                );
+                // A bound token's refusals challenge with the DPoP scheme (RFC 9449 7.1).
+                let value = match reason {
+                    TokenRejection::InvalidDpopProof(_) => format!(
+                        "DPoP algs=\"{}\", error=\"invalid_dpop_proof\", error_description=\"{reason}\"",
+                        crate::auth::dpop::SUPPORTED_ALGS.join(" ")
+                    ),
+                    TokenRejection::NotDpopBound => format!(
+                        "Bearer realm=\"sonicgw\", error=\"invalid_token\", error_description=\"{reason}\""
+                    ),
+                    TokenRejection::DpopBound => format!(
+                        "DPoP algs=\"{}\", error=\"invalid_token\", error_description=\"{reason}\"",
+                        crate::auth::dpop::SUPPORTED_ALGS.join(" ")
+                    ),
+                    _ => format!(
+                        "Bearer realm=\"sonicgw\", error=\"invalid_token\", error_description=\"{reason}\""
+                    ),
+                };
                 if let Ok(value) = HeaderValue::from_str(&value) {
                     headers.insert(header::WWW_AUTHENTICATE, value);
                 }

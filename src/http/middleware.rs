@@ -264,13 +264,6 @@ mod tests {
             .unwrap();
         let (response, captured) = traced(odd).await;
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-        let body = axum::body::to_bytes(response.into_body(), 4096)
-            .await
-            .unwrap();
-        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        // The problem document says what the status line says.
-        assert_eq!(problem["status"], 405, "{problem}");
-        assert_eq!(problem["code"], "method_not_allowed");
         assert_eq!(captured.event("request")["span"]["method"], "OTHER");
         assert!(!captured.text().contains("XYZZY"), "{}", captured.text());
     }

@@ -2,6 +2,7 @@
 
 pub mod caller;
 pub mod directory;
+pub mod dpop;
 pub mod error;
 pub mod extract;
 pub mod middleware;

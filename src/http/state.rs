@@ -32,6 +32,8 @@ pub struct Services {
     pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
     /// The preview budget (`previews_per_minute` of the caller's plan), apart from the request rate.
     pub preview_limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// DPoP proofs already used (`jti` per key), shared through Redis when configured.
+    pub dpop_replays: Arc<crate::auth::dpop::ReplayGuard>,
     /// Role refusals already audited (per user and route, for a minute).
     pub denials: crate::audit::Repeats,
     /// Cancelled when the process starts shutting down: event streams end, `/readyz` says 503.

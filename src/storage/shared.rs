@@ -21,7 +21,7 @@ pub(super) const TENANT_COLUMNS: &str = "id, name, plan, created_at, updated_at"
 pub(super) const USER_COLUMNS: &str =
     "id, tenant_id, username, password_hash, role, plan, disabled, created_at, updated_at";
 pub(super) const REFRESH_COLUMNS: &str =
-    "token_hash, family_id, user_id, tenant_id, issued_at, expires_at, used_at, revoked_at";
+    "token_hash, family_id, user_id, tenant_id, issued_at, expires_at, used_at, revoked_at, dpop_jkt";
 pub(super) const AUDIT_COLUMNS: &str = "seq, at, request_id, actor_user_id, actor_tenant_id, \
     tenant_id, client_ip, user_agent, action, target, outcome, reason, prev_hash, hash";
 pub(super) const JOB_COLUMNS: &str = "id, tenant_id, user_id, status, stage, progress, engine, \
@@ -139,6 +139,7 @@ pub(super) fn refresh_from_row(row: &impl StoredRow) -> StoreResult<RefreshToken
         expires_at: row.instant("expires_at")?,
         used_at: row.opt_instant("used_at")?,
         revoked_at: row.opt_instant("revoked_at")?,
+        dpop_jkt: row.opt_text("dpop_jkt")?,
     })
 }
 
@@ -538,7 +539,7 @@ mod tests {
         let count = |columns: &str| columns.split(',').count();
         assert_eq!(count(TENANT_COLUMNS), 5);
         assert_eq!(count(USER_COLUMNS), 9);
-        assert_eq!(count(REFRESH_COLUMNS), 8);
+        assert_eq!(count(REFRESH_COLUMNS), 9);
         assert_eq!(count(AUDIT_COLUMNS), 14);
         assert_eq!(count(JOB_COLUMNS), 26);
     }
@@ -591,7 +592,7 @@ mod tests {
             format!(
                 "SELECT 'h' AS token_hash, '{family}' AS family_id, '{user}' AS user_id, \
                  '{tenant}' AS tenant_id, 1 AS issued_at, 2 AS expires_at, NULL AS used_at, \
-                 NULL AS revoked_at"
+                 NULL AS revoked_at, NULL AS dpop_jkt"
             )
         };
         let record = refresh_from_row(&row(&refresh("f1")).await).unwrap();

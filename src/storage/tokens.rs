@@ -17,6 +17,8 @@ pub struct RefreshTokenRecord {
     pub expires_at: UnixMillis,
     pub used_at: Option<UnixMillis>,
     pub revoked_at: Option<UnixMillis>,
+    /// DPoP: the thumbprint of the key this token is bound to (RFC 9449); `None` for a bearer one.
+    pub dpop_jkt: Option<String>,
 }
 
 /// An access token's id with its expiry: what a denylist entry needs.

@@ -10,6 +10,7 @@ mod builtin_e2e;
 mod builtin_render;
 mod cli;
 mod deploy_files;
+mod dpop;
 mod eta;
 mod exposure;
 mod fake_comfyui;

@@ -132,15 +132,32 @@ async fn refresh_tokens_are_used_once(store: &dyn Store) {
         expires_at: UnixMillis::from_millis(i64::MAX / 2),
         used_at: None,
         revoked_at: None,
+        dpop_jkt: None,
     };
     store.insert_refresh_token(&record).await.unwrap();
     store
         .insert_refresh_token(&RefreshTokenRecord {
             token_hash: "h2".into(),
+            dpop_jkt: Some("thumbprint-2".into()),
             ..record.clone()
         })
         .await
         .unwrap();
+    // The key binding reads back as written.
+    assert_eq!(
+        store
+            .refresh_token("h2")
+            .await
+            .unwrap()
+            .unwrap()
+            .dpop_jkt
+            .as_deref(),
+        Some("thumbprint-2")
+    );
+    assert_eq!(
+        store.refresh_token("h1").await.unwrap().unwrap().dpop_jkt,
+        None
+    );
     assert!(store
         .mark_refresh_token_used("h1", UnixMillis::from_millis(20))
         .await

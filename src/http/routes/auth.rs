@@ -19,7 +19,7 @@ use crate::http::state::AppState;
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
-    /// Always `Bearer`.
+    /// `Bearer`, or `DPoP` when the request carried a DPoP proof (the tokens are then bound to its key).
     pub token_type: &'static str,
     /// Seconds until the access token expires.
     pub expires_in: i64,
@@ -105,7 +105,7 @@ pub(super) fn grant_response(result: Result<TokenPair, GrantError>) -> Response 
         Ok(pair) => no_store(
             Json(TokenResponse {
                 access_token: pair.access_token,
-                token_type: "Bearer",
+                token_type: if pair.dpop_bound { "DPoP" } else { "Bearer" },
                 expires_in: pair.expires_in,
                 refresh_token: pair.refresh_token,
                 scope: pair.scope,
@@ -123,6 +123,11 @@ pub(super) fn grant_response(result: Result<TokenPair, GrantError>) -> Response 
             oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
         }
         Err(GrantError::Throttled(retry_after)) => throttled(retry_after),
+        Err(GrantError::DpopKeyMismatch) => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_dpop_proof",
+            "this refresh token is bound to a DPoP key: send a DPoP proof signed by that key",
+        ),
         Err(GrantError::Internal(err)) => ApiError::Internal(err).into_response(),
     }
 }
@@ -290,16 +295,22 @@ async fn token_grant(
     request: Request,
 ) -> Result<Response, OAuthFailure> {
     let basic = basic_credentials(request.headers())?;
+    let dpop_jkt = token_request_proof(state, proof_context(state, &request)).await?;
     let params = read_form(request).await?;
     let context = client.audit_context();
     let result = match params.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {
-            return client_credentials_grant(state, client, basic, &params).await
+            if dpop_jkt.is_some() {
+                return Err(invalid_request(
+                    "worker tokens are not DPoP-bound; send client_credentials without a DPoP header",
+                ));
+            }
+            return client_credentials_grant(state, client, basic, &params).await;
         }
-        Some("password") => password_grant(state, client, &params).await?,
+        Some("password") => password_grant(state, client, &params, dpop_jkt).await?,
         Some("refresh_token") => {
             let token = required(&params, "refresh_token")?;
-            state.sessions.refresh_grant(&context, token).await
+            state.sessions.refresh_grant(&context, token, dpop_jkt).await
         }
         Some(other) => {
             return Err(oauth_failure(
@@ -311,6 +322,42 @@ async fn token_grant(
         None => return Err(invalid_request("missing parameter grant_type")),
     };
     Ok(grant_response(result))
+}
+
+/// What a token request's DPoP proof is checked against, taken from the request before it is read:
+/// its method, path, headers and whether it came over HTTPS; `None` when it has no `DPoP` header.
+type ProofContext = (axum::http::Method, String, axum::http::HeaderMap, bool);
+
+fn proof_context(state: &AppState, request: &Request) -> Option<ProofContext> {
+    request.headers().contains_key("dpop").then(|| {
+        (
+            request.method().clone(),
+            request.uri().path().to_owned(),
+            request.headers().clone(),
+            crate::http::dpop::over_https(state, request.extensions(), request.headers()),
+        )
+    })
+}
+
+/// The DPoP proof of a token request, if any (RFC 9449 5): checked against this request and recorded,
+/// the thumbprint of its key; a bad proof is `400 invalid_dpop_proof`.
+async fn token_request_proof(
+    state: &AppState,
+    context: Option<ProofContext>,
+) -> Result<Option<String>, OAuthFailure> {
+    let Some((method, path, headers, https)) = context else {
+        return Ok(None);
+    };
+    crate::http::dpop::request_proof(state, &method, &path, &headers, https, None)
+        .await
+        .map_err(|refused| {
+            crate::metrics::auth_failure(refused.code());
+            oauth_failure(
+                StatusCode::BAD_REQUEST,
+                "invalid_dpop_proof",
+                refused.to_string(),
+            )
+        })
 }
 
 /// The password grant at the URL that FastAPI-style OAuth2 password clients post to
@@ -339,6 +386,7 @@ async fn login_grant(
     client: &ClientInfo,
     request: Request,
 ) -> Result<Response, OAuthFailure> {
+    let dpop_jkt = token_request_proof(state, proof_context(state, &request)).await?;
     let params = read_form(request).await?;
     if params.get("grant_type").is_some_and(|g| g != "password") {
         return Err(oauth_failure(
@@ -348,7 +396,7 @@ async fn login_grant(
         ));
     }
     Ok(grant_response(
-        password_grant(state, client, &params).await?,
+        password_grant(state, client, &params, dpop_jkt).await?,
     ))
 }
 
@@ -357,6 +405,7 @@ pub(super) async fn password_grant(
     state: &AppState,
     client: &ClientInfo,
     params: &HashMap<String, String>,
+    dpop_jkt: Option<String>,
 ) -> Result<Result<TokenPair, GrantError>, OAuthFailure> {
     let username = required(params, "username")?;
     let password = required(params, "password")?;
@@ -366,7 +415,13 @@ pub(super) async fn password_grant(
         .filter(|t| !t.is_empty());
     Ok(state
         .sessions
-        .password_grant(&client.audit_context(), username, password, tenant)
+        .password_grant(
+            &client.audit_context(),
+            username,
+            password,
+            tenant,
+            dpop_jkt,
+        )
         .await)
 }
 

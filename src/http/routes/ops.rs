@@ -91,6 +91,7 @@ pub async fn oauth_metadata(State(state): State<AppState>) -> Json<serde_json::V
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "token_endpoint_auth_signing_alg_values_supported": [state.tokens.settings().alg.as_str()],
+        "dpop_signing_alg_values_supported": crate::auth::dpop::SUPPORTED_ALGS,
     }))
 }
 

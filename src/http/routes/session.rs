@@ -4,9 +4,7 @@
 //! Every route here checks that `Origin` is this server's own, so another site cannot make a browser
 //! use the cookie. API clients keep using `/v1/auth/token` with the refresh token in the body.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -38,19 +36,7 @@ pub struct SessionResponse {
 
 /// Whether the client reached us over HTTPS: our own TLS, or a trusted proxy saying so.
 fn over_https(state: &AppState, request: &Request) -> bool {
-    if state.config.tls_enabled() {
-        return true;
-    }
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    peer.is_some_and(|ip| state.config.trusted_proxies.contains(&ip))
-        && request
-            .headers()
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+    crate::http::dpop::over_https(state, request.extensions(), request.headers())
 }
 
 /// `scheme://host[:port]` of a URL, lower-cased, without a default port.
@@ -175,7 +161,8 @@ pub async fn sign_in(
                 "this endpoint only takes the password grant",
             ));
         }
-        password_grant(&state, &client, &params).await
+        // The web app's sign-in is never DPoP-bound: its refresh token is the HttpOnly cookie.
+        password_grant(&state, &client, &params, None).await
     }
     .await;
     match result {
@@ -216,7 +203,7 @@ pub async fn refresh(
     };
     match state
         .sessions
-        .refresh_grant(&client.audit_context(), &token)
+        .refresh_grant(&client.audit_context(), &token, None)
         .await
     {
         Ok(pair) => session_response(&state, pair, https),

@@ -17,7 +17,7 @@ impl TokenStore for SqliteStore {
     async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> StoreResult<()> {
         let sql = format!(
             "INSERT INTO refresh_tokens ({REFRESH_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         );
         sqlx::query(&sql)
             .bind(&token.token_hash)
@@ -28,6 +28,7 @@ impl TokenStore for SqliteStore {
             .bind(token.expires_at)
             .bind(token.used_at)
             .bind(token.revoked_at)
+            .bind(token.dpop_jkt.as_deref())
             .execute(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)?;
