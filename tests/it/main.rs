@@ -15,6 +15,7 @@ mod exposure;
 mod fake_comfyui;
 mod gpu_pool;
 mod hostile_media;
+mod job_bus;
 mod labels;
 mod migrations;
 mod object_storage;
