@@ -9,6 +9,7 @@ mod audit;
 mod builtin_e2e;
 mod builtin_render;
 mod cli;
+mod cluster;
 mod deploy_files;
 mod eta;
 mod exposure;
