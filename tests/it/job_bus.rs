@@ -23,11 +23,11 @@ enum Bus {
     Postgres,
 }
 
-/// Replica A (API, no workers) and replica B (one worker), on one database and one blob directory.
+/// Replica A (API, no workers) and replica B (runs jobs), on one database and one blob directory.
 struct Pair {
     a: TestServer,
-    /// Runs the jobs; held so that it keeps running.
-    _b: TestServer,
+    /// Runs the jobs (in-process workers, or leases to remote workers).
+    b: TestServer,
     admin: Session,
     /// The Redis key prefix of this test (with `Bus::Redis`).
     prefix: String,
@@ -39,6 +39,11 @@ impl Pair {
     /// `job_ms`: how long B's simulated engine takes per job. `proxied`: B reaches Redis through a
     /// proxy the test can cut.
     async fn start(bus: Bus, job_ms: u64, proxied: bool) -> Self {
+        Self::start_with(bus, job_ms, proxied, 1).await
+    }
+
+    /// `start`, with `b_workers` in-process workers on B (0: B only serves remote workers).
+    async fn start_with(bus: Bus, job_ms: u64, proxied: bool, b_workers: usize) -> Self {
         let prefix = format!("sonicgw-test-{}", uuid::Uuid::new_v4().simple());
         let redis_proxy = match (bus, proxied) {
             (Bus::Redis, true) => Some(TcpProxy::start(&redis_url()).await),
@@ -69,7 +74,7 @@ impl Pair {
         };
         let b = TestServer::start_with(Backend::Sqlite, |c| {
             common(c);
-            c.workers = 1;
+            c.workers = b_workers;
             c.database_url = database_url;
             c.storage_url = blobs;
             if let Bus::Redis = bus {
@@ -81,7 +86,7 @@ impl Pair {
         let admin = a.admin().await;
         Self {
             a,
-            _b: b,
+            b,
             admin,
             prefix,
             redis_proxy,
@@ -385,4 +390,64 @@ async fn submission_still_runs_promptly(pair: &Pair) {
         "{statuses:?}"
     );
     assert!(ended < Duration::from_secs(POLL_S / 4), "{ended:?}");
+}
+
+/// A remote worker long-polling B for a lease gets a job submitted on A at once, not at B's poll.
+async fn a_lease_waiting_on_b_gets_a_job_submitted_on_a(bus: Bus) {
+    let pair = Pair::start_with(bus, 300, false, 0).await;
+    let created = pair
+        .b
+        .state()
+        .workers
+        .create(&sonicgw::audit::AuditContext::cli(), "w1")
+        .await
+        .unwrap();
+    let token: Value = pair
+        .b
+        .client
+        .post(pair.b.url("/v1/auth/token"))
+        .basic_auth(&created.account.client_id, Some(&created.client_secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    let lease = pair
+        .b
+        .client
+        .post(pair.b.url("/v1/worker/lease"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "engines": ["simulated"], "wait_s": 25 }))
+        .send();
+    let submit = async {
+        let id = pair.submit().await;
+        (id, Instant::now())
+    };
+    let (leased, (id, submitted)) = tokio::join!(lease, submit);
+    let leased = leased.unwrap();
+    let waited = submitted.elapsed();
+    assert_eq!(
+        leased.status(),
+        StatusCode::OK,
+        "{bus:?}: no job after {waited:?}"
+    );
+    let leased: Value = leased.json().await.unwrap();
+    assert_eq!(leased["job"]["id"], id.as_str());
+    assert!(
+        waited < Duration::from_secs(2),
+        "{bus:?}: leased {waited:?} after the submission"
+    );
+}
+
+#[tokio::test]
+async fn redis_bus_serves_a_remote_workers_lease_on_another_replica() {
+    a_lease_waiting_on_b_gets_a_job_submitted_on_a(Bus::Redis).await;
+}
+
+#[tokio::test]
+async fn postgres_bus_serves_a_remote_workers_lease_on_another_replica() {
+    a_lease_waiting_on_b_gets_a_job_submitted_on_a(Bus::Postgres).await;
 }
