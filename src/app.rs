@@ -212,6 +212,8 @@ pub struct RunningServer {
 /// The least time background work gets at shutdown, even when requests used up the grace period:
 /// enough for workers to hand their jobs back.
 const BACKGROUND_MIN_GRACE: Duration = Duration::from_secs(2);
+/// How long a stopping server waits for its last job events to reach the bus.
+const EVENTS_FLUSH_GRACE: Duration = Duration::from_secs(1);
 
 impl RunningServer {
     /// Shuts down gracefully: stops accepting connections and ends event streams (their clients
@@ -237,6 +239,8 @@ impl RunningServer {
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         Self::drain(self.background, left.max(BACKGROUND_MIN_GRACE)).await;
+        // The jobs handed back are announced to the other processes before this one exits.
+        self.state.videos.events.flush(EVENTS_FLUSH_GRACE).await;
         served
     }
 
@@ -369,6 +373,7 @@ pub async fn start_with_options(
     }
     crate::videos::worker::spawn_lease_reaper(Arc::clone(&videos), shutdown.subscribe());
     crate::videos::sweeper::spawn_sweeper(Arc::clone(&videos), shutdown.subscribe());
+    crate::videos::outbox::spawn_webhook_drainer(Arc::clone(&videos), shutdown.subscribe());
 
     let state = AppState::new(Services {
         issuer,
@@ -609,7 +614,12 @@ async fn video_service(
         auditor: core.accounts.auditor.clone(),
         signer: crate::videos::delivery::UrlSigner::new(url_signing_secret(config)?),
         faces: crate::media::face::FaceDetector::new().map_err(|e| anyhow::anyhow!("{e}"))?,
-        events: crate::videos::JobEvents::new(),
+        events: match crate::videos::bus::BusKind::of(config) {
+            Some(bus) => crate::videos::JobEvents::with_bus(bus)
+                .await
+                .context("starting the job event bus")?,
+            None => crate::videos::JobEvents::new(),
+        },
         admission: crate::videos::admission::IntakeGate::for_this_machine(),
         download_audit: crate::audit::Repeats::new(20_000, Duration::from_secs(3600)),
         tasks: tokio_util::task::TaskTracker::new(),
@@ -625,6 +635,7 @@ async fn video_service(
             max_audio_bytes: config.max_audio_bytes,
             lease: Duration::from_secs(config.job_lease_s),
             max_attempts: config.job_max_attempts,
+            poll: Duration::from_secs(config.job_poll_s),
             link_ttl_s: config.link_ttl_s,
             delivery: config.delivery()?,
             public_base_url: config.public_base_url(),
@@ -645,6 +656,7 @@ async fn video_service(
             producer_id: config.aigc_producer_id.clone(),
             timeout: Duration::from_secs(config.engine_timeout_s),
         })?,
+        webhooks: Default::default(),
     })
 }
 

@@ -85,6 +85,9 @@ pub struct Config {
     pub job_lease_s: u64,
     /// Runs of a job before it fails with `worker_lost`.
     pub job_max_attempts: i64,
+    /// Seconds between looks at the database for job changes no event announced (idle workers,
+    /// lease requests, event streams): other processes' changes without a bus, or while it is down.
+    pub job_poll_s: u64,
     /// Lifetime of signed download links.
     pub link_ttl_s: i64,
     /// `file://<dir>` or `s3://bucket/prefix`; empty means `file://<data_dir>/blobs`.
@@ -197,6 +200,7 @@ impl Default for Config {
             max_image_side: 4096,
             max_audio_bytes: 50 * 1024 * 1024,
             job_lease_s: 30,
+            job_poll_s: 5,
             job_max_attempts: 3,
             link_ttl_s: 3600,
             storage_url: String::new(),
@@ -266,6 +270,7 @@ impl fmt::Debug for Config {
             max_image_side,
             max_audio_bytes,
             job_lease_s,
+            job_poll_s,
             job_max_attempts,
             link_ttl_s,
             storage_url,
@@ -330,6 +335,7 @@ impl fmt::Debug for Config {
             .field("max_image_side", max_image_side)
             .field("max_audio_bytes", max_audio_bytes)
             .field("job_lease_s", job_lease_s)
+            .field("job_poll_s", job_poll_s)
             .field("job_max_attempts", job_max_attempts)
             .field("link_ttl_s", link_ttl_s)
             .field("storage_url", storage_url)
@@ -467,6 +473,7 @@ const ENV_KEYS: &[&str] = &[
     "max_image_side",
     "max_audio_bytes",
     "job_lease_s",
+    "job_poll_s",
     "job_max_attempts",
     "link_ttl_s",
     "storage_url",
@@ -546,6 +553,9 @@ impl Config {
         }
         if self.job_lease_s < 3 || self.job_max_attempts < 1 {
             bail!("job_lease_s must be at least 3 and job_max_attempts at least 1");
+        }
+        if !(1..=3600).contains(&self.job_poll_s) {
+            bail!("job_poll_s must be between 1 and 3600");
         }
         if !(1..=3600).contains(&self.shutdown_grace_s) {
             bail!("shutdown_grace_s must be between 1 and 3600");

@@ -1,5 +1,5 @@
 //! Persistence: per-concern store traits (`TenantStore`, `UserStore`, `TokenStore`, `AuditStore`,
-//! `WebhookSecretStore`, `JobStore`, `EstimateStore`, `WorkerAccountStore`, `LabelStore`) composed into `Store`, with a SQLite backend (the embedded default)
+//! `WebhookSecretStore`, `WebhookOutbox`, `JobStore`, `EstimateStore`, `WorkerAccountStore`, `LabelStore`) composed into `Store`, with a SQLite backend (the embedded default)
 //! and a PostgreSQL backend, chosen by the scheme of `database_url`. Each backend is its own module with
 //! its own SQL and its own migrations, applied on connect; `shared` holds what they have in common.
 
@@ -32,7 +32,7 @@ pub use labels::LabelStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use tokens::{RefreshTokenRecord, RevokedToken, TokenId, TokenStore};
-pub use webhooks::WebhookSecretStore;
+pub use webhooks::{QueuedWebhook, WebhookOutbox, WebhookSecretStore};
 pub use workers::{Presence, PresenceLimits, WorkerAccount, WorkerAccountStore};
 
 /// Failures of the storage layer.
@@ -150,6 +150,7 @@ pub trait Store:
     + TokenStore
     + AuditStore
     + WebhookSecretStore
+    + WebhookOutbox
     + JobStore
     + EstimateStore
     + WorkerAccountStore
@@ -165,6 +166,7 @@ impl<S> Store for S where
         + TokenStore
         + AuditStore
         + WebhookSecretStore
+        + WebhookOutbox
         + JobStore
         + EstimateStore
         + WorkerAccountStore

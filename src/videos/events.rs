@@ -1,6 +1,9 @@
-//! Change notifications for jobs within this process: workers and handlers publish a job id when it
-//! changes; followers of a job (Server-Sent Events) and idle workers wake on them. Other processes'
-//! changes are picked up by a slow poll, so this is an accelerator, not the source of truth.
+//! Change notifications for jobs: workers and handlers publish a job id when it changes;
+//! followers of a job (Server-Sent Events) and idle workers wake on them. With a bus
+//! (`videos::bus`: Redis pub/sub, or PostgreSQL LISTEN/NOTIFY) every process sharing the database
+//! hears them; without one (the embedded default) only this process does. Either way this is an
+//! accelerator, not the source of truth: followers and idle workers also re-read the database every
+//! `job_poll_s`, which covers other processes without a bus and messages lost while a bus is down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,59 +11,134 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::sync::broadcast;
 
+use super::bus::{Event, Publisher};
 use super::jobs::Audience;
 use super::view::JobView;
 use super::VideoService;
 use crate::domain::{JobId, JobStatus};
 use crate::storage::jobs::{JobRecord, JobScope};
 
-/// Fan-out of "this job changed" and "a job was queued".
-#[derive(Clone)]
-pub struct JobEvents {
-    changed: broadcast::Sender<JobId>,
-    /// A running job was cancelled or deleted here: its worker stops now, not at its next heartbeat.
-    stopped: broadcast::Sender<JobId>,
-    queued: std::sync::Arc<tokio::sync::Notify>,
+/// What this process's listeners hear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// This job changed (or, on the stopped channel, was stopped).
+    Job(JobId),
+    /// Messages from other processes may have been missed (the bus reconnected): re-read.
+    Missed,
 }
 
-impl JobEvents {
-    pub fn new() -> Self {
+/// This process's listeners: what the bus delivers to, and what local changes reach directly.
+pub struct Listeners {
+    changed: broadcast::Sender<Notice>,
+    stopped: broadcast::Sender<Notice>,
+    queued: Arc<tokio::sync::Notify>,
+}
+
+impl Listeners {
+    fn new() -> Self {
         let (changed, _) = broadcast::channel(1024);
         let (stopped, _) = broadcast::channel(256);
         Self {
             changed,
             stopped,
-            queued: std::sync::Arc::new(tokio::sync::Notify::new()),
+            queued: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Delivers `event` to this process's listeners.
+    pub fn apply(&self, event: Event) {
+        match event {
+            Event::Changed(job) => {
+                let _ = self.changed.send(Notice::Job(job));
+            }
+            Event::Stopped(job) => {
+                let _ = self.stopped.send(Notice::Job(job));
+            }
+            // Every idle worker wakes (they serve different engines; the first to claim takes the job).
+            Event::Queued => self.queued.notify_waiters(),
+        }
+    }
+
+    /// Tells every listener that changes may have been missed: followers re-read their job,
+    /// running jobs check their lease, idle workers look for work.
+    pub fn missed(&self) {
+        let _ = self.changed.send(Notice::Missed);
+        let _ = self.stopped.send(Notice::Missed);
+        self.queued.notify_waiters();
+    }
+}
+
+/// Fan-out of "this job changed", "this job was stopped" and "a job was queued", to this process
+/// and, through the bus when there is one, to every other.
+#[derive(Clone)]
+pub struct JobEvents {
+    listeners: Arc<Listeners>,
+    bus: Option<Publisher>,
+}
+
+impl JobEvents {
+    /// Events that stay in this process (the embedded default: one process).
+    pub fn new() -> Self {
+        Self {
+            listeners: Arc::new(Listeners::new()),
+            bus: None,
+        }
+    }
+
+    /// Events shared with every process on `bus` (see `videos::bus::start`).
+    pub async fn with_bus(bus: super::bus::BusKind) -> anyhow::Result<Self> {
+        let listeners = Arc::new(Listeners::new());
+        let bus = super::bus::start(bus, Arc::clone(&listeners)).await?;
+        Ok(Self {
+            listeners,
+            bus: Some(bus),
+        })
+    }
+
+    fn emit(&self, event: Event) {
+        self.listeners.apply(event);
+        if let Some(bus) = &self.bus {
+            bus.publish(event);
         }
     }
 
     pub fn changed(&self, job: JobId) {
-        let _ = self.changed.send(job);
+        self.emit(Event::Changed(job));
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<JobId> {
-        self.changed.subscribe()
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.listeners.changed.subscribe()
     }
 
+    /// A running job was cancelled or deleted: its worker, in whichever process, stops now rather
+    /// than at its next heartbeat.
     pub fn stopped(&self, job: JobId) {
-        let _ = self.stopped.send(job);
+        self.emit(Event::Stopped(job));
     }
 
-    pub fn subscribe_stopped(&self) -> broadcast::Receiver<JobId> {
-        self.stopped.subscribe()
+    pub fn subscribe_stopped(&self) -> broadcast::Receiver<Notice> {
+        self.listeners.stopped.subscribe()
     }
 
-    /// Wakes every idle worker (they serve different engines; the first to claim takes the job).
+    /// Wakes every idle worker and waiting lease request, here and in other processes.
     pub fn queued(&self) {
-        self.queued.notify_waiters();
+        self.emit(Event::Queued);
     }
 
     /// A wake-up for the next `queued`: create it before looking for work, so a job queued in
     /// between is not missed.
     pub fn next_queued(&self) -> std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>> {
-        let mut notified = Box::pin(Arc::clone(&self.queued).notified_owned());
+        let mut notified = Box::pin(Arc::clone(&self.listeners.queued).notified_owned());
         notified.as_mut().enable();
         notified
+    }
+
+    /// Waits, at most `within`, until what was published so far has left for the bus (at
+    /// shutdown: the jobs handed back are announced before the process exits).
+    pub async fn flush(&self, within: Duration) {
+        if let Some(bus) = &self.bus {
+            bus.flush(within).await;
+        }
     }
 }
 
@@ -70,9 +148,6 @@ impl Default for JobEvents {
     }
 }
 
-/// How often a follower re-reads its job when nothing in this process said it changed (changes made
-/// by other processes sharing the database). In-process changes arrive at once through the bus.
-const FOLLOW_FALLBACK_POLL: Duration = Duration::from_secs(15);
 /// How often a follower checks that its credential still holds (an in-memory lookup).
 const FOLLOW_REVOCATION_CHECK: Duration = Duration::from_secs(2);
 
@@ -117,8 +192,7 @@ pub struct FollowerCredential {
 
 impl VideoService {
     /// The job's changes as they happen, until it ends, is deleted, or the credential expires or is
-    /// revoked. Wakes on this process's event bus; re-reads the job at most every
-    /// `FOLLOW_FALLBACK_POLL` (15 s) otherwise.
+    /// revoked. Wakes on the job's events; re-reads the job every `job_poll_s` otherwise.
     pub fn follow(
         self: Arc<Self>,
         scope: JobScope,
@@ -127,6 +201,7 @@ impl VideoService {
         credential: FollowerCredential,
     ) -> impl Stream<Item = FollowEvent> {
         let mut changes = self.events.subscribe();
+        let poll = self.settings.poll;
         async_stream::stream! {
             let mut revocation_check = tokio::time::interval(FOLLOW_REVOCATION_CHECK);
             let mut last: Option<(JobStatus, String, String, Option<i64>)> = None;
@@ -155,7 +230,7 @@ impl VideoService {
                 }
                 let ended = tokio::select! {
                     () = wait_for_change(&mut changes, job.id) => None,
-                    () = tokio::time::sleep(FOLLOW_FALLBACK_POLL) => None,
+                    () = tokio::time::sleep(poll) => None,
                     () = tokio::time::sleep_until(credential.expires_at) => Some(EndReason::TokenExpired),
                     () = async {
                         loop {
@@ -176,12 +251,13 @@ impl VideoService {
     }
 }
 
-/// Returns when this process reports a change of `job` (or when changes were missed).
-async fn wait_for_change(changes: &mut broadcast::Receiver<JobId>, job: JobId) {
+/// Returns when a change of `job` is reported (or when changes may have been missed).
+async fn wait_for_change(changes: &mut broadcast::Receiver<Notice>, job: JobId) {
     use broadcast::error::RecvError;
     loop {
         match changes.recv().await {
-            Ok(changed) if changed == job => return,
+            Ok(Notice::Job(changed)) if changed == job => return,
+            Ok(Notice::Missed) => return,
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => return,
             Err(RecvError::Closed) => std::future::pending::<()>().await,

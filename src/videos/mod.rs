@@ -2,11 +2,13 @@
 //! engine, store the MP4), and the views and events the API serves.
 
 pub mod admission;
+pub mod bus;
 pub mod delivery;
 pub mod eta;
 pub mod events;
 pub mod intake;
 pub mod jobs;
+pub mod outbox;
 mod output;
 pub mod presence;
 pub mod preview;
@@ -42,6 +44,9 @@ pub struct VideoSettings {
     pub max_audio_bytes: u64,
     pub lease: Duration,
     pub max_attempts: i64,
+    /// How often idle workers, lease requests and event streams look at the database for changes
+    /// no event announced (`job_poll_s`).
+    pub poll: Duration,
     pub link_ttl_s: i64,
     /// How finished videos are handed out: our signed links, or S3 presigned URLs.
     pub delivery: Delivery,
@@ -88,6 +93,8 @@ pub struct VideoService {
     pub result_uploads: remote::ResultUploads,
     /// Labels every video before it is stored.
     pub labeller: crate::provenance::Labeller,
+    /// Delivers the webhook outbox's due messages.
+    pub webhooks: outbox::WebhookDrainer,
 }
 
 /// Where a job's files live in the blob store.

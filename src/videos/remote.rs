@@ -96,9 +96,8 @@ impl VideoService {
             if now >= deadline {
                 return Ok(None);
             }
-            // Woken by a job queued in this process; other processes' jobs are polled for.
-            let _ =
-                tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), queued).await;
+            // Woken by a job queued in any process the bus reaches; else polled for.
+            let _ = tokio::time::timeout((deadline - now).min(self.settings.poll), queued).await;
         }
     }
 

@@ -18,7 +18,7 @@ use crate::domain::TenantId;
 use crate::storage::Store;
 
 /// Delays before each retry; the first attempt is immediate.
-const RETRY_DELAYS: [Duration; 3] = [
+pub const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_secs(2),
     Duration::from_secs(10),
     Duration::from_secs(30),
@@ -164,49 +164,57 @@ pub async fn resolve_target(
     Ok((parsed, first))
 }
 
-/// Delivers `body` to `url` with retries; logs the outcome. The span names the tenant and the message;
-/// each attempt's span adds its number and the receiver's host. Never the URL's path or query (a
-/// receiver's own token often travels there), the secret, the signature or the body.
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered,
+    /// Failed; `retry`: another attempt could succeed (a network error, 5xx, 429).
+    Failed {
+        retry: bool,
+    },
+}
+
+/// One attempt to deliver a queued webhook; logs the outcome. The span names the tenant and the
+/// message; the attempt's span adds its number and the receiver's host. Never the URL's path or
+/// query (a receiver's own token often travels there), the secret, the signature or the body.
 #[tracing::instrument(
     name = "webhook.deliver",
     skip_all,
-    fields(tenant_id = %tenant, message_id = %message_id)
+    fields(tenant_id = %webhook.tenant_id, message_id = %webhook.message_id)
 )]
-pub async fn deliver(
+pub async fn deliver_once(
     store: &dyn Store,
-    tenant: TenantId,
-    url: &str,
-    message_id: &str,
-    body: String,
+    webhook: &crate::storage::QueuedWebhook,
     allow_private: bool,
-) {
-    let secret = match tenant_secret(store, tenant).await {
+) -> Attempt {
+    let secret = match tenant_secret(store, webhook.tenant_id).await {
         Ok(secret) => secret,
         Err(err) => {
-            tracing::error!(error = %err, "no webhook secret; delivery skipped");
-            return;
+            tracing::error!(error = %err, "no webhook secret; attempt skipped");
+            return Attempt::Failed { retry: true };
         }
     };
-    for attempt in 0..=RETRY_DELAYS.len() {
-        if attempt > 0 {
-            tokio::time::sleep(RETRY_DELAYS[attempt - 1]).await;
+    let attempt = webhook.attempts;
+    let message_id = webhook.message_id.as_str();
+    let span = tracing::info_span!("webhook.attempt", attempt, host = tracing::field::Empty);
+    let sent = send_once(
+        &secret,
+        &webhook.url,
+        message_id,
+        &webhook.body,
+        allow_private,
+    )
+    .instrument(span.clone())
+    .await;
+    let _in_span = span.enter();
+    match sent {
+        Ok(()) => {
+            tracing::info!(message_id, attempt, "webhook delivered");
+            Attempt::Delivered
         }
-        let span = tracing::info_span!("webhook.attempt", attempt, host = tracing::field::Empty);
-        let sent = send_once(&secret, url, message_id, &body, allow_private)
-            .instrument(span.clone())
-            .await;
-        let _in_span = span.enter();
-        match sent {
-            Ok(()) => {
-                tracing::info!(message_id, attempt, "webhook delivered");
-                return;
-            }
-            Err((err, retry)) => {
-                tracing::warn!(message_id, attempt, error = %err, "webhook delivery failed");
-                if !retry {
-                    return;
-                }
-            }
+        Err((err, retry)) => {
+            tracing::warn!(message_id, attempt, error = %err, "webhook delivery failed");
+            Attempt::Failed { retry }
         }
     }
 }

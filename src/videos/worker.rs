@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{field, field::Empty, Instrument, Span};
 
+use super::events::Notice;
 use super::view::{JobInput, OutputPlan};
 use super::{input_key, result_key, VideoService};
 use crate::audit::{AuditAction, AuditContext, AuditEvent, Outcome};
@@ -102,9 +103,9 @@ impl VideoService {
                 }
                 Ok(None) => {
                     drop(slot);
-                    // Idle: wake on a new job in this process, or poll for other processes' jobs.
+                    // Idle: wake on a job queued in any process the bus reaches, else poll.
                     tokio::select! {
-                        _ = tokio::time::timeout(Duration::from_secs(1), queued) => {}
+                        _ = tokio::time::timeout(self.settings.poll, queued) => {}
                         _ = stop.wait_for(|stop| *stop) => return,
                     }
                 }
@@ -343,12 +344,14 @@ impl VideoService {
         let mut stopped = self.events.subscribe_stopped();
         tick.tick().await;
         loop {
-            // A cancel or delete in this process is checked at once; others' at the heartbeat.
+            // A cancel or delete announced on the bus (or in this process) is checked at once;
+            // others' at the heartbeat.
             tokio::select! {
                 _ = tick.tick() => {}
                 stop = stopped.recv() => match stop {
-                    Ok(id) if id == job.id => {}
-                    Ok(_) => continue,
+                    Ok(Notice::Job(id)) if id == job.id => {}
+                    Ok(Notice::Missed) => {}
+                    Ok(Notice::Job(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                         stopped = self.events.subscribe_stopped();
@@ -517,22 +520,21 @@ impl VideoService {
                     return;
                 }
             };
-            let store = Arc::clone(&self.store);
-            let (tenant, message_id) = (job.tenant_id, format!("msg_{}_{}", job.id, job.status));
-            let allow_private = self.settings.webhook_allow_private;
-            // Its own span, not a child of this one: a child would hold the job's run (or the cancelling
-            // request) open for the whole retry schedule. The message id names the job.
-            self.tasks.spawn(async move {
-                super::webhook::deliver(
-                    store.as_ref(),
-                    tenant,
-                    &url,
-                    &message_id,
-                    body,
-                    allow_private,
-                )
-                .await;
-            });
+            let webhook = crate::storage::QueuedWebhook {
+                message_id: format!("msg_{}_{}", job.id, job.status),
+                tenant_id: job.tenant_id,
+                url,
+                body,
+                attempts: 0,
+            };
+            // Queued, not sent from here: whichever process drains the outbox delivers it, also
+            // when this one dies before it could (`videos::outbox`).
+            match self.store.queue_webhook(&webhook, now_ms()).await {
+                Ok(_) => self.webhooks.wake(),
+                Err(err) => {
+                    tracing::error!(job = %job.id, error = %err, "queueing the webhook failed")
+                }
+            }
         }
     }
 }

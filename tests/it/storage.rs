@@ -2,8 +2,8 @@
 
 use sonicgw::domain::{FamilyId, Jti, PlanName, Role, TenantId, TenantName, UserId, Username};
 use sonicgw::storage::{
-    connect, NewAuditRecord, RefreshTokenRecord, RevokedToken, Store, StoreError, TenantRecord,
-    TenantScope, TenantUpdate, TokenId, UserRecord,
+    connect, NewAuditRecord, QueuedWebhook, RefreshTokenRecord, RevokedToken, Store, StoreError,
+    TenantRecord, TenantScope, TenantUpdate, TokenId, UserRecord,
 };
 use sonicgw::time::UnixMillis;
 
@@ -260,6 +260,84 @@ async fn audit_appends_chain_under_concurrency(store: std::sync::Arc<dyn Store>)
     let report = sonicgw::audit::verify_chain(store.as_ref()).await.unwrap();
     assert!(report.valid, "{report:?}");
     assert_eq!(report.records, 40);
+}
+
+/// The webhook outbox: queued once per message, taken by one process at a time, held while it is
+/// attempted, due again when rescheduled or when its holder's hold ends, gone when removed.
+async fn webhook_outbox_hands_each_delivery_to_one_taker(store: &dyn Store) {
+    let at = UnixMillis::from_millis;
+    let webhook = QueuedWebhook {
+        message_id: "msg_1_succeeded".into(),
+        tenant_id: TenantId::generate(),
+        url: "https://hooks.example/a".into(),
+        body: "{}".into(),
+        attempts: 0,
+    };
+    assert!(store.queue_webhook(&webhook, at(1_000)).await.unwrap());
+    assert!(
+        !store.queue_webhook(&webhook, at(1_001)).await.unwrap(),
+        "queued once per message"
+    );
+    assert!(store
+        .claim_webhooks(at(999), at(60_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let taken = store
+        .claim_webhooks(at(1_000), at(61_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(taken, vec![webhook.clone()]);
+    assert!(
+        store
+            .claim_webhooks(at(2_000), at(62_000), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held by its taker"
+    );
+    // The taker died: due again when its hold ends, as the second attempt.
+    let retaken = store
+        .claim_webhooks(at(61_000), at(121_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(retaken.len(), 1);
+    assert_eq!(retaken[0].attempts, 1);
+    store
+        .retry_webhook(&webhook.message_id, at(70_000))
+        .await
+        .unwrap();
+    assert!(store
+        .claim_webhooks(at(69_999), at(130_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let third = store
+        .claim_webhooks(at(70_000), at(130_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(third[0].attempts, 2);
+    store.remove_webhook(&webhook.message_id).await.unwrap();
+    assert!(store
+        .claim_webhooks(at(999_999), at(1_999_999), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn storage_webhook_outbox_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = connect(&format!("sqlite://{}/s.db", dir.path().display()))
+        .await
+        .unwrap();
+    webhook_outbox_hands_each_delivery_to_one_taker(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn storage_webhook_outbox_postgres() {
+    let db = PgDatabase::create().await;
+    webhook_outbox_hands_each_delivery_to_one_taker(connect(&db.url).await.unwrap().as_ref()).await;
 }
 
 async fn run_suite(url: &str) {

@@ -242,3 +242,129 @@ async fn delivery_is_traced_by_tenant_message_and_attempt_never_the_query_secret
         assert!(!text.contains(leak), "{leak} was logged:\n{text}");
     }
 }
+
+/// A receiver on port 0 that answers 503 to the first delivery and 204 afterwards, recording each.
+async fn flaky_receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, String)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let tx = Arc::new(Mutex::new(tx));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let tx = Arc::clone(&tx);
+            let answered = Arc::clone(&answered);
+            async move {
+                let _ = tx.lock().unwrap().send((headers, body));
+                if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, rx)
+}
+
+/// The process that ran the job (and queued its webhook) is killed (SIGKILL) after the first attempt
+/// failed; the other replica on the same database delivers the retry from the outbox, with the same
+/// message id. Sent from the dead process's memory, it would have been lost.
+#[tokio::test]
+async fn a_webhook_outlives_the_process_that_queued_it() {
+    let db = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut runner = crate::redis_replicas::Replica::start(
+        &[
+            ("SONICGW_DATABASE_URL", db.url.clone()),
+            ("SONICGW_DATA_DIR", dir.path().display().to_string()),
+            ("SONICGW_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+            ("SONICGW_SIMULATED_ENGINE_MS", "20".to_owned()),
+            ("SONICGW_DEFAULT_ENGINE", "simulated".to_owned()),
+        ],
+        dir.path().join("runner.log"),
+    );
+    let other = TestServer::start_with(Backend::Sqlite, |c| {
+        c.webhook_allow_private = true;
+        c.workers = 0;
+        c.database_url = db.url.clone();
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let login: Value = client
+        .post(format!("{}/v1/auth/token", runner.base))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", ADMIN_PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = login["access_token"].as_str().unwrap();
+    let (url, mut deliveries) = flaky_receiver().await;
+    let submitted = client
+        .post(format!("{}/v1/videos", runner.base))
+        .bearer_auth(access)
+        .multipart(form("speech_en.wav", &[("callback_url", &url)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), StatusCode::ACCEPTED);
+    let (first, _) = tokio::time::timeout(std::time::Duration::from_secs(60), deliveries.recv())
+        .await
+        .expect("a first attempt")
+        .unwrap();
+    // Once the failed attempt is recorded (its retry due in 2 s), the process dies.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let rescheduled = "SELECT count(*) FROM webhook_outbox \
+                       WHERE attempts = 1 AND next_attempt_at < $1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let soon = sonicgw::time::now_ms() + std::time::Duration::from_secs(10);
+        let count: i64 = sqlx::query_scalar(rescheduled)
+            .bind(soon.as_millis())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if count == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed attempt was not recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    runner.kill();
+    let (second, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(30), deliveries.recv())
+            .await
+            .expect("the retry, from the other replica")
+            .unwrap();
+    assert_eq!(first["webhook-id"], second["webhook-id"]);
+    let delivered: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(delivered["status"], "succeeded");
+    // Removed once delivered: the receiver answered before the row went, so poll briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivered webhook is still in the outbox"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(other);
+}
