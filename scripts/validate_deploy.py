@@ -31,7 +31,7 @@ BINARY_VARIABLES = {
 }
 # Keys of issue 9 that land in src/config.rs with their features (object storage, verifier-only
 # replicas); accepted before then so the deploy files can name them.
-KEYS_BEING_ADDED = {"storage_url", "jwks_url", "issuer_url"}
+KEYS_BEING_ADDED = {"storage_url", "jwks_url"}
 
 SONICGW_IMAGE = re.compile(r"(^|/)sonicgw(:|@|$)")
 
