@@ -45,6 +45,7 @@ max_concurrent_jobs = 4
 priority_weight = 4
 allow_lip_sync_correction = true
 requests_per_minute = 1000000
+previews_per_minute = 1000000
 TOML
 password="api-fuzz-admin-password"
 SONICGW_CONFIG="$data/sonicgw.toml" SONICGW_LISTEN=127.0.0.1:0 SONICGW_METRICS_LISTEN=127.0.0.1:0 \
