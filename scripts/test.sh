@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. The PostgreSQL and Redis tests talk to the real servers on this machine
 # (PostgreSQL 127.0.0.1:5432 with trust auth, Redis 127.0.0.1:6379); this starts them if they are down.
-# Then the web app in a real browser (scripts/browser-test.sh: Debian's chromium, playwright-core).
+# Then the web app in a real browser (scripts/browser-test.sh: Debian's chromium, playwright-core), the
+# API fuzzed from its OpenAPI document (scripts/api-fuzz.sh: schemathesis) and the parsers of hostile
+# input fuzzed (scripts/fuzz.sh: libFuzzer), each bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +16,5 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
 scripts/browser-test.sh
+scripts/api-fuzz.sh
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh

@@ -16,6 +16,8 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod engines;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod media;
 pub mod metrics;

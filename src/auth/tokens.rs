@@ -513,18 +513,15 @@ impl Tokens {
     }
 
     fn check_times(&self, claims: &AccessClaims) -> Result<(), TokenRejection> {
-        let now = now_s();
-        let leeway = self.settings.leeway_s;
-        if claims.exp + leeway <= now {
-            return Err(TokenRejection::Expired);
-        }
-        if claims.nbf - leeway > now {
-            return Err(TokenRejection::NotYetValid);
-        }
-        if claims.iat - leeway > now {
-            return Err(TokenRejection::IssuedInFuture);
-        }
-        Ok(())
+        check_times(
+            TokenTimes {
+                exp: claims.exp,
+                nbf: claims.nbf,
+                iat: claims.iat,
+            },
+            now_s(),
+            self.settings.leeway_s,
+        )
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<AccessClaims, TokenRejection> {
@@ -620,17 +617,15 @@ impl Tokens {
         if claims.scope != WORKER_SCOPE {
             return Err(TokenRejection::WrongAudience);
         }
-        let now = now_s();
-        let leeway = self.settings.leeway_s;
-        if claims.exp + leeway <= now {
-            return Err(TokenRejection::Expired);
-        }
-        if claims.nbf - leeway > now {
-            return Err(TokenRejection::NotYetValid);
-        }
-        if claims.iat - leeway > now {
-            return Err(TokenRejection::IssuedInFuture);
-        }
+        check_times(
+            TokenTimes {
+                exp: claims.exp,
+                nbf: claims.nbf,
+                iat: claims.iat,
+            },
+            now_s(),
+            self.settings.leeway_s,
+        )?;
         if self.revocations.is_revoked(&claims.jti) {
             return Err(TokenRejection::Revoked);
         }
@@ -687,6 +682,29 @@ fn scope_for(role: Role) -> &'static str {
     }
 }
 
+/// The time claims of a token, Unix seconds.
+#[derive(Debug, Clone, Copy)]
+struct TokenTimes {
+    exp: i64,
+    nbf: i64,
+    iat: i64,
+}
+
+/// Expiry, not-before and issued-at against `now`, with `leeway` either way. Saturating: the claims
+/// are any number a signer put there (`exp` near `i64::MAX` must not overflow).
+fn check_times(times: TokenTimes, now: i64, leeway: i64) -> Result<(), TokenRejection> {
+    if times.exp.saturating_add(leeway) <= now {
+        return Err(TokenRejection::Expired);
+    }
+    if times.nbf.saturating_sub(leeway) > now {
+        return Err(TokenRejection::NotYetValid);
+    }
+    if times.iat.saturating_sub(leeway) > now {
+        return Err(TokenRejection::IssuedInFuture);
+    }
+    Ok(())
+}
+
 /// The parts of the JOSE header we act on.
 struct CheckedHeader {
     alg: String,
@@ -733,6 +751,43 @@ fn checked_header(token: &str) -> Result<CheckedHeader, TokenRejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_claims_at_the_ends_of_i64_do_not_overflow() {
+        // `exp + leeway` overflowed (a panic with overflow checks, a wrapped "expired" without); the
+        // token_claims fuzz target signs what it generates, so it reaches these checks.
+        let now = 1_764_300_000;
+        let far = TokenTimes {
+            exp: i64::MAX,
+            nbf: i64::MIN,
+            iat: i64::MIN,
+        };
+        assert_eq!(check_times(far, now, 30), Ok(()));
+        let future = TokenTimes {
+            exp: i64::MAX,
+            nbf: i64::MAX,
+            iat: now,
+        };
+        assert_eq!(
+            check_times(future, now, 30),
+            Err(TokenRejection::NotYetValid)
+        );
+        let past = TokenTimes {
+            exp: i64::MIN,
+            nbf: i64::MIN,
+            iat: i64::MIN,
+        };
+        assert_eq!(check_times(past, now, 30), Err(TokenRejection::Expired));
+        let issued_later = TokenTimes {
+            exp: i64::MAX,
+            nbf: now,
+            iat: i64::MAX,
+        };
+        assert_eq!(
+            check_times(issued_later, now, 30),
+            Err(TokenRejection::IssuedInFuture)
+        );
+    }
 
     #[test]
     fn debug_output_hides_the_hs256_secret() {

@@ -51,8 +51,10 @@ pub struct Capabilities {
     pub max_resolution: u32,
 }
 
-/// Whether an engine can take work now.
+/// Whether an engine can take work now. Named `EngineHealth` in the OpenAPI document, where
+/// `Health` is `/healthz`'s answer.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = EngineHealth)]
 pub struct Health {
     pub healthy: bool,
     pub detail: String,

@@ -1,8 +1,9 @@
 //! Request-body extractors whose failures are problem documents.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -77,4 +78,20 @@ pub async fn form_pairs(request: Request) -> Result<Option<Vec<(String, String)>
             code: "invalid_form",
             detail: "the form body is not valid URL encoding".to_owned(),
         })
+}
+
+/// Path parameters; one that cannot be read as `T` (not an id, or not UTF-8 once decoded) names no
+/// resource: 404 `not_found`, a problem document like every other refusal (axum's own `Path` answers
+/// a plain-text 400).
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(_) => Err(ApiError::NotFound),
+        }
+    }
 }

@@ -30,7 +30,8 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The whole API: the documented routes, the few undocumented ones, and the layers around them all.
 pub fn router(state: AppState) -> Router {
-    let (documented, document) = documented_routes(&state.config).split_for_parts();
+    let (documented, mut document) = documented_routes(&state.config).split_for_parts();
+    openapi::add_common_responses(&mut document);
     let document = Bytes::from(document.to_json().expect("the OpenAPI document serialises"));
     let undocumented = undocumented_routes()
         .into_iter()

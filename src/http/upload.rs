@@ -33,7 +33,7 @@ impl FromRequest<AppState> for VideoUpload {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let mut multipart =
+        let multipart =
             Multipart::from_request(request, state)
                 .await
                 .map_err(|e| ApiError::BadRequest {
@@ -47,57 +47,73 @@ impl FromRequest<AppState> for VideoUpload {
             .map_err(anyhow::Error::from)?;
         // Removed with everything in it when the request ends, whatever happens.
         let dir = tempfile::tempdir_in(&uploads).map_err(anyhow::Error::from)?;
-        let mut image = None;
-        let mut audio = None;
-        let mut fields = HashMap::new();
-        while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
-            let name = field.name().unwrap_or_default().to_owned();
-            match name.as_str() {
-                "image" if image.is_none() => {
-                    let limit = settings.image_limits.max_bytes;
-                    let path = dir.path().join("image");
-                    image = Some(save_file(&mut field, "image", path, limit).await?);
-                }
-                "audio" if audio.is_none() => {
-                    let path = dir.path().join("audio");
-                    audio =
-                        Some(save_file(&mut field, "audio", path, settings.max_audio_bytes).await?);
-                }
-                "image" | "audio" => {
-                    return Err(ApiError::invalid(&name, "was sent more than once"))
-                }
-                _ if !PARAM_FIELDS.contains(&name.as_str()) => {
-                    return Err(ApiError::invalid(
-                        &name,
-                        "is not a parameter of this endpoint",
-                    ));
-                }
-                _ => {
-                    let value = read_text(&mut field, &name).await?;
-                    if fields.insert(name.clone(), value).is_some() {
-                        return Err(ApiError::invalid(&name, "was sent more than once"));
-                    }
+        let limits = UploadLimits {
+            image_bytes: settings.image_limits.max_bytes,
+            audio_bytes: settings.max_audio_bytes,
+        };
+        receive(multipart, limits, dir).await
+    }
+}
+
+/// The largest file each part may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    pub image_bytes: u64,
+    pub audio_bytes: u64,
+}
+
+/// Reads every part of a submission: the files into `dir`, the text fields as parameters.
+pub async fn receive(
+    mut multipart: Multipart,
+    limits: UploadLimits,
+    dir: tempfile::TempDir,
+) -> Result<VideoUpload, ApiError> {
+    let mut image = None;
+    let mut audio = None;
+    let mut fields = HashMap::new();
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "image" if image.is_none() => {
+                let path = dir.path().join("image");
+                image = Some(save_file(&mut field, "image", path, limits.image_bytes).await?);
+            }
+            "audio" if audio.is_none() => {
+                let path = dir.path().join("audio");
+                audio = Some(save_file(&mut field, "audio", path, limits.audio_bytes).await?);
+            }
+            "image" | "audio" => return Err(ApiError::invalid(&name, "was sent more than once")),
+            _ if !PARAM_FIELDS.contains(&name.as_str()) => {
+                return Err(ApiError::invalid(
+                    &name,
+                    "is not a parameter of this endpoint",
+                ));
+            }
+            _ => {
+                let value = read_text(&mut field, &name).await?;
+                if fields.insert(name.clone(), value).is_some() {
+                    return Err(ApiError::invalid(&name, "was sent more than once"));
                 }
             }
         }
-        match (image, audio) {
-            (Some(image), Some(audio)) => Ok(VideoUpload {
-                image,
-                audio,
-                fields,
-                dir,
-            }),
-            (image, audio) => Err(ApiError::Validation(
-                [("image", image.is_none()), ("audio", audio.is_none())]
-                    .into_iter()
-                    .filter(|(_, missing)| *missing)
-                    .map(|(name, _)| FieldError {
-                        field: name.to_owned(),
-                        message: "is required".to_owned(),
-                    })
-                    .collect(),
-            )),
-        }
+    }
+    match (image, audio) {
+        (Some(image), Some(audio)) => Ok(VideoUpload {
+            image,
+            audio,
+            fields,
+            dir,
+        }),
+        (image, audio) => Err(ApiError::Validation(
+            [("image", image.is_none()), ("audio", audio.is_none())]
+                .into_iter()
+                .filter(|(_, missing)| *missing)
+                .map(|(name, _)| FieldError {
+                    field: name.to_owned(),
+                    message: "is required".to_owned(),
+                })
+                .collect(),
+        )),
     }
 }
 

@@ -9,7 +9,7 @@ pub mod audio_upload;
 pub mod face;
 pub mod ffmpeg;
 pub mod image;
-mod mp4edit;
+pub(crate) mod mp4edit;
 pub mod mp4guard;
 mod resample;
 

@@ -5,6 +5,7 @@ mod helpers;
 mod traces;
 
 mod admin;
+mod api_contract;
 mod audit;
 mod builtin_e2e;
 mod builtin_render;

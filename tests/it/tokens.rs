@@ -46,6 +46,20 @@ async fn accepts_a_forged_copy_of_valid_claims_signed_with_the_real_key() {
 }
 
 #[tokio::test]
+async fn time_claims_at_the_ends_of_i64_are_checked_not_overflowed() {
+    // `exp + leeway` overflowed (a panic in a debug build, so the connection dropped): found while
+    // writing the token_claims fuzz target (scripts/fuzz.sh), which signs what it generates.
+    let server = TestServer::start().await;
+    let mut claims = server.valid_claims().await;
+    claims["exp"] = json!(i64::MAX);
+    let token = server.forge(json!({}), &claims);
+    assert_eq!(server.get("/v1/me", &token).await.status(), StatusCode::OK);
+    claims["nbf"] = json!(i64::MAX);
+    let token = server.forge(json!({}), &claims);
+    refused(&server, &token, "nbf at the end of time").await;
+}
+
+#[tokio::test]
 async fn rejects_alg_none_in_four_spellings() {
     let server = TestServer::start().await;
     let claims = server.valid_claims().await;

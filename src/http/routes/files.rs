@@ -3,7 +3,7 @@
 //! (RFC 9110 14) and ETags.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::domain::JobId;
 use crate::http::caller::{Caller, ClientInfo};
 use crate::http::error::ApiError;
+use crate::http::extract::ApiPath;
 use crate::http::state::AppState;
 use crate::storage::jobs::JobRecord;
 use crate::videos::delivery::LinkRejection;
@@ -144,7 +145,7 @@ async fn serve_video(
 pub async fn content(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
@@ -176,7 +177,7 @@ pub struct SignedQuery {
 pub async fn signed(
     State(state): State<AppState>,
     client: ClientInfo,
-    Path(file): Path<String>,
+    ApiPath(file): ApiPath<String>,
     query: Result<Query<SignedQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

@@ -1,6 +1,6 @@
 //! `/v1/tenants`: platform admins manage tenants; a tenant admin may read their own tenant.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{PlanName, TenantId};
 use crate::http::caller::{Admin, PlatformAdmin};
 use crate::http::error::ApiError;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, ApiPath};
 use crate::http::state::AppState;
 use crate::storage::TenantRecord;
 
@@ -104,7 +104,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     Admin(caller): Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     let tenant = state
         .store
@@ -116,12 +116,13 @@ pub async fn get(
 
 #[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "platform", request_body = UpdateTenant,
     params(("id" = String, Path)),
-    responses((status = 200, body = TenantView), (status = 404, body = crate::http::error::Problem)),
+    responses((status = 200, body = TenantView), (status = 404, body = crate::http::error::Problem),
+        (status = 409, description = "already_exists: another tenant has this name", body = crate::http::error::Problem)),
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     PlatformAdmin(caller): PlatformAdmin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateTenant>,
 ) -> Result<Json<TenantView>, ApiError> {
     let tenant = state
@@ -178,7 +179,7 @@ pub struct UpdateTenantLabel {
 pub async fn get_label(
     State(state): State<AppState>,
     Admin(caller): Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TenantLabelView>, ApiError> {
     let tenant = state
         .store
@@ -202,7 +203,7 @@ pub async fn get_label(
 pub async fn put_label(
     State(state): State<AppState>,
     PlatformAdmin(caller): PlatformAdmin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateTenantLabel>,
 ) -> Result<Json<TenantLabelView>, ApiError> {
     let texts = state

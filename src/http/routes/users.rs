@@ -1,7 +1,7 @@
 //! `/v1/users`: tenant admins manage their tenant's users; platform admins any tenant's.
 //! Another tenant's user answers 404.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -11,7 +11,7 @@ use crate::accounts::{NewUser, UserChanges};
 use crate::domain::{PlanName, Role, TenantId, UserId};
 use crate::http::caller::Admin;
 use crate::http::error::ApiError;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, ApiPath};
 use crate::http::state::AppState;
 use crate::storage::UserRecord;
 
@@ -138,7 +138,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     Admin(caller): Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<UserView>, ApiError> {
     let user = state
         .accounts
@@ -150,12 +150,13 @@ pub async fn get(
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "admin", request_body = UpdateUser,
     params(("id" = String, Path)),
     responses((status = 200, body = UserView), (status = 404, body = crate::http::error::Problem),
+        (status = 409, description = "conflict: changing your own role or disabling yourself", body = crate::http::error::Problem),
         (status = 422, body = crate::http::error::Problem)),
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     Admin(caller): Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateUser>,
 ) -> Result<Json<UserView>, ApiError> {
     let id = parse_user_id(&id)?;
@@ -179,12 +180,13 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "admin",
     params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = crate::http::error::Problem)),
+    responses((status = 204), (status = 404, body = crate::http::error::Problem),
+        (status = 409, description = "conflict: deleting yourself", body = crate::http::error::Problem)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     Admin(caller): Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_user_id(&id)?;
     state

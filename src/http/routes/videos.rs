@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequest as _, Path, Query, State};
+use axum::extract::{FromRequest as _, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{JobId, JobStatus, Role};
 use crate::http::caller::Caller;
 use crate::http::error::{ApiError, FieldError};
+use crate::http::extract::ApiPath;
 use crate::http::state::AppState;
 use crate::http::upload::VideoUpload;
 use crate::videos::admission::MAX_STREAMS_PER_USER;
@@ -294,7 +295,7 @@ pub async fn preview(
 pub async fn rerun(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: crate::http::extract::ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Response, ApiError> {
@@ -347,7 +348,7 @@ pub async fn rerun(
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = state
         .videos
@@ -434,7 +435,7 @@ pub async fn list(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let cancelled = state
         .videos
@@ -451,7 +452,7 @@ pub async fn cancel(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state
         .videos
@@ -478,7 +479,7 @@ pub async fn delete(
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let scope = caller.job_scope();
     let job = state.videos.find(scope, parse_job_id(&id)?).await?;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt as _;
 use crate::domain::{JobId, Stage};
 use crate::http::caller::WorkerCaller;
 use crate::http::error::ApiError;
+use crate::http::extract::{ApiJson, ApiPath};
 use crate::http::state::AppState;
 use crate::videos::remote::{RemoteFailure, MAX_LEASE_WAIT};
 
@@ -164,7 +165,7 @@ fn lease_header(headers: &HeaderMap) -> Result<&str, ApiError> {
 pub async fn lease(
     State(state): State<AppState>,
     worker: WorkerCaller,
-    Json(request): Json<LeaseRequest>,
+    ApiJson(request): ApiJson<LeaseRequest>,
 ) -> Result<Response, ApiError> {
     if request.engines.is_empty() || request.engines.len() > 16 {
         return Err(ApiError::invalid("engines", "name 1 to 16 engines"));
@@ -218,7 +219,7 @@ pub async fn lease(
 pub async fn presence(
     State(state): State<AppState>,
     worker: WorkerCaller,
-    Json(request): Json<PresenceRequest>,
+    ApiJson(request): ApiJson<PresenceRequest>,
 ) -> Result<Json<PresenceResponse>, ApiError> {
     use crate::videos::presence::{PresenceRejection, FRESH_FOR, MAX_CAPACITY, REPORT_EVERY};
     if !crate::videos::remote::valid_process_name(&request.process) {
@@ -270,13 +271,14 @@ pub async fn presence(
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream"),
         (status = 404, description = "Not a job under this worker's lease", body = crate::http::error::Problem),
+        (status = 422, description = "validation_failed: no X-Lease-Id", body = crate::http::error::Problem),
     ),
     security(("bearer" = []))
 )]
 pub async fn input(
     State(state): State<AppState>,
     worker: WorkerCaller,
-    Path((id, name)): Path<(JobId, String)>,
+    ApiPath((id, name)): ApiPath<(JobId, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let lease = lease_header(&headers)?;
@@ -324,8 +326,8 @@ pub async fn input(
 pub async fn heartbeat(
     State(state): State<AppState>,
     worker: WorkerCaller,
-    Path(id): Path<JobId>,
-    Json(request): Json<HeartbeatRequest>,
+    ApiPath(id): ApiPath<JobId>,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     if !(0.0..=1.0).contains(&request.progress) {
         return Err(ApiError::invalid("progress", "between 0 and 1"));
@@ -366,8 +368,8 @@ pub async fn heartbeat(
 pub async fn fail(
     State(state): State<AppState>,
     worker: WorkerCaller,
-    Path(id): Path<JobId>,
-    Json(request): Json<FailRequest>,
+    ApiPath(id): ApiPath<JobId>,
+    ApiJson(request): ApiJson<FailRequest>,
 ) -> Result<StatusCode, ApiError> {
     let failure = RemoteFailure::parse(
         request.code,
@@ -406,7 +408,7 @@ pub async fn fail(
 pub async fn result(
     State(state): State<AppState>,
     worker: WorkerCaller,
-    Path(id): Path<JobId>,
+    ApiPath(id): ApiPath<JobId>,
     request: Request,
 ) -> Result<StatusCode, ApiError> {
     let headers = request.headers();
