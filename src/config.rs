@@ -700,7 +700,10 @@ impl Config {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&self.c2pa_trust_anchors).map_err(|e| {
-            anyhow::anyhow!("reading c2pa_trust_anchors {}: {e}", self.c2pa_trust_anchors)
+            anyhow::anyhow!(
+                "reading c2pa_trust_anchors {}: {e}",
+                self.c2pa_trust_anchors
+            )
         })?;
         if !text.contains("-----BEGIN CERTIFICATE-----") {
             bail!(

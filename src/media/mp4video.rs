@@ -142,7 +142,13 @@ fn check_children(body: &[u8]) -> Result<(), Mp4Rejection> {
         let detail = text
             .strip_prefix("unsupported audio format: inconsistent MP4 structure: ")
             .unwrap_or(&text);
-        Mp4Rejection::Malformed(detail.split(" (accepted").next().unwrap_or(detail).to_owned())
+        Mp4Rejection::Malformed(
+            detail
+                .split(" (accepted")
+                .next()
+                .unwrap_or(detail)
+                .to_owned(),
+        )
     })
 }
 
@@ -204,7 +210,13 @@ fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
 
 fn printable(kind: &[u8]) -> String {
     kind.iter()
-        .map(|b| if b.is_ascii_graphic() { *b as char } else { '?' })
+        .map(|b| {
+            if b.is_ascii_graphic() {
+                *b as char
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 

@@ -40,7 +40,11 @@ pub fn run(args: VerifyArgs) -> ExitCode {
     let report = match verify_blocking(&args.file, anchors.as_deref(), BUDGET) {
         Ok(report) => report,
         Err(err) => {
-            eprintln!("sonicgw verify: {}: {err} ({})", args.file.display(), err.code());
+            eprintln!(
+                "sonicgw verify: {}: {err} ({})",
+                args.file.display(),
+                err.code()
+            );
             return ExitCode::from(2);
         }
     };

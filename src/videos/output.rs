@@ -28,7 +28,10 @@ impl VideoService {
         let internal =
             |what: &str, e: String| EngineError::server("internal", format!("{what}: {e}"));
         let Some(engine) = self.engines.get(&job.engine) else {
-            return Err(internal("engine", format!("{} is not configured", job.engine)));
+            return Err(internal(
+                "engine",
+                format!("{} is not configured", job.engine),
+            ));
         };
         if !engine.writes_video() {
             return Ok(video.to_path_buf());
@@ -83,7 +86,8 @@ impl VideoService {
         params: &SonicParams,
         model: String,
     ) -> Result<ManifestFacts, EngineError> {
-        let internal = |what: &str, e: String| EngineError::server("internal", format!("{what}: {e}"));
+        let internal =
+            |what: &str, e: String| EngineError::server("internal", format!("{what}: {e}"));
         let input: JobInput = serde_json::from_str(&job.input)
             .map_err(|e| internal("stored job input", e.to_string()))?;
         let photo_ext = input.image.format.clone();

@@ -72,7 +72,15 @@ fn plain_mp4(dir: &Path) -> Vec<u8> {
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
         .arg("testsrc=s=64x64:r=25:d=1")
         .args(["-f", "lavfi", "-i", "sine=d=1"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
         .arg(&path)
         .status()
         .expect("ffmpeg runs");
@@ -156,13 +164,19 @@ async fn every_builtin_video_carries_content_credentials_that_an_independent_rea
         c2pa["created"]["softwareAgent"]["version"],
         env!("CARGO_PKG_VERSION")
     );
-    assert_eq!(c2pa["created"]["softwareAgent"]["org.sonicgw.engine"], "builtin");
+    assert_eq!(
+        c2pa["created"]["softwareAgent"]["org.sonicgw.engine"],
+        "builtin"
+    );
     let facts = &c2pa["job"];
     assert_eq!(facts["job_id"], id.as_str());
     assert_eq!(facts["engine"], "builtin");
     assert!(facts["model"].as_str().unwrap().contains("builtin"));
     let producer = facts["producer"].as_str().unwrap();
-    assert!(producer.starts_with("sgw:") && producer.len() == 36, "{producer}");
+    assert!(
+        producer.starts_with("sgw:") && producer.len() == 36,
+        "{producer}"
+    );
     assert_eq!(
         facts["inputs"]["photo"]["sha256"],
         sha256_hex(&std::fs::read(sample("face_astronaut.png")).unwrap())
@@ -172,8 +186,8 @@ async fn every_builtin_video_carries_content_credentials_that_an_independent_rea
         sha256_hex(&std::fs::read(sample("speech_en.wav")).unwrap())
     );
     // The inputs are named by their digests only, never embedded.
-    let ingredients = c2pa["manifest_store"]["manifests"][c2pa["active_manifest"].as_str().unwrap()]
-        ["ingredients"]
+    let ingredients = c2pa["manifest_store"]["manifests"]
+        [c2pa["active_manifest"].as_str().unwrap()]["ingredients"]
         .as_array()
         .unwrap()
         .clone();
@@ -181,7 +195,10 @@ async fn every_builtin_video_carries_content_credentials_that_an_independent_rea
     for ingredient in &ingredients {
         assert!(ingredient.get("data").is_none(), "{ingredient}");
         assert!(
-            ingredient["instance_id"].as_str().unwrap().starts_with("sha256:"),
+            ingredient["instance_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:"),
             "{ingredient}"
         );
     }
@@ -251,7 +268,10 @@ async fn a_tampered_byte_fails_validation_here_and_in_the_independent_reader() {
     let path = dir.path().join("tampered.mp4");
     std::fs::write(&path, &bad).unwrap();
     let independent = independent_read(&path);
-    assert_eq!(independent["validation_state"], "Invalid", "{independent:#}");
+    assert_eq!(
+        independent["validation_state"], "Invalid",
+        "{independent:#}"
+    );
     let failures = independent["validation_results"]["activeManifest"]["failure"].to_string();
     assert!(failures.contains("assertion.bmffHash"), "{independent:#}");
 }
@@ -311,7 +331,12 @@ async fn hostile_uploads_get_a_clear_4xx_and_the_server_lives_on() {
     garbage_manifest.extend_from_slice(&plain[ftyp.len().min(plain.len())..]);
 
     let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
-        ("empty", Vec::new(), StatusCode::UNPROCESSABLE_ENTITY, "not_mp4"),
+        (
+            "empty",
+            Vec::new(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_mp4",
+        ),
         (
             "a PNG",
             std::fs::read(sample("face_astronaut.png")).unwrap(),
@@ -324,7 +349,12 @@ async fn hostile_uploads_get_a_clear_4xx_and_the_server_lives_on() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "malformed_mp4",
         ),
-        ("a 4 GiB box", huge_box, StatusCode::UNPROCESSABLE_ENTITY, "malformed_mp4"),
+        (
+            "a 4 GiB box",
+            huge_box,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "malformed_mp4",
+        ),
         (
             "a 2^64 byte box",
             huge_large_size,
@@ -366,9 +396,8 @@ async fn hostile_uploads_get_a_clear_4xx_and_the_server_lives_on() {
     }
 
     // A streamed body with no length is cut off at the limit too.
-    let chunks = futures::stream::iter(
-        (0..3).map(|_| Ok::<_, std::io::Error>(vec![0u8; 512 * 1024])),
-    );
+    let chunks =
+        futures::stream::iter((0..3).map(|_| Ok::<_, std::io::Error>(vec![0u8; 512 * 1024])));
     let response = server
         .client
         .post(server.url("/v1/provenance/verify"))
@@ -379,7 +408,12 @@ async fn hostile_uploads_get_a_clear_4xx_and_the_server_lives_on() {
     let body = problem(response, StatusCode::PAYLOAD_TOO_LARGE).await;
     assert_eq!(body["code"], "file_too_large");
 
-    let health = server.client.get(server.url("/healthz")).send().await.unwrap();
+    let health = server
+        .client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
 
@@ -394,7 +428,10 @@ async fn the_verify_endpoint_is_rate_limited_per_client() {
     assert!(response.headers().contains_key("retry-after"));
     let body = problem(response, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(body["code"], "rate_limited");
-    assert!(body["detail"].as_str().unwrap().contains("client"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("client"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -411,6 +448,11 @@ async fn a_jobs_provenance_is_tenant_scoped_and_only_for_finished_videos() {
         .get(&format!("/v1/videos/{id}/provenance"), &dave.access)
         .await;
     problem(response, StatusCode::NOT_FOUND).await;
-    let response = server.client.get(server.url(&format!("/v1/videos/{id}/provenance"))).send().await.unwrap();
+    let response = server
+        .client
+        .get(server.url(&format!("/v1/videos/{id}/provenance")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

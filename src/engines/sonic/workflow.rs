@@ -33,7 +33,10 @@ pub struct Models {
 impl Models {
     /// The model as provenance names it: `Sonic (<unet>, SVD <checkpoint>, <dtype>)`.
     pub fn describe(&self) -> String {
-        format!("Sonic ({}, SVD {}, {})", self.unet, self.checkpoint, self.dtype)
+        format!(
+            "Sonic ({}, SVD {}, {})",
+            self.unet, self.checkpoint, self.dtype
+        )
     }
 }
 

@@ -175,8 +175,5 @@ pub fn inspect(
 
 /// At most `max` characters of a message from the parser (which may quote the file).
 fn clip(text: &str, max: usize) -> String {
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(max)
-        .collect()
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
 }

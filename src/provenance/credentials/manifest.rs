@@ -192,7 +192,10 @@ mod tests {
             definition["ingredients"][0]["instance_id"],
             format!("sha256:{}", "ab".repeat(32))
         );
-        assert_eq!(definition["assertions"][1]["data"]["labels"]["corner_mark"], false);
+        assert_eq!(
+            definition["assertions"][1]["data"]["labels"]["corner_mark"],
+            false
+        );
     }
 
     #[test]
@@ -201,7 +204,10 @@ mod tests {
         let a = ids.producer_id("tenant-1", "user-1");
         assert_eq!(a, ids.producer_id("tenant-1", "user-1"));
         assert_ne!(a, ids.producer_id("tenant-1", "user-2"));
-        assert_ne!(a, ProducerIds::new(b"another secret").producer_id("tenant-1", "user-1"));
+        assert_ne!(
+            a,
+            ProducerIds::new(b"another secret").producer_id("tenant-1", "user-1")
+        );
         assert!(a.starts_with("sgw:") && a.len() == 36, "{a}");
         assert!(!a.contains("user-1"));
     }

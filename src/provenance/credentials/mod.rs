@@ -121,9 +121,13 @@ impl ContentCredentials {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let material = signing::load(cert, key, keys_dir)?;
-        let signer =
-            c2pa::create_signer::from_keys(&material.chain_pem, &material.key_pem, material.alg, None)
-                .map_err(|e| anyhow::anyhow!("the C2PA certificate chain or key: {e}"))?;
+        let signer = c2pa::create_signer::from_keys(
+            &material.chain_pem,
+            &material.key_pem,
+            material.alg,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("the C2PA certificate chain or key: {e}"))?;
         Ok(Self {
             signer: Arc::new(signer),
             origin: material.origin,

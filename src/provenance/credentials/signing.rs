@@ -193,8 +193,10 @@ fn generate_chain() -> anyhow::Result<String> {
 
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(DnType::CommonName, format!("sonicgw self-signed C2PA CA ({host})"));
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("sonicgw self-signed C2PA CA ({host})"),
+    );
     ca.distinguished_name
         .push(DnType::OrganizationName, "sonicgw (untrusted)");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

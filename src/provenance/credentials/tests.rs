@@ -14,7 +14,15 @@ fn video(dir: &Path) -> PathBuf {
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
         .arg("testsrc=s=128x128:r=25:d=2")
         .args(["-f", "lavfi", "-i", "sine=d=2"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
         .arg(&path)
         .status()
         .expect("ffmpeg runs");
@@ -188,8 +196,11 @@ fn half_an_operator_configuration_or_a_wrong_key_is_refused() {
     let err = signing::load(Some(&cert), None, dir.path()).unwrap_err();
     assert!(err.to_string().contains("together"), "{err}");
     let key = dir.path().join("key.pem");
-    std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
-        .unwrap();
+    std::fs::write(
+        &key,
+        "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let err = signing::load(Some(&cert), Some(&key), dir.path()).unwrap_err();
     assert!(format!("{err:#}").contains("PKCS#8"), "{err:#}");
 }
@@ -211,5 +222,8 @@ fn contexts_here_never_reach_the_network() {
     assert!(context.resolver().http_resolve(request).is_err());
     assert!(!context.settings().verify.remote_manifest_fetch);
     assert!(!context.settings().verify.ocsp_fetch);
-    assert_eq!(context.settings().core.allowed_network_hosts, Some(Vec::new()));
+    assert_eq!(
+        context.settings().core.allowed_network_hosts,
+        Some(Vec::new())
+    );
 }
