@@ -162,7 +162,7 @@ pub struct Config {
     /// chain generated once under `keys_dir`, which verifiers report as untrusted.
     #[serde(deserialize_with = "text")]
     pub c2pa_cert: String,
-    /// The C2PA signing key (PKCS#8 PEM, P-256 for ES256 or Ed25519).
+    /// The C2PA signing key (PKCS#8 PEM, P-256: ES256).
     #[serde(deserialize_with = "text")]
     pub c2pa_key: String,
     /// Root certificates (PEM) whose C2PA signers the verify endpoints report as trusted (the C2PA

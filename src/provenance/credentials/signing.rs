@@ -15,8 +15,9 @@ use zeroize::Zeroizing;
 /// certificate, the CA).
 pub const SELF_SIGNED_FILE: &str = "c2pa-self-signed.pem";
 
-/// id-kp-documentSigning (RFC 9336) and C2PA's own claim-signing purpose: either satisfies the
-/// C2PA certificate profile, which refuses a signer without one of its listed purposes.
+/// id-kp-documentSigning (RFC 9336) and C2PA's own claim-signing purpose, beside
+/// id-kp-emailProtection: c2pa 0.90 accepts any of them, but the reader of c2pa-python 0.38 (c2pa-rs
+/// 0.91) answers `signingCredential.invalid` ("missing required EKU") without emailProtection.
 const DOCUMENT_SIGNING_EKU: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 3, 36];
 const C2PA_CLAIM_SIGNING_EKU: [u64; 9] = [1, 3, 6, 1, 4, 1, 62558, 2, 1];
 
@@ -94,7 +95,8 @@ fn operator(cert: &Path, key: &Path) -> anyhow::Result<SigningMaterial> {
     })
 }
 
-/// ES256 for a P-256 key, Ed25519 for an Ed25519 key, both PKCS#8 PEM.
+/// ES256 for a P-256 key (PKCS#8 PEM). Ed25519 keys are refused: c2pa 0.90's pure-Rust validation
+/// reports their manifests' signatures as `claimSignature.mismatch`.
 fn key_algorithm(pem: &[u8]) -> anyhow::Result<c2pa::SigningAlg> {
     use p256::pkcs8::DecodePrivateKey;
     let text = std::str::from_utf8(pem).context("not PEM text")?;
@@ -102,10 +104,13 @@ fn key_algorithm(pem: &[u8]) -> anyhow::Result<c2pa::SigningAlg> {
         return Ok(c2pa::SigningAlg::Es256);
     }
     if ed25519_dalek::SigningKey::from_pkcs8_pem(text).is_ok() {
-        return Ok(c2pa::SigningAlg::Ed25519);
+        bail!(
+            "an Ed25519 key: manifests signed with it do not validate with the c2pa version used \
+             here; use a P-256 key (ES256)"
+        );
     }
     bail!(
-        "not a PKCS#8 PEM P-256 (ES256) or Ed25519 private key (convert an EC key with \
+        "not a PKCS#8 PEM P-256 (ES256) private key (convert an EC key with \
          `openssl pkcs8 -topk8 -nocrypt`)"
     )
 }
@@ -216,6 +221,7 @@ fn generate_chain() -> anyhow::Result<String> {
     signing.is_ca = IsCa::ExplicitNoCa;
     signing.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     signing.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::EmailProtection,
         ExtendedKeyUsagePurpose::Other(DOCUMENT_SIGNING_EKU.to_vec()),
         ExtendedKeyUsagePurpose::Other(C2PA_CLAIM_SIGNING_EKU.to_vec()),
     ];

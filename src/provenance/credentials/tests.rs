@@ -145,19 +145,32 @@ fn the_generated_chain_is_made_once_and_kept_owner_only() {
 }
 
 #[tokio::test]
-async fn an_operators_ed25519_chain_signs() {
+async fn an_operators_p256_chain_signs_and_an_ed25519_key_is_refused() {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose, PKCS_ED25519,
+        KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
     };
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    let ed25519 = dir.path().join("ed25519.pem");
+    std::fs::write(
+        &ed25519,
+        KeyPair::generate_for(&PKCS_ED25519)
+            .unwrap()
+            .serialize_pem(),
+    )
+    .unwrap();
+    let chain = dir.path().join("any.pem");
+    std::fs::write(&chain, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let err = signing::load(Some(&chain), Some(&ed25519), dir.path()).unwrap_err();
+    assert!(format!("{err:#}").contains("P-256"), "{err:#}");
+
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let mut ca = CertificateParams::default();
     ca.distinguished_name.push(DnType::CommonName, "test CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
     let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let mut leaf = CertificateParams::default();
     leaf.distinguished_name.push(DnType::CommonName, "signer");
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
