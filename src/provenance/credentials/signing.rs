@@ -95,8 +95,8 @@ fn operator(cert: &Path, key: &Path) -> anyhow::Result<SigningMaterial> {
     })
 }
 
-/// ES256 for a P-256 key (PKCS#8 PEM). Ed25519 keys are refused: c2pa 0.90's pure-Rust validation
-/// reports their manifests' signatures as `claimSignature.mismatch`.
+/// ES256 for a P-256 key (PKCS#8 PEM). Ed25519 keys are refused until a test shows their manifests
+/// validate with this c2pa version and with c2pa-python.
 fn key_algorithm(pem: &[u8]) -> anyhow::Result<c2pa::SigningAlg> {
     use p256::pkcs8::DecodePrivateKey;
     let text = std::str::from_utf8(pem).context("not PEM text")?;
@@ -104,10 +104,7 @@ fn key_algorithm(pem: &[u8]) -> anyhow::Result<c2pa::SigningAlg> {
         return Ok(c2pa::SigningAlg::Es256);
     }
     if ed25519_dalek::SigningKey::from_pkcs8_pem(text).is_ok() {
-        bail!(
-            "an Ed25519 key: manifests signed with it do not validate with the c2pa version used \
-             here; use a P-256 key (ES256)"
-        );
+        bail!("an Ed25519 key, which is not supported yet; use a P-256 key (ES256)");
     }
     bail!(
         "not a PKCS#8 PEM P-256 (ES256) private key (convert an EC key with \

@@ -168,6 +168,10 @@ async fn an_operators_p256_chain_signs_and_an_ed25519_key_is_refused() {
     let mut ca = CertificateParams::default();
     ca.distinguished_name.push(DnType::CommonName, "test CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // rcgen's default validity runs to the year 4096, which c2pa's checks do not accept.
+    let now = time::OffsetDateTime::now_utc();
+    ca.not_before = now - time::Duration::days(1);
+    ca.not_after = now + time::Duration::days(30);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
@@ -176,6 +180,8 @@ async fn an_operators_p256_chain_signs_and_an_ed25519_key_is_refused() {
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection];
     leaf.use_authority_key_identifier_extension = true;
+    leaf.not_before = ca.not_before;
+    leaf.not_after = ca.not_after;
     let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
     let cert_path = dir.path().join("chain.pem");
     let key_path = dir.path().join("key.pem");
