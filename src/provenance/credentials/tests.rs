@@ -180,8 +180,8 @@ async fn an_operators_p256_chain_signs_and_an_ed25519_key_is_refused() {
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection];
     leaf.use_authority_key_identifier_extension = true;
-    leaf.not_before = ca.not_before;
-    leaf.not_after = ca.not_after;
+    leaf.not_before = now - time::Duration::days(1);
+    leaf.not_after = now + time::Duration::days(30);
     let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
     let cert_path = dir.path().join("chain.pem");
     let key_path = dir.path().join("key.pem");
