@@ -166,7 +166,7 @@ fn self_signed(keys_dir: &Path) -> anyhow::Result<SigningMaterial> {
 }
 
 /// The PEM blocks of one label in `text`, each with its armour lines.
-fn pem_blocks(text: &str, label: &str) -> Vec<String> {
+pub(super) fn pem_blocks(text: &str, label: &str) -> Vec<String> {
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
     let mut blocks = Vec::new();
@@ -183,7 +183,7 @@ fn pem_blocks(text: &str, label: &str) -> Vec<String> {
 }
 
 /// A P-256 CA and a signing certificate it issued, as one PEM text: key, signing certificate, CA.
-fn generate_chain() -> anyhow::Result<String> {
+pub(super) fn generate_chain() -> anyhow::Result<String> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,

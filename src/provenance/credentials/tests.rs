@@ -146,10 +146,7 @@ fn the_generated_chain_is_made_once_and_kept_owner_only() {
 
 #[tokio::test]
 async fn an_operators_p256_chain_signs_and_an_ed25519_key_is_refused() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
-    };
+    use rcgen::{KeyPair, PKCS_ED25519};
     let dir = tempfile::tempdir().unwrap();
     let ed25519 = dir.path().join("ed25519.pem");
     std::fs::write(
@@ -164,30 +161,14 @@ async fn an_operators_p256_chain_signs_and_an_ed25519_key_is_refused() {
     let err = signing::load(Some(&chain), Some(&ed25519), dir.path()).unwrap_err();
     assert!(format!("{err:#}").contains("P-256"), "{err:#}");
 
-    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name.push(DnType::CommonName, "test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // rcgen's default validity runs to the year 4096, which c2pa's checks do not accept.
-    let now = time::OffsetDateTime::now_utc();
-    ca.not_before = now - time::Duration::days(1);
-    ca.not_after = now + time::Duration::days(30);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut leaf = CertificateParams::default();
-    leaf.distinguished_name.push(DnType::CommonName, "signer");
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection];
-    leaf.use_authority_key_identifier_extension = true;
-    leaf.not_before = now - time::Duration::days(1);
-    leaf.not_after = now + time::Duration::days(30);
-    let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    // An operator's files: a chain with the profile the generated one has, from another CA.
+    let generated = signing::generate_chain().unwrap();
+    let key = signing::pem_blocks(&generated, "PRIVATE KEY").concat();
+    let certificates = signing::pem_blocks(&generated, "CERTIFICATE");
     let cert_path = dir.path().join("chain.pem");
     let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, format!("{}{}", leaf_cert.pem(), ca_cert.pem())).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-
+    std::fs::write(&cert_path, certificates.concat()).unwrap();
+    std::fs::write(&key_path, key).unwrap();
     let credentials = ContentCredentials::new(
         Some(&cert_path),
         Some(&key_path),
@@ -202,7 +183,7 @@ async fn an_operators_p256_chain_signs_and_an_ed25519_key_is_refused() {
         .sign(&facts(), &video(dir.path()), &signed)
         .await
         .unwrap();
-    let report = inspect(&signed, Some(&ca_cert.pem()), BUDGET).unwrap();
+    let report = inspect(&signed, Some(&certificates[1]), BUDGET).unwrap();
     assert_eq!(report.state, CredentialsState::Trusted, "{report:#?}");
     assert!(!signing::self_signed_path(dir.path()).exists());
 }
