@@ -4,6 +4,7 @@
 # files, and for the web app's browser tests Chromium (driven by playwright-core, never a browser of its
 # own), Node.js with npm, and CJK fonts for the Chinese screenshots; and the S3-compatible server the
 # storage tests start (moto's server mode, from PyPI, in a virtualenv under the cargo target directory);
+# the independent C2PA reader of the provenance tests (c2pa-python from PyPI, in another virtualenv there);
 # fonts-wqy-microhei is the default `label_font` of the visible AI label.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +35,14 @@ if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$mot
   echo "installing moto $moto_version (the tests' S3 server) into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
+fi
+
+# The provenance tests read every signed video back with the Content Authenticity Initiative's own
+# library (its wheel ships the native c2pa library): pinned like moto.
+c2pa_version=0.38.1
+c2pa_venv="${CARGO_TARGET_DIR:-target}/c2pa-venv"
+if ! "$c2pa_venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('c2pa-python') != '$c2pa_version')" 2>/dev/null; then
+  echo "installing c2pa-python $c2pa_version (the tests' independent C2PA reader) into $c2pa_venv" >&2
+  python3 -m venv "$c2pa_venv"
+  "$c2pa_venv/bin/pip" install -q --disable-pip-version-check "c2pa-python==$c2pa_version"
 fi

@@ -575,6 +575,12 @@ pub async fn build_engines(config: &Config) -> anyhow::Result<crate::engines::En
     } else if config.remote_engines.iter().any(|e| e == "sonic") {
         engines.add(Arc::new(crate::engines::remote_only::RemoteOnly {
             capabilities: crate::engines::sonic::capabilities(),
+            model: crate::engines::sonic::workflow::Models {
+                checkpoint: config.sonic_checkpoint.clone(),
+                unet: config.sonic_unet.clone(),
+                dtype: config.sonic_dtype.clone(),
+            }
+            .describe(),
         }));
     }
     Ok(engines)
@@ -595,6 +601,19 @@ async fn video_service(
     // Scratch space of uploads being checked and jobs being rendered: the users' photos and voices.
     let work_dir = config.data_dir.join("work");
     owner_only_dir(&work_dir)?;
+    let link_secret = url_signing_secret(config)?;
+    let credentials = crate::provenance::credentials::ContentCredentials::new(
+        (!config.c2pa_cert.is_empty()).then(|| Path::new(&config.c2pa_cert)),
+        (!config.c2pa_key.is_empty()).then(|| Path::new(&config.c2pa_key)),
+        &config.keys_dir(),
+        &link_secret,
+        Duration::from_secs(config.engine_timeout_s),
+    )?;
+    let verifier = crate::provenance::verify::ProvenanceVerifier::new(
+        config.c2pa_trust_anchors()?,
+        VERIFY_BUDGET,
+        VERIFY_PARALLEL,
+    );
     let costs = crate::videos::eta::CostModel::load(
         Arc::clone(&core.store),
         &engines,
@@ -612,7 +631,7 @@ async fn video_service(
         plans: core.plans.clone(),
         current_plans: Arc::clone(&core.accounts.current_plans),
         auditor: core.accounts.auditor.clone(),
-        signer: crate::videos::delivery::UrlSigner::new(url_signing_secret(config)?),
+        signer: crate::videos::delivery::UrlSigner::new(link_secret.clone()),
         faces: crate::media::face::FaceDetector::new().map_err(|e| anyhow::anyhow!("{e}"))?,
         events: match crate::videos::bus::BusKind::of(config) {
             Some(bus) => crate::videos::JobEvents::with_bus(bus)
@@ -657,8 +676,15 @@ async fn video_service(
             timeout: Duration::from_secs(config.engine_timeout_s),
         })?,
         webhooks: Default::default(),
+        credentials,
+        verifier,
     })
 }
+
+/// Longest one provenance check may read a file (uploads and stored videos alike).
+const VERIFY_BUDGET: Duration = Duration::from_secs(30);
+/// Provenance checks parsing at once in this process; more are answered 503 at once.
+const VERIFY_PARALLEL: usize = 2;
 
 async fn serve_tls(
     config: &Config,

@@ -58,6 +58,8 @@ enum Command {
     Login(crate::client::commands::LoginArgs),
     /// Sign out: revoke the sign-in and forget it.
     Logout,
+    /// Check a video's labels and C2PA Content Credentials on this machine (no server needed).
+    Verify(crate::provenance::cli::VerifyArgs),
     /// Make a video from a face photo and a speech recording, and (with --wait or -o) download it.
     Generate(Box<crate::client::commands::GenerateArgs>),
     /// Your videos: list, get, cancel, delete, download.
@@ -202,6 +204,8 @@ enum AuditCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match runner(cli.command) {
+        // A local check of a file: no configuration, database, logging or network.
+        Runner::Verify(args) => return crate::provenance::cli::run(args),
         // The client commands need no configuration, database or logging: only the sign-in.
         Runner::Client(client) => {
             return match tokio::runtime::Runtime::new() {
@@ -243,6 +247,7 @@ pub fn main() -> ExitCode {
 /// Who runs a command: the HTTP client, or this process's server side (configuration, database).
 enum Runner {
     Client(crate::client::commands::ClientCommand),
+    Verify(crate::provenance::cli::VerifyArgs),
     Server(Command),
 }
 
@@ -255,6 +260,7 @@ fn runner(command: Command) -> Runner {
         Command::Videos(command) => ClientCommand::Videos(command),
         Command::Users(command) => ClientCommand::Users(command),
         Command::Audit(AuditCommand::Export(args)) => ClientCommand::AuditExport(args),
+        Command::Verify(args) => return Runner::Verify(args),
         other => return Runner::Server(other),
     })
 }
@@ -356,8 +362,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         | Command::Generate(_)
         | Command::Videos(_)
         | Command::Users(_)
+        | Command::Verify(_)
         | Command::Audit(AuditCommand::Export(_)) => {
-            unreachable!("client commands are run by the client (`runner`)")
+            unreachable!("client commands and verify are run before configuration (`runner`)")
         }
         Command::Audit(AuditCommand::Checkpoint) => {
             let core = Core::open(&config).await?;

@@ -158,6 +158,19 @@ pub struct Config {
     /// The service's name or code written as `ContentProducer` in the AIGC metadata.
     #[serde(deserialize_with = "text")]
     pub aigc_producer_id: String,
+    /// The C2PA signing certificate chain (PEM, signing certificate first); empty: a self-signed
+    /// chain generated once under `keys_dir`, which verifiers report as untrusted.
+    #[serde(deserialize_with = "text")]
+    pub c2pa_cert: String,
+    /// The C2PA signing key (PKCS#8 PEM, P-256: ES256).
+    #[serde(deserialize_with = "text")]
+    pub c2pa_key: String,
+    /// Root certificates (PEM) whose C2PA signers the verify endpoints report as trusted (the C2PA
+    /// trust list, your own CA); empty: every signer is untrusted.
+    #[serde(deserialize_with = "text")]
+    pub c2pa_trust_anchors: String,
+    /// Largest video `POST /v1/provenance/verify` accepts.
+    pub verify_max_bytes: u64,
 }
 
 /// The default `label_font`: the font scripts/setup.sh installs (Debian's fonts-wqy-microhei).
@@ -228,6 +241,10 @@ impl Default for Config {
             label_corner_mark: true,
             label_font: DEFAULT_LABEL_FONT.to_owned(),
             aigc_producer_id: "sonicgw".to_owned(),
+            c2pa_cert: String::new(),
+            c2pa_key: String::new(),
+            c2pa_trust_anchors: String::new(),
+            verify_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -298,6 +315,10 @@ impl fmt::Debug for Config {
             label_corner_mark,
             label_font,
             aigc_producer_id,
+            c2pa_cert,
+            c2pa_key,
+            c2pa_trust_anchors,
+            verify_max_bytes,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -381,6 +402,11 @@ impl fmt::Debug for Config {
             .field("label_corner_mark", label_corner_mark)
             .field("label_font", label_font)
             .field("aigc_producer_id", aigc_producer_id)
+            .field("c2pa_cert", c2pa_cert)
+            // A path, not the key itself.
+            .field("c2pa_key", c2pa_key)
+            .field("c2pa_trust_anchors", c2pa_trust_anchors)
+            .field("verify_max_bytes", verify_max_bytes)
             .finish()
     }
 }
@@ -501,6 +527,10 @@ const ENV_KEYS: &[&str] = &[
     "label_corner_mark",
     "label_font",
     "aigc_producer_id",
+    "c2pa_cert",
+    "c2pa_key",
+    "c2pa_trust_anchors",
+    "verify_max_bytes",
 ];
 
 impl Config {
@@ -588,6 +618,12 @@ impl Config {
         if !crate::provenance::aigc::valid_producer_id(&self.aigc_producer_id) {
             bail!("aigc_producer_id must be 1 to 128 characters on one line");
         }
+        if self.c2pa_cert.is_empty() != self.c2pa_key.is_empty() {
+            bail!("c2pa_cert and c2pa_key must be set together");
+        }
+        if !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&self.verify_max_bytes) {
+            bail!("verify_max_bytes must be between 1 MiB and 4 GiB");
+        }
         if self.sonic_checkpoint.is_empty() || self.sonic_unet.is_empty() {
             bail!("sonic_checkpoint and sonic_unet must name model files");
         }
@@ -656,6 +692,26 @@ impl Config {
     pub fn public_base_url(&self) -> Option<String> {
         (!self.public_base_url.is_empty())
             .then(|| self.public_base_url.trim_end_matches('/').to_owned())
+    }
+
+    /// The C2PA trust anchors (PEM text) when configured.
+    pub fn c2pa_trust_anchors(&self) -> anyhow::Result<Option<String>> {
+        if self.c2pa_trust_anchors.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.c2pa_trust_anchors).map_err(|e| {
+            anyhow::anyhow!(
+                "reading c2pa_trust_anchors {}: {e}",
+                self.c2pa_trust_anchors
+            )
+        })?;
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            bail!(
+                "c2pa_trust_anchors {}: no PEM certificate in it",
+                self.c2pa_trust_anchors
+            );
+        }
+        Ok(Some(text))
     }
 
     pub fn keys_dir(&self) -> PathBuf {

@@ -36,6 +36,10 @@ pub struct Quota {
 pub enum Bucket {
     User,
     Tenant,
+    /// An anonymous route's bucket per client network (`check_anonymous`).
+    Client,
+    /// An anonymous route's bucket shared by every client.
+    Everyone,
 }
 
 impl Bucket {
@@ -44,6 +48,8 @@ impl Bucket {
         match self {
             Bucket::User => "user",
             Bucket::Tenant => "tenant",
+            Bucket::Client => "client",
+            Bucket::Everyone => "everyone",
         }
     }
 }
@@ -266,12 +272,33 @@ impl RateLimiter {
 
     /// Takes one request from the caller's user and tenant buckets, if both have one.
     pub async fn check(&self, tenant: TenantId, user: UserId, quota: Quota) -> Decision {
+        self.check_keys(format!("tenant:{tenant}"), format!("user:{user}"), quota)
+            .await
+    }
+
+    /// For a route anyone may call (`route` names it): one request from the client network's
+    /// bucket (`quota.user` per minute) and from the bucket every client of the route shares
+    /// (`quota.tenant`), if both have one. `network` is `net::client_network` of the address.
+    pub async fn check_anonymous(&self, route: &str, network: &str, quota: Quota) -> Decision {
+        let mut decision = self
+            .check_keys(
+                format!("anon:{route}:all"),
+                format!("anon:{route}:net:{network}"),
+                quota,
+            )
+            .await;
+        decision.bucket = match decision.bucket {
+            Bucket::Tenant => Bucket::Everyone,
+            _ => Bucket::Client,
+        };
+        decision
+    }
+
+    async fn check_keys(&self, tenant_key: String, user_key: String, quota: Quota) -> Decision {
         let quota = Quota {
             user: quota.user.max(1),
             tenant: quota.tenant.max(1),
         };
-        let tenant_key = format!("tenant:{tenant}");
-        let user_key = format!("user:{user}");
         if let Some((script, prefix)) = self.redis.as_ref().filter(|_| self.redis_usable()) {
             let keys = [
                 format!("{prefix}:{tenant_key}"),

@@ -16,6 +16,15 @@ pub enum LabelLanguage {
 }
 
 impl LabelLanguage {
+    /// `zh`, `en` or `both`, as `parse` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zh => "zh",
+            Self::En => "en",
+            Self::Both => "both",
+        }
+    }
+
     /// `zh`, `en` or `both`.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         match raw.trim() {

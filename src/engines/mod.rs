@@ -221,6 +221,10 @@ pub trait Engine: Send + Sync + 'static {
     fn capacity(&self) -> Option<usize> {
         None
     }
+    /// The model behind it, as provenance names it (C2PA's software agent).
+    fn model(&self) -> String {
+        self.capabilities().name
+    }
     /// Whether `generate` writes a real video, which every output step (labels) then works on; only
     /// the simulated test double writes a placeholder instead.
     fn writes_video(&self) -> bool {

@@ -10,12 +10,18 @@ use super::{Capabilities, Engine, EngineError, EngineJob, Health, ProgressFn, Sl
 /// Intake's view of an engine whose machines this process cannot reach.
 pub struct RemoteOnly {
     pub capabilities: Capabilities,
+    /// The model its remote workers run, as this process's configuration names it.
+    pub model: String,
 }
 
 #[async_trait]
 impl Engine for RemoteOnly {
     fn capabilities(&self) -> Capabilities {
         self.capabilities.clone()
+    }
+
+    fn model(&self) -> String {
+        self.model.clone()
     }
 
     async fn health(&self) -> Health {

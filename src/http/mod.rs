@@ -64,7 +64,8 @@ pub fn router(state: AppState) -> Router {
 /// the route and its operation in the OpenAPI document. Handlers sharing a path go in one `routes!`.
 fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
     use routes::{
-        audit, auth, engines, files, me, ops, session, tenants, users, videos, webhooks, worker,
+        audit, auth, engines, files, me, ops, provenance, session, tenants, users, videos,
+        webhooks, worker,
     };
     let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(ops::healthz))
@@ -97,6 +98,7 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(videos::cancel))
         .routes(routes!(videos::rerun))
         .routes(routes!(videos::events))
+        .routes(routes!(provenance::of_job))
         .routes(routes!(files::content))
         .routes(routes!(files::signed))
         .routes(routes!(engines::list))
@@ -121,7 +123,14 @@ fn documented_routes(config: &Config) -> OpenApiRouter<AppState> {
         .layer(RequestBodyLimitLayer::new(
             worker::MAX_RESULT_BYTES as usize,
         ));
-    api.merge(uploads).merge(results)
+    // Anyone's video to check: streamed to disk, refused past `verify_max_bytes`.
+    let checks = OpenApiRouter::default()
+        .routes(routes!(provenance::verify))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(
+            config.verify_max_bytes as usize + MAX_BODY_BYTES,
+        ));
+    api.merge(uploads).merge(results).merge(checks)
 }
 
 /// The only routes left out of the OpenAPI document: the document itself, the vendored Swagger UI

@@ -20,6 +20,7 @@ use utoipa::Modify;
         (name = "admin", description = "Tenant administration"),
         (name = "platform", description = "Platform administration"),
         (name = "videos", description = "Video generation"),
+        (name = "provenance", description = "Labels and C2PA Content Credentials of any video (no account needed)"),
         (name = "ops", description = "Health"),
         (name = "worker", description = "The remote worker protocol (worker tokens only)"),
     )

@@ -11,6 +11,7 @@ pub mod ffmpeg;
 pub mod image;
 pub(crate) mod mp4edit;
 pub mod mp4guard;
+pub mod mp4video;
 mod resample;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -96,7 +96,7 @@ fn name(kind: &[u8]) -> String {
 }
 
 /// Walks the boxes packed in `data`, checking that each fits and, recursively, what they hold.
-fn check_children(data: &[u8], depth: usize) -> Result<(), MediaError> {
+pub(crate) fn check_children(data: &[u8], depth: usize) -> Result<(), MediaError> {
     if depth > MAX_DEPTH {
         return Err(refused("boxes nest too deep"));
     }

@@ -3,6 +3,9 @@
 //! (`videos::output`), before a video is stored.
 
 pub mod aigc;
+pub mod cli;
+pub mod credentials;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

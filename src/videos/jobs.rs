@@ -94,6 +94,13 @@ pub struct VideoFile {
     pub etag: String,
 }
 
+impl VideoFile {
+    /// Where the video is stored.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
 impl VideoService {
     /// The job `id` if `scope` may see it.
     pub async fn find(&self, scope: JobScope, id: JobId) -> Result<JobRecord, VideoError> {

@@ -12,6 +12,7 @@ pub mod outbox;
 mod output;
 pub mod presence;
 pub mod preview;
+pub mod provenance;
 pub mod remote;
 pub mod rerun;
 pub mod sweeper;
@@ -95,6 +96,11 @@ pub struct VideoService {
     pub labeller: crate::provenance::Labeller,
     /// Delivers the webhook outbox's due messages.
     pub webhooks: outbox::WebhookDrainer,
+    /// Signs every output's C2PA manifest, the last change made to it.
+    pub credentials: crate::provenance::credentials::ContentCredentials,
+    /// Reads videos' labels and manifests back (`GET /v1/videos/{id}/provenance`, and uploads to
+    /// `POST /v1/provenance/verify`).
+    pub verifier: crate::provenance::verify::ProvenanceVerifier,
 }
 
 /// Where a job's files live in the blob store.

@@ -23,6 +23,7 @@ mod labels;
 mod migrations;
 mod object_storage;
 mod ops;
+mod provenance;
 mod queue;
 mod rate_limit;
 mod recordings;

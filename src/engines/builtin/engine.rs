@@ -20,6 +20,10 @@ pub struct BuiltinEngine {
 
 #[async_trait]
 impl Engine for BuiltinEngine {
+    fn model(&self) -> String {
+        "sonicgw builtin animator (CPU)".to_owned()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             name: "builtin".to_owned(),

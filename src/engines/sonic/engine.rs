@@ -97,6 +97,10 @@ impl Engine for SonicEngine {
         capabilities()
     }
 
+    fn model(&self) -> String {
+        self.settings.workflow.models().describe()
+    }
+
     async fn health(&self) -> Health {
         let instances = self.pool.instances(false);
         let healthy = instances.iter().filter(|i| i.healthy).count();

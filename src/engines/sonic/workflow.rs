@@ -30,6 +30,16 @@ pub struct Models {
     pub dtype: String,
 }
 
+impl Models {
+    /// The model as provenance names it: `Sonic (<unet>, SVD <checkpoint>, <dtype>)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "Sonic ({}, SVD {}, {})",
+            self.unet, self.checkpoint, self.dtype
+        )
+    }
+}
+
 /// One job's inputs to the graph.
 #[derive(Debug, Clone)]
 pub struct JobInputs<'a> {
@@ -188,6 +198,11 @@ pub enum TemplateError {
 }
 
 impl Workflow {
+    /// The models its graph loads.
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
     /// The reference graph (ComfyUI_Sonic with CreateVideo and SaveVideo).
     pub fn builtin(models: Models) -> Self {
         Self {

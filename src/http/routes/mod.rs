@@ -6,6 +6,7 @@ pub mod engines;
 pub mod files;
 pub mod me;
 pub mod ops;
+pub mod provenance;
 pub mod session;
 pub mod tenants;
 pub mod users;
