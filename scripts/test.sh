@@ -17,4 +17,5 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
 scripts/browser-test.sh
 scripts/api-fuzz.sh
-FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh
+# Parser fuzzing (scripts/fuzz.sh) is not part of this run: its first build is a cold, instrumented release
+# build of every dependency (over 30 minutes on a 2-core machine), past the CI budget. Run it on its own.
