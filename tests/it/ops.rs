@@ -122,7 +122,16 @@ async fn openapi_document_and_vendored_docs_are_served() {
         .collect();
     assert_eq!(
         tags,
-        ["auth", "account", "admin", "platform", "videos", "ops", "worker"]
+        [
+            "auth",
+            "account",
+            "admin",
+            "platform",
+            "videos",
+            "provenance",
+            "ops",
+            "worker"
+        ]
     );
     let html = server
         .client
@@ -461,7 +470,7 @@ async fn handler_events_carry_the_request_id_and_route_template_never_the_path()
 
     // Logged by the `Caller` extractor, inside the handler's route.
     let ours = |line: &Value| in_request(line, "trace-ops-1");
-    let refused = traces.event_where("bearer token refused", ours);
+    let refused = traces.event_where("access token refused", ours);
     let request = span(&refused, "request");
     assert_eq!(request["request_id"], "trace-ops-1");
     assert_eq!(request["method"], "GET");
