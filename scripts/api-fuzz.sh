@@ -84,7 +84,7 @@ run() {
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --phases examples,coverage,fuzzing \
     --max-examples "$examples" --generation-deterministic --no-shrink \
-    --workers 1 --request-timeout 30 --suppress-health-check all --generation-database none \
+    --workers 1 --request-timeout 30 --suppress-health-check all \
     --report junit --report-junit-path "$out/$name.xml" --no-color "$@"
 }
 
