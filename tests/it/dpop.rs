@@ -369,3 +369,41 @@ async fn bearer_clients_are_unaffected_and_a_bad_proof_at_sign_in_is_refused() {
         "{metadata}"
     );
 }
+
+#[tokio::test]
+async fn a_proof_used_on_one_replica_is_refused_on_another_through_redis() {
+    use sonicgw::auth::dpop::{CheckedProof, ProofRejection, ReplayGuard};
+    // Two replicas' guards on the real Redis, sharing this test's own key prefix.
+    let prefix = format!("sonicgw-test-dpop-{}", uuid::Uuid::new_v4().simple());
+    let a = ReplayGuard::shared(&redis_url(), &prefix).await.unwrap();
+    let b = ReplayGuard::shared(&redis_url(), &prefix).await.unwrap();
+    let proof = CheckedProof {
+        jkt: DpopKey::p256().thumbprint(),
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    a.first_use(&proof).await.unwrap();
+    assert_eq!(b.first_use(&proof).await, Err(ProofRejection::Replayed));
+    // Another key's proof with the same jti is its own.
+    let other = CheckedProof {
+        jkt: DpopKey::p256().thumbprint(),
+        ..proof.clone()
+    };
+    b.first_use(&other).await.unwrap();
+    // The keys expire on their own (two minutes): nothing is left behind for good.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:dpop:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= 120_000, "{key}: {ttl}");
+    }
+}
