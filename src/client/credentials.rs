@@ -54,6 +54,10 @@ pub fn load(path: &Path) -> anyhow::Result<Option<Credentials>> {
     match std::fs::read(path) {
         Ok(bytes) => {
             check_private_file(path)?;
+            // Read like written: never from a folder where another user could have swapped the file.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                check_safe_dir(dir)?;
+            }
             Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
                 format!("{} is damaged; run `sonicgw login` again", path.display())
             })?))
@@ -258,6 +262,9 @@ mod tests {
         assert!(load(&path).unwrap().is_some());
         std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).unwrap();
         let refused = save(&path, &sample()).err().unwrap().to_string();
+        assert!(refused.contains("chmod 700"), "{refused}");
+        // Reading from that folder is refused too: the file there may not be the one we wrote.
+        let refused = load(&path).err().unwrap().to_string();
         assert!(refused.contains("chmod 700"), "{refused}");
         // A shared sticky folder (like /tmp) is fine: nobody else can replace our files there.
         std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o1777)).unwrap();
