@@ -133,15 +133,15 @@ async fn openapi_document_and_vendored_docs_are_served() {
             "worker"
         ]
     );
-    let html = server
-        .client
-        .get(server.url("/docs"))
-        .send()
-        .await
+    let docs = server.client.get(server.url("/docs")).send().await.unwrap();
+    // Never framed by another site, never leaking a referrer.
+    assert_eq!(docs.headers()["x-frame-options"], "DENY");
+    assert!(docs.headers()["content-security-policy"]
+        .to_str()
         .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .contains("frame-ancestors 'none'"));
+    assert_eq!(docs.headers()["referrer-policy"], "no-referrer");
+    let html = docs.text().await.unwrap();
     assert!(html.contains("/docs/swagger-ui-bundle.js"));
     assert!(
         !html.contains("https://"),

@@ -122,9 +122,20 @@ const DOCS_INIT: &str = r##"window.ui = SwaggerUIBundle({
 });
 "##;
 
-/// Interactive API docs (Swagger UI, vendored).
-pub async fn docs() -> Html<&'static str> {
-    Html(DOCS_HTML)
+/// Interactive API docs (Swagger UI, vendored). Never framed by another site (clickjacking of the
+/// "Authorize" dialog) and never sending a referrer; everything it loads is ours.
+pub async fn docs() -> impl IntoResponse {
+    (
+        [
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(DOCS_HTML),
+    )
 }
 
 pub async fn docs_init() -> impl IntoResponse {
