@@ -12,6 +12,7 @@ duration="${2:-5}"
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release --locked -q --bin sonicgw --example bare_axum
+bin_dir="${CARGO_TARGET_DIR:-target}/release"
 
 data=$(mktemp -d)
 log="$data/server.log"
@@ -33,9 +34,9 @@ requests_per_minute = 1000000000
 TOML
 SONICGW_DATA_DIR="$data" SONICGW_LISTEN=127.0.0.1:0 SONICGW_METRICS_LISTEN=127.0.0.1:0 \
   SONICGW_ADMIN_PASSWORD=bench-admin-password \
-  target/release/sonicgw --config "$data/config.toml" serve >"$data/stdout" 2>"$log" &
+  "$bin_dir"/sonicgw --config "$data/config.toml" serve >"$data/stdout" 2>"$log" &
 pids+=($!)
-target/release/examples/bare_axum >"$data/bare" 2>&1 &
+"$bin_dir"/examples/bare_axum >"$data/bare" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   grep -q listening "$data/stdout" 2>/dev/null && grep -q listening "$data/bare" 2>/dev/null && break

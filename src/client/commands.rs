@@ -272,6 +272,8 @@ fn report(err: &anyhow::Error, as_json: bool) -> ExitCode {
         println!("{body}");
     } else {
         match fields.as_slice() {
+            // Not an API refusal (a file missing, the server unreachable): no code to show.
+            [] if code == "error" => eprintln!("error: {detail}"),
             [(field, message)] if message == &detail && !field.is_empty() => {
                 eprintln!("error: {code}: {field}: {detail}");
             }
@@ -345,11 +347,7 @@ async fn login(
     path: &std::path::Path,
     options: &ClientOptions,
 ) -> anyhow::Result<ExitCode> {
-    let server = args.server.trim_end_matches('/').to_owned();
-    let parsed = url::Url::parse(&server).with_context(|| format!("{server} is not a URL"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        anyhow::bail!("the server URL must start with https:// (or http:// for a local server)");
-    }
+    let (server, parsed) = server_url(&args.server)?;
     if parsed.scheme() == "http" && !is_loopback(&parsed) {
         eprintln!(
             "warning: {server} is plain HTTP: your password and tokens cross the network unencrypted; use https://"
@@ -386,6 +384,26 @@ async fn login(
         println!("signed in to {server} as {username}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server's base URL as given to `login`, checked: http(s), and nothing in it that would be stored
+/// in the credentials file or sent with every request without the user meaning to (a user name and
+/// password, a query, a fragment).
+fn server_url(given: &str) -> anyhow::Result<(String, url::Url)> {
+    let server = given.trim().trim_end_matches('/').to_owned();
+    let parsed = url::Url::parse(&server).with_context(|| format!("{server:?} is not a URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        anyhow::bail!("the server URL must start with https:// (or http:// for a local server)");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        anyhow::bail!(
+            "the server URL must not hold a user name or password; give them with --username and at the prompt"
+        );
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        anyhow::bail!("the server URL must not have a query (?...) or fragment (#...)");
+    }
+    Ok((server, parsed))
 }
 
 fn generate_fields(args: &GenerateArgs) -> Vec<(&'static str, String)> {
@@ -811,4 +829,30 @@ async fn audit_export(args: AuditExportArgs, session: &Session) -> anyhow::Resul
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_url;
+
+    #[test]
+    fn a_server_url_is_http_without_credentials_query_or_fragment() {
+        let (server, _) = server_url(" https://gw.example.com/ ").unwrap();
+        assert_eq!(server, "https://gw.example.com");
+        assert_eq!(
+            server_url("http://127.0.0.1:8080").unwrap().0,
+            "http://127.0.0.1:8080"
+        );
+        for refused in [
+            "https://alice:secret@gw.example.com",
+            "https://alice@gw.example.com",
+            "https://gw.example.com/?token=x",
+            "https://gw.example.com/#x",
+            "ftp://gw.example.com",
+            "gw.example.com",
+        ] {
+            let err = server_url(refused).unwrap_err().to_string();
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
 }

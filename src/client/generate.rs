@@ -306,12 +306,29 @@ pub async fn follow(
     }
 }
 
-/// Downloads job `id`'s video to `out`, through a temporary file renamed when complete.
+/// The largest video the CLI writes: far above any job the plans allow (a 60 s 1024 px video is tens of
+/// MB), so only a broken or hostile server reaches it, and then cannot fill the user's disk.
+pub const MAX_VIDEO_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Whether `start` (a file's first bytes, at least 8) begins like an MP4: an ISO BMFF `ftyp` box.
+fn looks_like_mp4(start: &[u8]) -> bool {
+    start.len() >= 8 && &start[4..8] == b"ftyp"
+}
+
+/// Downloads job `id`'s video to `out`, through a temporary file renamed when complete. The answer must
+/// be an MP4 (it starts with an `ftyp` box) of at most [`MAX_VIDEO_BYTES`]; anything else is not kept.
 pub async fn download(session: &Session, id: &str, out: &Path) -> anyhow::Result<u64> {
     let url = session.url(&format!("/v1/videos/{id}/content"));
     let response = session
         .send(|http| http.get(&url).timeout(Duration::from_secs(3600)))
         .await?;
+    if let Some(length) = response.content_length() {
+        anyhow::ensure!(
+            length <= MAX_VIDEO_BYTES,
+            "the server offers {length} bytes, more than a video can be ({} GiB); nothing was saved",
+            MAX_VIDEO_BYTES >> 30
+        );
+    }
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -320,6 +337,7 @@ pub async fn download(session: &Session, id: &str, out: &Path) -> anyhow::Result
         .with_context(|| format!("writing into {}", dir.display()))?;
     let mut file = tokio::fs::File::from_std(partial.reopen()?);
     let mut written = 0u64;
+    let mut head = Vec::with_capacity(8);
     let mut body = response.bytes_stream();
     loop {
         let next = tokio::time::timeout(IDLE_TIMEOUT, body.next())
@@ -332,9 +350,25 @@ pub async fn download(session: &Session, id: &str, out: &Path) -> anyhow::Result
             })?;
         let Some(chunk) = next else { break };
         let chunk = chunk.context("the download was interrupted")?;
+        if written < 8 {
+            head.extend_from_slice(&chunk[..chunk.len().min(8 - written as usize)]);
+            anyhow::ensure!(
+                head.len() < 8 || looks_like_mp4(&head),
+                "the server's answer is not an MP4 video; nothing was saved"
+            );
+        }
         written += chunk.len() as u64;
+        anyhow::ensure!(
+            written <= MAX_VIDEO_BYTES,
+            "the download is larger than a video can be ({} GiB); nothing was saved",
+            MAX_VIDEO_BYTES >> 30
+        );
         file.write_all(&chunk).await?;
     }
+    anyhow::ensure!(
+        looks_like_mp4(&head),
+        "the server's answer is not an MP4 video; nothing was saved"
+    );
     file.flush().await?;
     drop(file);
     // A temporary file is private (0600); the video is an ordinary file of the user's.
@@ -378,6 +412,14 @@ fn human_seconds(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_iso_media_file_counts_as_a_video() {
+        assert!(looks_like_mp4(b"\0\0\0\x20ftypisom\0\0\x02\0"));
+        assert!(!looks_like_mp4(b"<html><body>"));
+        assert!(!looks_like_mp4(b"\0\0\0\x20moov"));
+        assert!(!looks_like_mp4(b"ftyp"));
+    }
 
     #[test]
     fn sse_events_are_split_across_chunks() {

@@ -103,6 +103,8 @@ string_enum!(
         Generating = "generating",
         Encoding = "encoding",
         Storing = "storing",
+        /// Succeeded: the video is stored. (A failed or cancelled job keeps the stage it ended in.)
+        Done = "done",
     }
 );
 

@@ -143,6 +143,10 @@ impl SonicParams {
             }
         }
         let duration = match number::<f64>(raw, "duration", &mut errors) {
+            Some(d) if !d.is_finite() => {
+                errors.push(error("duration", "must be a finite number of seconds"));
+                audio_duration
+            }
             Some(d) if (d - audio_duration).abs() > 0.1 => {
                 duration_mismatch = true;
                 errors.push(error(
@@ -314,6 +318,11 @@ mod tests {
     #[test]
     fn duration_must_match_the_audio_within_a_tenth() {
         assert!(SonicParams::parse(&raw(&[("duration", "7.6")]), 7.56, "b").is_ok());
+        for not_a_duration in ["NaN", "nan", "inf", "-infinity"] {
+            let rejected =
+                SonicParams::parse(&raw(&[("duration", not_a_duration)]), 7.56, "b").unwrap_err();
+            assert_eq!(rejected.errors[0].field, "duration", "{not_a_duration}");
+        }
         let rejected = SonicParams::parse(&raw(&[("duration", "10")]), 7.56, "b").unwrap_err();
         assert_eq!(rejected.code(), "duration_mismatch");
         let message = &rejected.errors[0].message;

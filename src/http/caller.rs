@@ -182,7 +182,7 @@ async fn verified_claims(
         (Scheme::Bearer, Some(_)) => Err(TokenRejection::DpopBound),
         (Scheme::Dpop, None) => Err(TokenRejection::NotDpopBound),
         (Scheme::Dpop, Some(bound)) => {
-            let https = crate::http::dpop::over_https(state, &parts.extensions, &parts.headers);
+            let https = crate::http::origin::over_https(state, &parts.extensions, &parts.headers);
             let proof = crate::http::dpop::request_proof(
                 state,
                 &parts.method,

@@ -1,15 +1,17 @@
 //! Admission to intake: probing an upload (image decode, full audio decode, face detection) costs the
 //! server far more than sending it costs the client, so the number of submissions being probed is
-//! bounded per user (a second parallel upload from the same user waits its turn only up to a small
-//! count, then is refused) and for the whole process (a queue with a bounded wait).
+//! bounded per user (a user may have a small count probed at once; past it they are refused) and for
+//! the whole process (one slot per core, a bounded wait for one). The process's slots are shared
+//! fairly between tenants: when they are all taken, the next one freed goes to the waiting tenant that
+//! holds the fewest, so one tenant sending photos that are slow to probe cannot make every other
+//! tenant's submission wait behind its own until the wait runs out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::domain::UserId;
+use crate::domain::{TenantId, UserId};
 
 /// Most job event streams (SSE) one user may hold open at once.
 pub const MAX_STREAMS_PER_USER: usize = 8;
@@ -73,25 +75,26 @@ impl Drop for UserSlot {
     }
 }
 
-/// Bounds concurrent intake probing globally and per user.
+/// Bounds concurrent intake probing per user and for the whole process, and shares the process's
+/// slots fairly between tenants.
 pub struct IntakeGate {
-    global: Arc<Semaphore>,
+    slots: Arc<FairSlots>,
     per_user: PerUserSlots,
     max_wait: Duration,
 }
 
 /// Held while a submission is probed; frees its slots when dropped.
 pub struct IntakePermit {
+    _slot: TenantSlot,
     _user: UserSlot,
-    _global: OwnedSemaphorePermit,
 }
 
 impl IntakeGate {
     /// `global` submissions probed at once in the process, `per_user_max` per user, and at most
-    /// `max_wait` queueing for a global slot.
+    /// `max_wait` queueing for a slot.
     pub fn new(global: usize, per_user_max: usize, max_wait: Duration) -> Self {
         Self {
-            global: Arc::new(Semaphore::new(global.max(1))),
+            slots: Arc::new(FairSlots::new(global.max(1))),
             per_user: PerUserSlots::new(per_user_max),
             max_wait,
         }
@@ -104,26 +107,190 @@ impl IntakeGate {
         Self::new(cores.max(2), 2, Duration::from_secs(20))
     }
 
-    /// Takes a per-user slot at once (or refuses), then waits for a global slot up to `max_wait`.
-    pub async fn enter(&self, user: UserId) -> Result<IntakePermit, AdmissionRefusal> {
-        let slot = self
+    /// Takes a per-user slot at once (or refuses), then waits up to `max_wait` for a slot of the
+    /// process.
+    pub async fn enter(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+    ) -> Result<IntakePermit, AdmissionRefusal> {
+        let user_slot = self
             .per_user
             .try_take(user)
             .ok_or(AdmissionRefusal::UserBusy)?;
-        let global = tokio::time::timeout(self.max_wait, Arc::clone(&self.global).acquire_owned())
+        let slot = FairSlots::take(&self.slots, tenant, self.max_wait)
             .await
-            .ok()
-            .and_then(Result::ok)
             .ok_or(AdmissionRefusal::ServerBusy)?;
         Ok(IntakePermit {
-            _user: slot,
-            _global: global,
+            _slot: slot,
+            _user: user_slot,
         })
     }
 
     /// Users with a submission being probed.
     pub fn users_in_flight(&self) -> usize {
         self.per_user.users()
+    }
+
+    /// Tenants with a submission being probed.
+    pub fn tenants_in_flight(&self) -> usize {
+        self.slots.state().held.len()
+    }
+}
+
+/// A fixed number of slots shared by tenants, work-conserving and fair: a free slot goes to whoever
+/// asks, and when none is free, the next one given back goes to the waiting tenant that holds the
+/// fewest (ties: the longest waiting). So one tenant sending photos that are slow to probe may fill
+/// every slot while nobody else asks, but another tenant's submission is served as soon as any slot
+/// frees, ahead of the busy tenant's queue, instead of waiting behind it until its wait runs out.
+struct FairSlots {
+    state: std::sync::Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    free: usize,
+    /// Slots held per tenant (only tenants holding some).
+    held: std::collections::HashMap<TenantId, usize>,
+    waiting: Vec<Waiter>,
+    next_ticket: u64,
+}
+
+struct Waiter {
+    ticket: u64,
+    tenant: TenantId,
+    granted: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A tenant's slot; given back (to the fairest waiter) when dropped.
+struct TenantSlot {
+    slots: Arc<FairSlots>,
+    tenant: TenantId,
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        self.slots.give_back(self.tenant);
+    }
+}
+
+/// A place in the queue, with the receiving end of its grant. Dropped while waiting (the wait ran out,
+/// or the request went away), it leaves the queue, or gives back the slot granted meanwhile: under the
+/// lock, a waiter no longer in the queue was granted one.
+struct QueuePlace {
+    slots: Arc<FairSlots>,
+    ticket: u64,
+    tenant: TenantId,
+    granted: tokio::sync::oneshot::Receiver<()>,
+    /// Set once the granted slot is handed to a `TenantSlot`.
+    granted_slot_taken: bool,
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        if self.granted_slot_taken {
+            return;
+        }
+        let mut state = self.slots.state();
+        if let Some(at) = state.waiting.iter().position(|w| w.ticket == self.ticket) {
+            state.waiting.remove(at);
+        } else {
+            drop(state);
+            self.slots.give_back(self.tenant);
+        }
+    }
+}
+
+impl FairSlots {
+    fn new(slots: usize) -> Self {
+        Self {
+            state: std::sync::Mutex::new(SlotState {
+                free: slots,
+                ..SlotState::default()
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // Nothing under the lock can panic half-way through a change; recover the data regardless.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for `tenant`, waiting at most `max_wait`; `None` when the wait ran out.
+    async fn take(this: &Arc<Self>, tenant: TenantId, max_wait: Duration) -> Option<TenantSlot> {
+        let slot = || TenantSlot {
+            slots: Arc::clone(this),
+            tenant,
+        };
+        let mut place = {
+            let mut state = this.state();
+            if state.free > 0 && state.waiting.is_empty() {
+                state.free -= 1;
+                *state.held.entry(tenant).or_default() += 1;
+                return Some(slot());
+            }
+            let (sender, granted) = tokio::sync::oneshot::channel();
+            state.next_ticket += 1;
+            let ticket = state.next_ticket;
+            state.waiting.push(Waiter {
+                ticket,
+                tenant,
+                granted: sender,
+            });
+            QueuePlace {
+                slots: Arc::clone(this),
+                ticket,
+                tenant,
+                granted,
+                granted_slot_taken: false,
+            }
+        };
+        let granted = tokio::time::timeout(max_wait, &mut place.granted).await;
+        if matches!(granted, Ok(Ok(()))) {
+            // The slot is now the `TenantSlot`'s to give back, not the place's.
+            place.granted_slot_taken = true;
+            Some(slot())
+        } else {
+            None
+        }
+    }
+
+    /// `tenant` gives a slot back: to the waiting tenant holding the fewest, else to the free pool.
+    fn give_back(&self, tenant: TenantId) {
+        let mut state = self.state();
+        if let Some(count) = state.held.get_mut(&tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.held.remove(&tenant);
+            }
+        }
+        loop {
+            let next = state
+                .waiting
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| (state.held.get(&w.tenant).copied().unwrap_or(0), w.ticket))
+                .map(|(at, _)| at);
+            let Some(at) = next else {
+                state.free += 1;
+                return;
+            };
+            let waiter = state.waiting.remove(at);
+            *state.held.entry(waiter.tenant).or_default() += 1;
+            if waiter.granted.send(()).is_ok() {
+                return;
+            }
+            // The waiter went away without leaving the queue (cannot happen while its place is
+            // armed, but never lose a slot): undo and try the next.
+            if let Some(count) = state.held.get_mut(&waiter.tenant) {
+                *count -= 1;
+                if *count == 0 {
+                    state.held.remove(&waiter.tenant);
+                }
+            }
+        }
     }
 }
 
@@ -135,34 +302,109 @@ mod tests {
         UserId::generate()
     }
 
+    fn tenant() -> TenantId {
+        TenantId::generate()
+    }
+
     #[tokio::test]
     async fn refuses_a_user_past_their_limit_but_not_others() {
         let gate = IntakeGate::new(8, 2, Duration::from_secs(1));
-        let alice = user();
-        let first = gate.enter(alice).await.unwrap();
-        let _second = gate.enter(alice).await.unwrap();
+        let (acme, alice) = (tenant(), user());
+        let first = gate.enter(acme, alice).await.unwrap();
+        let _second = gate.enter(acme, alice).await.unwrap();
         assert_eq!(
-            gate.enter(alice).await.err(),
+            gate.enter(acme, alice).await.err(),
             Some(AdmissionRefusal::UserBusy)
         );
-        assert!(gate.enter(user()).await.is_ok());
+        assert!(gate.enter(acme, user()).await.is_ok());
         drop(first);
-        assert!(gate.enter(alice).await.is_ok());
+        assert!(gate.enter(acme, alice).await.is_ok());
     }
 
     #[tokio::test]
     async fn waits_for_a_global_slot_then_gives_up() {
-        let gate = IntakeGate::new(1, 2, Duration::from_millis(50));
-        let held = gate.enter(user()).await.unwrap();
-        let bob = user();
+        let gate = IntakeGate::new(2, 2, Duration::from_millis(50));
+        let held = [
+            gate.enter(tenant(), user()).await.unwrap(),
+            gate.enter(tenant(), user()).await.unwrap(),
+        ];
+        let (globex, bob) = (tenant(), user());
         assert_eq!(
-            gate.enter(bob).await.err(),
+            gate.enter(globex, bob).await.err(),
             Some(AdmissionRefusal::ServerBusy)
         );
-        // The refused attempt gave its per-user slot back.
-        assert_eq!(gate.users_in_flight(), 1);
+        // The refused attempt gave its per-user and tenant slots back.
+        assert_eq!(gate.users_in_flight(), 2);
+        assert_eq!(gate.tenants_in_flight(), 2);
         drop(held);
-        assert!(gate.enter(bob).await.is_ok());
+        assert!(gate.enter(globex, bob).await.is_ok());
         assert_eq!(gate.users_in_flight(), 0);
+        assert_eq!(gate.tenants_in_flight(), 0);
+    }
+
+    /// Lets spawned tasks run until `n` of them wait for a slot.
+    async fn until_waiting(gate: &IntakeGate, n: usize) {
+        while gate.slots.state().waiting.len() != n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_tenant_uses_every_free_slot_but_another_tenant_is_served_first() {
+        let gate = Arc::new(IntakeGate::new(2, 2, Duration::from_secs(30)));
+        let (noisy, quiet) = (tenant(), tenant());
+        let (mallory, trudy) = (user(), user());
+        // Nobody else asks: one tenant may use both slots.
+        let mut held = vec![
+            gate.enter(noisy, mallory).await.unwrap(),
+            gate.enter(noisy, trudy).await.unwrap(),
+        ];
+        let enter = |tenant, who| {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.enter(tenant, who).await })
+        };
+        let noisy_next = enter(noisy, mallory);
+        until_waiting(&gate, 1).await;
+        let quiet_one = enter(quiet, user());
+        until_waiting(&gate, 2).await;
+        // The first slot given back goes to the tenant holding none, though it asked later.
+        drop(held.pop());
+        let quiet_permit = quiet_one.await.unwrap().unwrap();
+        assert!(!noisy_next.is_finished());
+        drop(held.pop());
+        let noisy_permit = noisy_next.await.unwrap().unwrap();
+        assert_eq!(gate.tenants_in_flight(), 2);
+        drop((quiet_permit, noisy_permit));
+        assert_eq!(gate.tenants_in_flight(), 0);
+        assert_eq!(gate.slots.state().free, 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_goes_away_while_waiting_loses_no_slot() {
+        let gate = Arc::new(IntakeGate::new(1, 2, Duration::from_secs(30)));
+        let held = gate.enter(tenant(), user()).await.unwrap();
+        let waiter = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.enter(tenant(), user()).await.map(|_| ()) })
+        };
+        until_waiting(&gate, 1).await;
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(gate.slots.state().waiting.len(), 0);
+        drop(held);
+        assert_eq!(gate.slots.state().free, 1);
+        assert!(gate.enter(tenant(), user()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_single_slot_machine_still_admits_every_tenant() {
+        let gate = IntakeGate::new(1, 2, Duration::from_millis(50));
+        let held = gate.enter(tenant(), user()).await.unwrap();
+        assert_eq!(
+            gate.enter(tenant(), user()).await.err(),
+            Some(AdmissionRefusal::ServerBusy)
+        );
+        drop(held);
+        assert!(gate.enter(tenant(), user()).await.is_ok());
     }
 }

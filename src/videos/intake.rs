@@ -256,12 +256,15 @@ impl VideoService {
         // Shared with every blocking probe below: a probe cannot be cancelled, so the slot stays taken
         // until the last one really ends, even when the request is gone (client disconnected, or the
         // other file already failed).
-        let admitted = Arc::new(self.admission.enter(submission.user).await.map_err(
-            |refusal| match refusal {
-                AdmissionRefusal::UserBusy => IntakeError::UserBusy,
-                AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
-            },
-        )?);
+        let admitted = Arc::new(
+            self.admission
+                .enter(submission.tenant, submission.user)
+                .await
+                .map_err(|refusal| match refusal {
+                    AdmissionRefusal::UserBusy => IntakeError::UserBusy,
+                    AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
+                })?,
+        );
         // The plan now, not the token's claim (a downgrade would otherwise wait for the token to expire).
         submission.plan = self
             .current_plans

@@ -7,7 +7,7 @@ use super::admission::AdmissionRefusal;
 use super::intake::{IntakeError, UploadedFile};
 use super::view::{JobInput, OutputPlan};
 use super::VideoService;
-use crate::domain::{PlanName, RawParams, SonicParams, UserId};
+use crate::domain::{PlanName, RawParams, SonicParams, TenantId, UserId};
 
 /// What `preview` found: the parameters as they would be stored, the uploads as measured, and the
 /// video that would be made.
@@ -23,18 +23,20 @@ impl VideoService {
     /// no audit record. `POST /v1/videos/preview` shows the result before the user submits.
     pub async fn preview(
         &self,
+        tenant: TenantId,
         user: UserId,
         plan_name: &PlanName,
         fields: &RawParams,
         image: &UploadedFile,
         audio: &UploadedFile,
     ) -> Result<Preview, IntakeError> {
-        let admitted = Arc::new(self.admission.enter(user).await.map_err(
-            |refusal| match refusal {
-                AdmissionRefusal::UserBusy => IntakeError::UserBusy,
-                AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
-            },
-        )?);
+        let admitted =
+            Arc::new(self.admission.enter(tenant, user).await.map_err(
+                |refusal| match refusal {
+                    AdmissionRefusal::UserBusy => IntakeError::UserBusy,
+                    AdmissionRefusal::ServerBusy => IntakeError::ServerBusy,
+                },
+            )?);
         let plan = self.plans.limits(plan_name);
         let inspected = self
             .inspect(

@@ -313,3 +313,52 @@ test("a platform admin manages users and exports the audit log as CSV", async ()
   await shot(page, "13-admin-queue");
   await context.close();
 });
+
+test("on a plain-HTTP LAN address (no Web Locks, no randomUUID) two tabs refresh at once and stay signed in", async () => {
+  // A name that is not localhost makes http:// an insecure context, as a LAN address is: browsers then
+  // offer neither navigator.locks nor crypto.randomUUID.
+  const port = new URL(base).port;
+  const lan = `http://lan.test:${port}`;
+  const lanBrowser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: [...CHROMIUM_ARGS, "--host-resolver-rules=MAP lan.test 127.0.0.1"],
+  });
+  try {
+    const context = await lanBrowser.newContext({ locale: "en-GB" });
+    const first = await context.newPage();
+    const problems = [];
+    first.on("pageerror", (error) => problems.push(error.message));
+    await first.goto(lan + "/");
+    assert.deepEqual(
+      await first.evaluate(() => [window.isSecureContext, "locks" in navigator, typeof crypto.randomUUID]),
+      [false, false, "undefined"],
+    );
+    await first.getByLabel("Username").fill("creator");
+    await first.getByLabel("Password").fill(USER_PASSWORD);
+    await first.getByRole("button", { name: "Sign in" }).click();
+    await first.getByRole("button", { name: "Sign out" }).waitFor();
+    const second = await context.newPage();
+    await second.goto(lan + "/");
+    await second.getByRole("button", { name: "Sign out" }).waitFor();
+    const api = "/app/api.js";
+    const id = await first.evaluate((path) => import(path).then((m) => m.randomId()), api);
+    assert.match(id, /^[0-9a-f]{32}$/);
+    // Both tabs renew from the one cookie at the same moment, five times: without a lock one of them
+    // would present a refresh token the other just spent, and the server would end the sign-in.
+    for (let round = 0; round < 5; round++) {
+      const renewed = await Promise.all(
+        [first, second].map((page) => page.evaluate((path) => import(path).then((m) => m.refresh()), api)),
+      );
+      assert.deepEqual(renewed, [true, true], `round ${round}`);
+    }
+    for (const page of [first, second]) {
+      const me = await page.evaluate((path) => import(path).then((m) => m.api("/v1/me")), api);
+      assert.equal(me.username, "creator");
+    }
+    assert.deepEqual(problems, []);
+    await shot(second, "12-lan-address-two-tabs");
+    await context.close();
+  } finally {
+    await lanBrowser.close();
+  }
+});

@@ -371,6 +371,41 @@ async fn bearer_clients_are_unaffected_and_a_bad_proof_at_sign_in_is_refused() {
 }
 
 #[tokio::test]
+async fn with_a_configured_issuer_a_proof_must_name_it_never_the_host_header() {
+    // A server that collects proofs for its own URL cannot replay them here by sending its own name
+    // as Host: with an issuer configured, only the issuer's (and public_base_url's) URLs count.
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.issuer = "https://videos.example".to_owned();
+    })
+    .await;
+    let sign_in = |proof: String, host: &'static str| {
+        server
+            .client
+            .post(server.url("/v1/auth/token"))
+            .header("host", host)
+            .header("dpop", proof)
+            .form(&[
+                ("grant_type", "password"),
+                ("username", "admin"),
+                ("password", ADMIN_PASSWORD),
+            ])
+            .send()
+    };
+    let key = DpopKey::p256();
+    let elsewhere = key.proof("POST", "http://evil.example/v1/auth/token", None);
+    let response = sign_in(elsewhere, "evil.example").await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_dpop_proof");
+    // The issuer's own URL is accepted, whatever Host says.
+    let here = key.proof("POST", "https://videos.example/v1/auth/token", None);
+    let response = sign_in(here, "evil.example").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["token_type"], "DPoP");
+}
+
+#[tokio::test]
 async fn a_proof_used_on_one_replica_is_refused_on_another_through_redis() {
     use sonicgw::auth::dpop::{CheckedProof, ProofRejection, ReplayGuard};
     // Two replicas' guards on the real Redis, sharing this test's own key prefix.

@@ -290,7 +290,14 @@ async fn signed_link_plays_without_a_token_supports_ranges_and_refuses_tampering
         .send()
         .await
         .unwrap();
-    assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        beyond.headers()["content-range"].to_str().unwrap(),
+        format!("bytes */{size}")
+    );
+    assert_eq!(beyond.headers()["content-type"], "application/problem+json");
+    let body = problem(beyond, StatusCode::RANGE_NOT_SATISFIABLE).await;
+    assert_eq!(body["code"], "range_not_satisfiable");
+    assert_eq!(body["errors"][0]["field"], "Range");
 
     let tampered_sig = url.replace("sig=", "sig=A");
     let body = problem(

@@ -253,6 +253,59 @@ async fn web_sign_out_revokes_the_sign_in_and_clears_the_cookie() {
 }
 
 #[tokio::test]
+async fn web_sign_out_without_the_cookie_ends_the_sign_in_of_the_access_token_it_sends() {
+    let server = TestServer::start().await;
+    let origin = server.origin();
+    let (access, cookie) = server.web_sign_in("admin", ADMIN_PASSWORD).await;
+    let (other_access, other_cookie) = server.web_sign_in("admin", ADMIN_PASSWORD).await;
+    let response = server
+        .client
+        .delete(server.url("/v1/auth/session"))
+        .header(ORIGIN, &origin)
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        server.get("/v1/me", &access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // The sign-in's refresh token, in a cookie the request did not carry, is revoked with it.
+    let response = server
+        .session("/v1/auth/session/refresh", Some(&origin), Some(&cookie))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Another sign-in of the same user is not touched.
+    assert_eq!(
+        server.get("/v1/me", &other_access).await.status(),
+        StatusCode::OK
+    );
+    let response = server
+        .session(
+            "/v1/auth/session/refresh",
+            Some(&origin),
+            Some(&other_cookie),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // A forged or revoked token changes nothing and still clears the cookie.
+    for token in ["not-a-token", access.as_str()] {
+        let response = server
+            .client
+            .delete(server.url("/v1/auth/session"))
+            .header(ORIGIN, &origin)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{token}");
+        assert!(set_cookie(response.headers()).contains("Max-Age=0"));
+    }
+}
+
+#[tokio::test]
 async fn the_app_and_its_files_carry_a_strict_policy() {
     let server = TestServer::start().await;
     for (path, content_type) in [

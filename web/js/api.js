@@ -82,7 +82,9 @@ export function refresh() {
       if (response.status === 400 || response.status === 401) return false;
       throw new ApiError(response.status, body);
     };
-    const locked = navigator.locks ? navigator.locks.request("sonicgw-refresh", run) : run();
+    const locked = navigator.locks
+      ? navigator.locks.request("sonicgw-refresh", run)
+      : withStorageLock("sonicgw-refresh", run);
     refreshing = locked.finally(() => {
       refreshing = null;
     });
@@ -90,9 +92,64 @@ export function refresh() {
   return refreshing;
 }
 
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A random id; `crypto.randomUUID` exists only on HTTPS pages (and localhost). */
+export function randomId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Runs `run` while holding a lock shared by this site's tabs, for pages without Web Locks (plain HTTP
+ * on a LAN address): a lease in localStorage (no token, only an owner id and an expiry), written, then
+ * read back after a moment to see whether another tab wrote at the same time. Never blocks for good:
+ * a lease expires after 10 s, and after 5 s of waiting `run` goes ahead.
+ */
+async function withStorageLock(name, run) {
+  const me = randomId();
+  const read = () => {
+    try {
+      return JSON.parse(localStorage.getItem(name) || "null");
+    } catch (_) {
+      return null;
+    }
+  };
+  const claim = () => {
+    try {
+      localStorage.setItem(name, JSON.stringify({ owner: me, until: Date.now() + 10_000 }));
+      return true;
+    } catch (_) {
+      return false; // No localStorage (a private window may refuse it): no lock to take.
+    }
+  };
+  for (let waited = 0; waited < 5_000; ) {
+    const held = read();
+    if (!held || !(held.until > Date.now())) {
+      if (!claim()) break;
+      // Long enough for a write in another tab (another process) to reach this one.
+      await pause(100);
+      if (read()?.owner === me) {
+        try {
+          return await run();
+        } finally {
+          if (read()?.owner === me) localStorage.removeItem(name);
+        }
+      }
+    }
+    const wait = 50 + Math.floor(Math.random() * 50);
+    await pause(wait);
+    waited += wait + 100;
+  }
+  return run();
+}
+
 export async function signOut() {
   try {
-    await fetch("/v1/auth/session", { method: "DELETE", credentials: "same-origin" });
+    // The access token too: it ends this sign-in even when the cookie is gone.
+    const headers = access ? { authorization: "Bearer " + access } : {};
+    await fetch("/v1/auth/session", { method: "DELETE", headers, credentials: "same-origin" });
   } finally {
     ended();
   }

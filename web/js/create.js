@@ -2,7 +2,7 @@
 // stores nothing), set the parameters the plan and engine allow, generate. With ?rerun=<id> the inputs
 // are those of an earlier video and only the parameters are new.
 
-import { api, ApiError } from "./api.js";
+import { api, ApiError, randomId } from "./api.js";
 import { h, replace, fieldError, showError, clearError, icon } from "./dom.js";
 import { t, errorText } from "./i18n.js";
 
@@ -329,7 +329,7 @@ export async function renderCreate(main, query, ctx) {
     generate.disabled = true;
     generate.textContent = t("new.submitting");
     // One key per distinct request: a second click or a retry after a network error makes no second job.
-    idempotencyKey ||= crypto.randomUUID();
+    idempotencyKey ||= randomId();
     try {
       const job = rerun
         ? await api(`/v1/videos/${encodeURIComponent(rerun.id)}/rerun`, { method: "POST", json: fields(), headers: { "idempotency-key": idempotencyKey } })

@@ -334,7 +334,7 @@ fn proof_context(state: &AppState, request: &Request) -> Option<ProofContext> {
             request.method().clone(),
             request.uri().path().to_owned(),
             request.headers().clone(),
-            crate::http::dpop::over_https(state, request.extensions(), request.headers()),
+            crate::http::origin::over_https(state, request.extensions(), request.headers()),
         )
     })
 }

@@ -107,11 +107,28 @@ async fn serve_video(
             Ok((StatusCode::OK, response_headers, body).into_response())
         }
         Some(Err(())) => {
-            response_headers.insert(
+            // A problem body like every other refusal; the headers say the video's size.
+            let mut response = ApiError::Rejected {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                code: "range_not_satisfiable",
+                detail: format!("the range is outside the video's {size} bytes"),
+                errors: vec![crate::http::error::FieldError {
+                    field: "Range".into(),
+                    message: format!("must overlap bytes 0-{}", size.saturating_sub(1)),
+                }],
+            }
+            .into_response();
+            let headers = response.headers_mut();
+            headers.insert(
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&format!("bytes */{size}")).map_err(anyhow::Error::from)?,
             );
-            Ok((StatusCode::RANGE_NOT_SATISFIABLE, response_headers).into_response())
+            for name in [header::ETAG, header::ACCEPT_RANGES] {
+                if let Some(value) = response_headers.remove(&name) {
+                    headers.insert(name, value);
+                }
+            }
+            Ok(response)
         }
         Some(Ok((start, end))) => {
             let read = state.videos.read_video(&video, Some((start, end))).await?;

@@ -14,8 +14,9 @@ use super::auth::{
     grant_response, no_store, oauth_failure, password_grant, read_form, OAuthFailure,
 };
 use crate::auth::sessions::TokenPair;
-use crate::http::caller::ClientInfo;
+use crate::http::caller::{Caller, ClientInfo};
 use crate::http::error::ApiError;
+use crate::http::origin;
 use crate::http::state::AppState;
 
 /// The refresh token's cookie.
@@ -36,22 +37,10 @@ pub struct SessionResponse {
 
 /// Whether the client reached us over HTTPS: our own TLS, or a trusted proxy saying so.
 fn over_https(state: &AppState, request: &Request) -> bool {
-    crate::http::dpop::over_https(state, request.extensions(), request.headers())
+    origin::over_https(state, request.extensions(), request.headers())
 }
 
-/// `scheme://host[:port]` of a URL, lower-cased, without a default port.
-fn origin_of(url: &str) -> Option<String> {
-    let url = url::Url::parse(url).ok()?;
-    match url.origin() {
-        url::Origin::Tuple(..) => Some(url.origin().ascii_serialization()),
-        url::Origin::Opaque(_) => None,
-    }
-}
-
-/// Refuses a request whose `Origin` is missing or is not this server. This server is the configured
-/// issuer or `public_base_url`; only when no issuer is configured (one machine, the issuer derived
-/// from the listen address) also the request's own `Host` with the scheme it arrived on. A configured
-/// issuer never trusts `Host`: a DNS-rebinding page names its own host there.
+/// Refuses a request whose `Origin` is missing or is not one of this server's (`http::origin`).
 fn check_origin(state: &AppState, request: &Request, https: bool) -> Result<(), ApiError> {
     let refused = |detail: &str| ApiError::Forbidden {
         code: "cross_origin",
@@ -62,23 +51,9 @@ fn check_origin(state: &AppState, request: &Request, https: bool) -> Result<(), 
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| refused("this endpoint needs the Origin header a browser sends"))?;
-    let origin = origin_of(origin).ok_or_else(|| refused("the Origin header is not an origin"))?;
-    let issuer = origin_of(&state.issuer);
-    let public = origin_of(&state.config.public_base_url);
-    let own = if state.config.issuer.is_empty() {
-        let scheme = if https { "https" } else { "http" };
-        request
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|host| origin_of(&format!("{scheme}://{host}")))
-    } else {
-        None
-    };
-    if [own, issuer, public]
-        .iter()
-        .any(|allowed| allowed.as_deref() == Some(origin.as_str()))
-    {
+    let origin =
+        origin::origin_of(origin).ok_or_else(|| refused("the Origin header is not an origin"))?;
+    if origin::server_origins(state, request.headers(), https).contains(&origin) {
         Ok(())
     } else {
         Err(refused("requests from another site are refused"))
@@ -228,7 +203,9 @@ fn signed_out(failure: OAuthFailure, https: bool) -> Response {
 }
 
 /// Signs the web app out: revokes the cookie's sign-in (its refresh tokens and every access token issued
-/// in it) and clears the cookie. Without a cookie it only clears it.
+/// in it) and clears the cookie. An access token sent with it (`Authorization`) ends its sign-in too, so
+/// a page whose cookie is gone (cleared, or never sent) still ends the sign-in it holds. Signing out is
+/// idempotent: with neither, or with tokens already revoked or invalid, it only clears the cookie.
 #[utoipa::path(
     delete, path = "/v1/auth/session", tag = "auth",
     responses(
@@ -239,11 +216,21 @@ fn signed_out(failure: OAuthFailure, https: bool) -> Response {
 pub async fn sign_out(
     State(state): State<AppState>,
     client: ClientInfo,
+    bearer: Result<Caller, ApiError>,
     request: Request,
 ) -> Response {
     let https = over_https(&state, &request);
     if let Err(refused) = check_origin(&state, &request, https) {
         return refused.into_response();
+    }
+    if let Ok(caller) = bearer {
+        if let Err(err) = state
+            .sessions
+            .logout(&caller.audit_context(), &caller.claims)
+            .await
+        {
+            return ApiError::Internal(err).into_response();
+        }
     }
     if let Some(token) = cookie_token(request.headers()) {
         if let Err(err) = state
@@ -297,18 +284,5 @@ mod tests {
             HeaderValue::from_static("xsonicgw_refresh=a"),
         );
         assert_eq!(cookie_token(&headers), None);
-    }
-
-    #[test]
-    fn origins_compare_without_default_ports_or_paths() {
-        assert_eq!(
-            origin_of("http://127.0.0.1:80/x").as_deref(),
-            Some("http://127.0.0.1")
-        );
-        assert_eq!(
-            origin_of("HTTPS://Example.COM:443").as_deref(),
-            Some("https://example.com")
-        );
-        assert_eq!(origin_of("null"), None);
     }
 }

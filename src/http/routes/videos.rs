@@ -267,6 +267,7 @@ pub async fn preview(
     let preview = state
         .videos
         .preview(
+            caller.tenant_id,
             caller.user_id,
             &plan,
             &upload.fields,

@@ -262,7 +262,7 @@ impl JobStore for SqliteStore {
             "UPDATE jobs
              SET status = $3,
                  progress = CASE WHEN $3 = 'succeeded' THEN 1.0 ELSE progress END,
-                 stage = CASE WHEN $3 = 'succeeded' THEN 'storing' ELSE stage END,
+                 stage = CASE WHEN $3 = 'succeeded' THEN 'done' ELSE stage END,
                  error_code = $4, error_message = $5, result_key = $6, result_bytes = $7,
                  counts_toward_quota = CASE WHEN $8 THEN FALSE ELSE counts_toward_quota END,
                  finished_at = $9, updated_at = $9, lease_expires_at = NULL, error_detail = $10
