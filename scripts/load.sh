@@ -107,7 +107,8 @@ rss() { # VmRSS and VmHWM of the server, in MB
 "$venv/bin/python" scripts/load_test.py setup "$base" "$admin_password" "$users" "$data/accounts.json"
 rss_before=$(rss)
 echo "server $base ($bin); before the load: $rss_before"
-echo "locust $locust_version: $users users (spawned at $spawn_rate/s), ${duration}s"
+# The machine is shared: its load average says whether the numbers are the server's or the neighbours'.
+echo "locust $locust_version: $users users (spawned at $spawn_rate/s), ${duration}s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Locust's own exit status is 1 on any failure: the report below decides, with the details.
 LOAD_ACCOUNTS="$data/accounts.json" LOAD_SUMMARY="$data/summary.json" \
@@ -127,6 +128,7 @@ echo
 echo
 echo "server RSS before: $rss_before"
 echo "server RSS after:  $rss_after"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
 echo "server log: $(wc -l <"$log") lines; locust's CSV files and log and the server's log are in $out/"
 cp "$log" "$out/server.log"
 # Expected, once, at start: the warning that the simulated engine is on (it is what the test runs), and on a
