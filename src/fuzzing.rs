@@ -61,6 +61,16 @@ pub fn sign_hs256(header: &[u8], claims: &[u8]) -> String {
     format!("{signing_input}.{signature}")
 }
 
+/// The `token_claims` target's input: a header and claims separated by the first NUL byte (all of
+/// it the header when there is none), signed with [`sign_hs256`].
+pub fn token_from_parts(data: &[u8]) -> String {
+    let (header, claims) = match data.iter().position(|b| *b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b""[..]),
+    };
+    sign_hs256(header, claims)
+}
+
 /// The image probe of intake, with the default limits.
 pub fn probe_image(path: &Path) {
     let _ = crate::media::image::probe_image(path, &ImageLimits::default());

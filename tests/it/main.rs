@@ -16,6 +16,7 @@ mod dpop;
 mod eta;
 mod exposure;
 mod fake_comfyui;
+mod fuzz_corpus;
 mod gpu_pool;
 mod hostile_media;
 mod job_bus;
