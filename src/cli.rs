@@ -266,7 +266,7 @@ fn runner(command: Command) -> Runner {
 }
 
 /// Logs to stderr through a writer thread, so a request never waits for the terminal or the pipe
-/// (lines are queued, never dropped: a full queue makes writers wait). Colour only on a terminal.
+/// (lines are queued, never dropped: a full queue makes writers wait; written in batches). Colour only on a terminal.
 /// The guard flushes what is queued when dropped at the end of `main`. Filtered by `SONICGW_LOG`
 /// (default `info,sqlx=warn`; with `quiet`, nothing unless `SONICGW_LOG` is set).
 fn init_tracing(config: &Config, quiet: bool) -> tracing_appender::non_blocking::WorkerGuard {
@@ -277,7 +277,12 @@ fn init_tracing(config: &Config, quiet: bool) -> tracing_appender::non_blocking:
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("sonicgw-log")
-        .finish(std::io::stderr());
+        // Buffered: the writer thread drains every queued line, then flushes once, so a busy server
+        // makes one write per batch instead of one system call per line.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -55,9 +55,9 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     );
     let started = Instant::now();
 
-    let mut response = next.run(request).instrument(span.clone()).await;
-    // Nothing below awaits, so the guard cannot leak the span into other tasks; the access log is in it.
-    let _in_span = span.enter();
+    let mut response = next.run(request).instrument(span).await;
+    // The access-log line is outside the span: it names the request id, method and route itself, so the
+    // span's copy of them would only be formatted and written a second time.
 
     let elapsed = started.elapsed();
     let status = response.status();

@@ -476,7 +476,8 @@ async fn handler_events_carry_the_request_id_and_route_template_never_the_path()
     assert_eq!(request["method"], "GET");
     assert_eq!(request["route"], "/v1/videos/{id}");
     let access = traces.event_where("request", ours);
-    assert_eq!(access["span"]["request_id"], "trace-ops-1");
+    assert_eq!(access["fields"]["request_id"], "trace-ops-1");
+    assert_eq!(access["fields"]["status"], 401);
     let verify = &traces
         .closed("token.verify")
         .into_iter()

@@ -178,9 +178,11 @@ impl Traces {
     }
 }
 
-/// Whether the line was logged inside the request with this `x-request-id`.
+/// Whether the line was logged inside the request with this `x-request-id`, or is its access-log line
+/// (logged after the request's span, naming the id itself).
 pub fn in_request(line: &Value, request_id: &str) -> bool {
     line["span"]["request_id"] == request_id
+        || line["fields"]["request_id"] == request_id
         || line["spans"]
             .as_array()
             .is_some_and(|spans| spans.iter().any(|s| s["request_id"] == request_id))
