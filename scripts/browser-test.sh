@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-cargo build --locked --bin sonicgw
+# The binary as `cargo test` builds it (with the dev-dependencies' features): `cargo build --bin` would
+# build it with other features, recompiling it and its web stack after every `cargo test` and back.
+cargo test --locked --no-run --test it -q
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 target="${CARGO_TARGET_DIR:-target}"
 SONICGW_BIN="$target/debug/sonicgw" timeout 180 node --test --test-reporter=spec tests/browser/webapp.test.mjs
