@@ -403,6 +403,7 @@ pub async fn start_with_options(
             Some(url) => crate::auth::dpop::ReplayGuard::shared(url, &config.redis_prefix).await?,
             None => crate::auth::dpop::ReplayGuard::in_process(),
         }),
+        dpop_token_endpoint_replays: Arc::new(crate::auth::dpop::ReplayGuard::for_token_endpoint()),
         config: config.clone(),
     });
 

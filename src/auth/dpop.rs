@@ -263,6 +263,11 @@ fn url_matches(htu: &str, target: &ProofTarget<'_>) -> bool {
 pub struct ReplayGuard {
     local: Mutex<HashMap<String, Instant>>,
     redis: Option<(RedisScript, String)>,
+    /// When the in-process memory is full of unexpired proofs: refuse new ones (proofs of signed-in
+    /// clients' requests), or forget the remembered ones (the token endpoint's, which anyone may send:
+    /// refusing there would let an anonymous flood lock every DPoP client out, while a replayed
+    /// token-endpoint proof still needs the credentials and gets a token bound to a key it lacks).
+    forget_when_full: bool,
 }
 
 /// `SET key 1 NX PX window`: 1 when the key was new.
@@ -277,6 +282,16 @@ impl ReplayGuard {
         Self {
             local: Mutex::new(HashMap::new()),
             redis: None,
+            forget_when_full: false,
+        }
+    }
+
+    /// For the token endpoint's proofs, sent before any credential is checked: in this process, and
+    /// never full (see `forget_when_full`).
+    pub fn for_token_endpoint() -> Self {
+        Self {
+            forget_when_full: true,
+            ..Self::in_process()
         }
     }
 
@@ -319,7 +334,10 @@ impl ReplayGuard {
         if seen.len() >= MAX_REMEMBERED {
             seen.retain(|_, until| *until > now);
             if seen.len() >= MAX_REMEMBERED {
-                return Err(ProofRejection::ReplayCacheFull);
+                if !self.forget_when_full {
+                    return Err(ProofRejection::ReplayCacheFull);
+                }
+                seen.clear();
             }
         }
         match seen.get(&key) {
@@ -336,6 +354,30 @@ impl ReplayGuard {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_flood_fills_the_signed_in_guard_but_never_the_token_endpoints() {
+        let proof = |n: usize| CheckedProof {
+            jkt: "key".to_owned(),
+            jti: n.to_string(),
+        };
+        let (guarded, token_endpoint) =
+            (ReplayGuard::in_process(), ReplayGuard::for_token_endpoint());
+        for n in 0..MAX_REMEMBERED {
+            guarded.first_use(&proof(n)).await.unwrap();
+            token_endpoint.first_use(&proof(n)).await.unwrap();
+        }
+        let next = proof(MAX_REMEMBERED);
+        assert_eq!(
+            guarded.first_use(&next).await,
+            Err(ProofRejection::ReplayCacheFull)
+        );
+        token_endpoint.first_use(&next).await.unwrap();
+        assert_eq!(
+            token_endpoint.first_use(&next).await,
+            Err(ProofRejection::Replayed)
+        );
+    }
 
     #[test]
     fn thumbprint_matches_rfc_7638_example() {

@@ -21,6 +21,8 @@ const MAX_LEEWAY_S: i64 = 60;
 
 /// How far back each database poll looks, to tolerate clock skew between processes.
 const POLL_OVERLAP: Duration = Duration::from_millis(5_000);
+/// With Redis, how often the database is read anyway (the safety net for what Redis did not carry).
+const SAFETY_POLL: Duration = Duration::from_secs(5);
 
 /// Revoked access tokens by `jti`, with their expiry (Unix seconds).
 pub struct Revocations {
@@ -71,15 +73,23 @@ impl Revocations {
             store,
             redis,
         });
+        // The database is the record; Redis carries revocations to every replica at once. With Redis
+        // the database is still read at start and polled every few seconds, so a revocation whose
+        // publication failed, one made while this replica's link to Redis was down, or one Redis lost
+        // (a restart without persistence) still arrives, a few seconds late.
         if revocations.redis.is_some() {
             // Subscribe before loading, so nothing published in between is missed.
             let pubsub = revocations.subscribe().await?;
             revocations.load_from_redis().await?;
             tokio::spawn(Arc::clone(&revocations).follow_redis(pubsub));
-        } else {
-            let loaded = revocations.load_from_store(UnixMillis::EPOCH).await?;
-            tokio::spawn(Arc::clone(&revocations).poll_store(loaded));
         }
+        let loaded = revocations.load_from_store(UnixMillis::EPOCH).await?;
+        let poll_every = if revocations.redis.is_some() {
+            SAFETY_POLL
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::spawn(Arc::clone(&revocations).poll_store(loaded, poll_every));
         tokio::spawn(Arc::clone(&revocations).purge_expired());
         Ok(revocations)
     }
@@ -104,7 +114,7 @@ impl Revocations {
         if let Some(redis) = &self.redis {
             let ttl = (expires_at - now_s()).max(1);
             let mut conn = redis.conn.clone();
-            redis::pipe()
+            let published = redis::pipe()
                 .cmd("SET")
                 .arg(redis.key(jti))
                 .arg(expires_at)
@@ -116,8 +126,11 @@ impl Revocations {
                 .arg(format!("{jti} {expires_at}"))
                 .ignore()
                 .query_async::<()>(&mut conn)
-                .await
-                .context("publishing a revocation to Redis")?;
+                .await;
+            // Recorded in the database already: the other replicas' poll takes it from there.
+            if let Err(err) = published {
+                tracing::warn!(error = %err, "publishing a revocation to Redis failed; replicas will read it from the database within {} s", SAFETY_POLL.as_secs());
+            }
         }
         Ok(())
     }
@@ -138,8 +151,8 @@ impl Revocations {
         Ok(newest)
     }
 
-    async fn poll_store(self: Arc<Self>, mut newest: UnixMillis) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+    async fn poll_store(self: Arc<Self>, mut newest: UnixMillis, every: Duration) {
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             match self

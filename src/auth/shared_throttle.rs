@@ -136,14 +136,12 @@ impl SharedThrottle {
         })
     }
 
+    /// The failure and in-flight keys of an account and an address key (`account:<name>`,
+    /// `address:<network>`). The kind comes before the client-chosen name, never after it: a username
+    /// ending in `:in-flight` must not name another account's key (it made the script fail with
+    /// WRONGTYPE, which turned the shared throttle off).
     fn keys(&self, account: &str, address: &str) -> [String; 4] {
-        let (p, a, b) = (&self.prefix, account, address);
-        [
-            format!("{p}:{a}"),
-            format!("{p}:{a}:in-flight"),
-            format!("{p}:{b}"),
-            format!("{p}:{b}:in-flight"),
-        ]
+        keys(&self.prefix, account, address)
     }
 
     /// Reserves an attempt on both keys, or says why not.
@@ -194,5 +192,39 @@ impl SharedThrottle {
             .run::<i64>(&self.keys(account, address), &args)
             .await
             .map(|_| ())
+    }
+}
+fn keys(prefix: &str, account: &str, address: &str) -> [String; 4] {
+    [
+        format!("{prefix}:failures:{account}"),
+        format!("{prefix}:in-flight:{account}"),
+        format!("{prefix}:failures:{address}"),
+        format!("{prefix}:in-flight:{address}"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys;
+
+    #[test]
+    fn no_username_names_another_accounts_keys() {
+        let victim = keys("p:throttle", "account:victim", "address:10.0.0.0/24");
+        let crafted = keys(
+            "p:throttle",
+            "account:victim:in-flight",
+            "address:10.0.0.0/24:in-flight",
+        );
+        for key in &crafted[..2] {
+            assert!(!victim.contains(key), "{key}");
+        }
+        let other_kind = keys(
+            "p:throttle",
+            "account:in-flight:account:victim",
+            "address:x",
+        );
+        assert!(!victim.contains(&other_kind[0]) && !victim.contains(&other_kind[1]));
+        assert_eq!(victim[0], "p:throttle:failures:account:victim");
+        assert_eq!(victim[1], "p:throttle:in-flight:account:victim");
     }
 }

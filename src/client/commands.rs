@@ -785,8 +785,11 @@ async fn audit_export(args: AuditExportArgs, session: &Session) -> anyhow::Resul
         )),
         None => Box::new(std::io::stdout().lock()),
     };
+    /// 10 000 pages of 1 000 records: far past any real log, so only a broken server reaches it.
+    const MAX_AUDIT_PAGES: u32 = 10_000;
     let mut cursor: Option<String> = None;
     let mut first = true;
+    let mut pages = 0u32;
     loop {
         let mut query = vec![("format", "csv".to_owned()), ("limit", "1000".to_owned())];
         for (name, value) in [
@@ -813,7 +816,11 @@ async fn audit_export(args: AuditExportArgs, session: &Session) -> anyhow::Resul
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
-        let body = response.text().await?;
+        // Capped like every answer, and cleaned of terminal control characters like them: a CSV field
+        // holds user agents and reasons, and the file may be shown with `cat`.
+        let body = super::terminal::clean_text(&String::from_utf8_lossy(
+            &api::read_capped(response).await?,
+        ));
         // Every page starts with the header row: keep only the first.
         let body = if first {
             body.as_str()
@@ -822,8 +829,15 @@ async fn audit_export(args: AuditExportArgs, session: &Session) -> anyhow::Resul
         };
         out.write_all(body.as_bytes())?;
         first = false;
+        pages += 1;
         match next {
-            Some(next) => cursor = Some(next),
+            // A cursor that does not move would loop for ever.
+            Some(next) if cursor.as_deref() != Some(next.as_str()) && pages < MAX_AUDIT_PAGES => {
+                cursor = Some(next)
+            }
+            Some(_) => anyhow::bail!(
+                "the server keeps offering more pages ({pages} read); narrow the export with --since/--until"
+            ),
             None => break,
         }
     }

@@ -31,6 +31,13 @@ pub async fn request_proof(
             now: crate::time::now_s(),
         },
     )?;
-    state.dpop_replays.first_use(&checked).await?;
+    // A resource request's proof comes with a verified access token; the token endpoint's with
+    // nothing checked yet, so it is kept apart where a flood cannot refuse signed-in clients' proofs.
+    let replays = if access_token.is_some() {
+        &state.dpop_replays
+    } else {
+        &state.dpop_token_endpoint_replays
+    };
+    replays.first_use(&checked).await?;
     Ok(Some(checked.jkt))
 }

@@ -34,6 +34,8 @@ pub struct Services {
     pub preview_limiter: Arc<crate::ratelimit::RateLimiter>,
     /// DPoP proofs already used (`jti` per key), shared through Redis when configured.
     pub dpop_replays: Arc<crate::auth::dpop::ReplayGuard>,
+    /// The token endpoint's proofs (sent before any credential is checked), apart from the others.
+    pub dpop_token_endpoint_replays: Arc<crate::auth::dpop::ReplayGuard>,
     /// Role refusals already audited (per user and route, for a minute).
     pub denials: crate::audit::Repeats,
     /// Cancelled when the process starts shutting down: event streams end, `/readyz` says 503.

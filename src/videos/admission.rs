@@ -2,9 +2,9 @@
 //! server far more than sending it costs the client, so the number of submissions being probed is
 //! bounded per user (a user may have a small count probed at once; past it they are refused) and for
 //! the whole process (one slot per core, a bounded wait for one). The process's slots are shared
-//! fairly between tenants: when they are all taken, the next one freed goes to the waiting tenant that
-//! holds the fewest, so one tenant sending photos that are slow to probe cannot make every other
-//! tenant's submission wait behind its own until the wait runs out.
+//! between tenants: one may hold all but one of them, and when they are all taken the next one freed
+//! goes to the waiting tenant that holds the fewest, so one tenant sending photos that are slow to probe
+//! cannot make every other tenant's submission wait behind its own until the wait runs out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,13 +138,16 @@ impl IntakeGate {
     }
 }
 
-/// A fixed number of slots shared by tenants, work-conserving and fair: a free slot goes to whoever
-/// asks, and when none is free, the next one given back goes to the waiting tenant that holds the
-/// fewest (ties: the longest waiting). So one tenant sending photos that are slow to probe may fill
-/// every slot while nobody else asks, but another tenant's submission is served as soon as any slot
-/// frees, ahead of the busy tenant's queue, instead of waiting behind it until its wait runs out.
+/// A fixed number of slots shared by tenants, fairly: a tenant may hold all but one of them, and when
+/// none is free, the next one given back goes to the waiting tenant that holds the fewest (ties: the
+/// longest waiting). So one tenant sending photos that are slow to probe (a 4096 px photo without a
+/// face costs seconds of CPU, tens of seconds two at a time on two cores) never holds every slot: another
+/// tenant's submission starts at once, instead of waiting behind it until its wait runs out.
 struct FairSlots {
     state: std::sync::Mutex<SlotState>,
+    /// The most one tenant may hold: all but one slot (one on a one-slot process), so another tenant's
+    /// submission always finds a slot within the time of a normal probe, whatever one tenant sends.
+    tenant_max: usize,
 }
 
 #[derive(Default)]
@@ -208,7 +211,13 @@ impl FairSlots {
                 free: slots,
                 ..SlotState::default()
             }),
+            tenant_max: slots.saturating_sub(1).max(1),
         }
+    }
+
+    /// Whether `tenant` may take one more slot.
+    fn may_take(&self, state: &SlotState, tenant: TenantId) -> bool {
+        state.held.get(&tenant).copied().unwrap_or(0) < self.tenant_max
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
@@ -226,7 +235,11 @@ impl FairSlots {
         };
         let mut place = {
             let mut state = this.state();
-            if state.free > 0 && state.waiting.is_empty() {
+            let queue_first = state
+                .waiting
+                .iter()
+                .any(|w| this.may_take(&state, w.tenant));
+            if state.free > 0 && !queue_first && this.may_take(&state, tenant) {
                 state.free -= 1;
                 *state.held.entry(tenant).or_default() += 1;
                 return Some(slot());
@@ -271,6 +284,7 @@ impl FairSlots {
                 .waiting
                 .iter()
                 .enumerate()
+                .filter(|(_, w)| self.may_take(&state, w.tenant))
                 .min_by_key(|(_, w)| (state.held.get(&w.tenant).copied().unwrap_or(0), w.ticket))
                 .map(|(at, _)| at);
             let Some(at) = next else {
@@ -350,11 +364,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_busy_tenant_uses_every_free_slot_but_another_tenant_is_served_first() {
-        let gate = Arc::new(IntakeGate::new(2, 2, Duration::from_secs(30)));
+    async fn a_busy_tenant_leaves_a_slot_for_others_and_they_are_served_first() {
+        let gate = Arc::new(IntakeGate::new(3, 2, Duration::from_secs(30)));
         let (noisy, quiet) = (tenant(), tenant());
         let (mallory, trudy) = (user(), user());
-        // Nobody else asks: one tenant may use both slots.
+        // One tenant may hold all but one slot.
         let mut held = vec![
             gate.enter(noisy, mallory).await.unwrap(),
             gate.enter(noisy, trudy).await.unwrap(),
@@ -365,18 +379,21 @@ mod tests {
         };
         let noisy_next = enter(noisy, mallory);
         until_waiting(&gate, 1).await;
-        let quiet_one = enter(quiet, user());
+        assert_eq!(gate.slots.state().free, 1);
+        // Another tenant takes the slot left free at once, and then queues behind nobody.
+        let quiet_first = gate.enter(quiet, user()).await.unwrap();
+        let quiet_second = enter(quiet, user());
         until_waiting(&gate, 2).await;
-        // The first slot given back goes to the tenant holding none, though it asked later.
-        drop(held.pop());
-        let quiet_permit = quiet_one.await.unwrap().unwrap();
+        // A slot given back goes to a tenant below its share, though the busy one asked earlier.
+        drop(quiet_first);
+        let quiet_second = quiet_second.await.unwrap().unwrap();
         assert!(!noisy_next.is_finished());
         drop(held.pop());
-        let noisy_permit = noisy_next.await.unwrap().unwrap();
+        let noisy_next = noisy_next.await.unwrap().unwrap();
         assert_eq!(gate.tenants_in_flight(), 2);
-        drop((quiet_permit, noisy_permit));
+        drop((quiet_second, noisy_next, held));
         assert_eq!(gate.tenants_in_flight(), 0);
-        assert_eq!(gate.slots.state().free, 2);
+        assert_eq!(gate.slots.state().free, 3);
     }
 
     #[tokio::test]

@@ -238,3 +238,36 @@ async fn logs_never_contain_passwords_or_tokens() {
         assert!(!log.contains(secret), "log contains a secret");
     }
 }
+
+/// A revocation Redis never carried (its publication failed, the link was down, Redis lost it) still
+/// reaches a replica with `redis_url` set: from the database, within the safety poll (5 s).
+#[tokio::test]
+async fn a_revocation_redis_never_carried_arrives_from_the_database() {
+    use sonicgw::auth::revocation::Revocations;
+    use sonicgw::domain::Jti;
+    let dir = tempfile::tempdir().unwrap();
+    let store = sonicgw::storage::connect(&format!("sqlite://{}/r.db", dir.path().display()))
+        .await
+        .unwrap();
+    // Two replicas on one database, each on its own Redis prefix: Redis links nothing between them.
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let a = Revocations::start(store.clone(), Some(&redis_url()), &format!("t-{unique}-a"))
+        .await
+        .unwrap();
+    let b = Revocations::start(store.clone(), Some(&redis_url()), &format!("t-{unique}-b"))
+        .await
+        .unwrap();
+    let jti = Jti::generate();
+    a.revoke(&jti, sonicgw::time::now_s() + 600).await.unwrap();
+    assert!(a.is_revoked(&jti));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.is_revoked(&jti) {
+        assert!(Instant::now() < deadline, "the revocation never reached B");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A replica started later reads it at start, whatever Redis holds.
+    let c = Revocations::start(store, Some(&redis_url()), &format!("t-{unique}-c"))
+        .await
+        .unwrap();
+    assert!(c.is_revoked(&jti));
+}

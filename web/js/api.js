@@ -105,7 +105,7 @@ export function randomId() {
  * Runs `run` while holding a lock shared by this site's tabs, for pages without Web Locks (plain HTTP
  * on a LAN address): a lease in localStorage (no token, only an owner id and an expiry), written, then
  * read back after a moment to see whether another tab wrote at the same time. Never blocks for good:
- * a lease expires after 10 s, and after 5 s of waiting `run` goes ahead.
+ * a lease expires after 10 s, and after 12 s of waiting `run` goes ahead.
  */
 async function withStorageLock(name, run) {
   const me = randomId();
@@ -124,9 +124,13 @@ async function withStorageLock(name, run) {
       return false; // No localStorage (a private window may refuse it): no lock to take.
     }
   };
-  for (let waited = 0; waited < 5_000; ) {
+  // A lease lasts 10 s: wait (real time) until the holder gives it back or it runs out, never less.
+  const started = Date.now();
+  while (Date.now() - started < 12_000) {
     const held = read();
-    if (!held || !(held.until > Date.now())) {
+    const now = Date.now();
+    // Free, run out, or not one this code wrote (a lease never lasts more than 10 s).
+    if (!held || !(held.until > now) || held.until > now + 10_000) {
       if (!claim()) break;
       // Long enough for a write in another tab (another process) to reach this one.
       await pause(100);
@@ -138,9 +142,7 @@ async function withStorageLock(name, run) {
         }
       }
     }
-    const wait = 50 + Math.floor(Math.random() * 50);
-    await pause(wait);
-    waited += wait + 100;
+    await pause(50 + Math.floor(Math.random() * 50));
   }
   return run();
 }
