@@ -646,6 +646,9 @@ async fn video_service(
         streams: crate::videos::admission::PerUserSlots::new(
             crate::videos::admission::MAX_STREAMS_PER_USER,
         ),
+        receiving: crate::videos::admission::PerUserSlots::new(
+            crate::videos::admission::MAX_UPLOADS_RECEIVING_PER_USER,
+        ),
         settings: crate::videos::VideoSettings {
             default_engine: config.default_engine().to_owned(),
             image_limits: crate::media::image::ImageLimits {

@@ -91,6 +91,11 @@ impl FromRequestParts<AppState> for ClientInfo {
     }
 }
 
+/// The user a request was authenticated as, left in the request by `Caller` for extractors of the body
+/// (which run after it and cannot take it themselves).
+#[derive(Debug, Clone, Copy)]
+pub struct Uploader(pub UserId);
+
 /// An authenticated caller: a verified, unrevoked access token.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -256,6 +261,8 @@ impl FromRequestParts<AppState> for Caller {
             return Err(ApiError::RateLimited(decision));
         }
         let Ok(client) = ClientInfo::from_request_parts(parts, state).await;
+        // For the body extractors that run after this one (the upload counts its sender's uploads).
+        parts.extensions.insert(Uploader(claims.sub));
         let caller = Caller {
             user_id: claims.sub,
             tenant_id: claims.tid,

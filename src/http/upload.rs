@@ -20,6 +20,9 @@ use crate::videos::intake::UploadedFile;
 /// Longest accepted text field.
 const MAX_FIELD_BYTES: usize = 4096;
 
+/// How long an upload may send nothing before it is dropped (its scratch files with it).
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A received video submission. The files live in `dir`, removed when it is dropped.
 pub struct VideoUpload {
     pub image: UploadedFile,
@@ -27,12 +30,30 @@ pub struct VideoUpload {
     /// Sonic's parameters as sent.
     pub fields: HashMap<String, String>,
     pub dir: tempfile::TempDir,
+    /// The sender's upload slot, given back when the upload is dropped.
+    pub receiving: Option<crate::videos::admission::UserSlot>,
 }
 
 impl FromRequest<AppState> for VideoUpload {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        // Counted before any byte of the body is read: each unfinished upload holds scratch disk.
+        let receiving = match request.extensions().get::<super::caller::Uploader>() {
+            Some(uploader) => {
+                Some(state.videos.receiving.try_take(uploader.0).ok_or_else(|| {
+                    ApiError::Limited {
+                        code: "too_many_uploads",
+                        detail: format!(
+                            "{} of your uploads are still arriving; wait for one to finish",
+                            crate::videos::admission::MAX_UPLOADS_RECEIVING_PER_USER
+                        ),
+                        retry_after: std::time::Duration::from_secs(5),
+                    }
+                })?)
+            }
+            None => None,
+        };
         let multipart =
             Multipart::from_request(request, state)
                 .await
@@ -51,7 +72,9 @@ impl FromRequest<AppState> for VideoUpload {
             image_bytes: settings.image_limits.max_bytes,
             audio_bytes: settings.max_audio_bytes,
         };
-        receive(multipart, limits, dir).await
+        let mut upload = receive(multipart, limits, dir).await?;
+        upload.receiving = receiving;
+        Ok(upload)
     }
 }
 
@@ -71,7 +94,7 @@ pub async fn receive(
     let mut image = None;
     let mut audio = None;
     let mut fields = HashMap::new();
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(mut field) = arriving(multipart.next_field()).await? {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
             "image" if image.is_none() => {
@@ -103,6 +126,7 @@ pub async fn receive(
             audio,
             fields,
             dir,
+            receiving: None,
         }),
         (image, audio) => Err(ApiError::Validation(
             [("image", image.is_none()), ("audio", audio.is_none())]
@@ -129,7 +153,7 @@ async fn save_file(
         .map_err(anyhow::Error::from)?;
     let mut hasher = Sha256::new();
     let mut written: u64 = 0;
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = arriving(field.chunk()).await? {
         written += chunk.len() as u64;
         if written > limit {
             return Err(ApiError::Rejected {
@@ -155,13 +179,32 @@ async fn save_file(
 /// A text field, at most [`MAX_FIELD_BYTES`] of UTF-8.
 async fn read_text(field: &mut Field<'_>, name: &str) -> Result<String, ApiError> {
     let mut value = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = arriving(field.chunk()).await? {
         value.extend_from_slice(&chunk);
         if value.len() > MAX_FIELD_BYTES {
             return Err(ApiError::invalid(name, "is too long"));
         }
     }
     String::from_utf8(value).map_err(|_| ApiError::invalid(name, "must be UTF-8 text"))
+}
+
+/// The next part or chunk of the body, or 408 when nothing arrives for [`IDLE_TIMEOUT`]: a client that
+/// stops sending does not keep its scratch files and its upload slot.
+async fn arriving<T>(
+    next: impl std::future::Future<Output = Result<T, MultipartError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(IDLE_TIMEOUT, next).await {
+        Ok(result) => result.map_err(multipart_error),
+        Err(_) => Err(ApiError::Rejected {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "upload_stalled",
+            detail: format!(
+                "nothing of the upload arrived for {} s",
+                IDLE_TIMEOUT.as_secs()
+            ),
+            errors: Vec::new(),
+        }),
+    }
 }
 
 fn multipart_error(err: MultipartError) -> ApiError {

@@ -16,6 +16,10 @@ use crate::domain::{TenantId, UserId};
 /// Most job event streams (SSE) one user may hold open at once.
 pub const MAX_STREAMS_PER_USER: usize = 8;
 
+/// Most uploads (submissions, previews) whose body one user may be sending at once: each may hold
+/// up to the image and audio limits of scratch disk until it is complete.
+pub const MAX_UPLOADS_RECEIVING_PER_USER: usize = 4;
+
 /// Why a submission was not admitted to probing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdmissionRefusal {

@@ -82,6 +82,8 @@ pub struct VideoService {
     pub tasks: tokio_util::task::TaskTracker,
     /// Open event streams per user.
     pub streams: admission::PerUserSlots,
+    /// Uploads being received per user (the body still arriving, before admission to probing).
+    pub receiving: admission::PerUserSlots,
     /// Which downloads were audited recently: once per job, downloader and hour (repeats are only
     /// counted in metrics).
     pub download_audit: crate::audit::Repeats,

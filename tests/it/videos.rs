@@ -1400,3 +1400,75 @@ async fn platform_admins_see_each_jobs_tenant_and_tenants_do_not() {
         .expect("platform admins list every tenant's jobs");
     assert_eq!(seen["tenant_id"], tenant.as_str());
 }
+
+/// An upload whose body stops arriving holds scratch disk: a user may have 4 arriving at once, the
+/// fifth is refused before its body is read, and a slot comes back when its connection goes.
+#[tokio::test]
+async fn a_user_has_at_most_four_uploads_arriving_at_once() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let stalled_upload = || async {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/videos HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n\
+             --b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n",
+            server.addr, admin.access
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&[0u8; 64 * 1024]).await.unwrap();
+        stream
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(stalled_upload().await);
+    }
+    // The server has read the stalled bodies' start by the time a full submission is answered...
+    let refused = |response: reqwest::Response| async move {
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        (status, body["code"].as_str().unwrap_or_default().to_owned())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = server
+            .client
+            .post(server.url("/v1/videos"))
+            .bearer_auth(&admin.access)
+            .multipart(form("speech_en.mp3", &[]))
+            .send()
+            .await
+            .unwrap();
+        let (status, code) = refused(response).await;
+        if status == StatusCode::TOO_MANY_REQUESTS && code == "too_many_uploads" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refused: {status} {code}"
+        );
+    }
+    // ...and gives a slot back once one of them is gone.
+    drop(stalled.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = server
+            .client
+            .post(server.url("/v1/videos"))
+            .bearer_auth(&admin.access)
+            .multipart(form("speech_en.mp3", &[]))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        let (status, code) = refused(response).await;
+        assert_eq!(code, "too_many_uploads", "{status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+    }
+}

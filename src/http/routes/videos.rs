@@ -168,8 +168,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 403, description = "plan_limit", body = crate::http::error::Problem),
         (status = 409, description = "idempotency_in_progress", body = crate::http::error::Problem),
         (status = 413, description = "file_too_large", body = crate::http::error::Problem),
+        (status = 408, description = "upload_stalled: nothing of the body arrived for 30 s", body = crate::http::error::Problem),
         (status = 422, description = "validation_failed, duration_mismatch, no_face_detected, face_too_small, unsupported_image_format, unsupported_audio_format, image_too_large, audio_too_short", body = crate::http::error::Problem),
-        (status = 429, description = "quota_exceeded", body = crate::http::error::Problem),
+        (status = 429, description = "quota_exceeded, too_many_uploads", body = crate::http::error::Problem),
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -183,6 +184,7 @@ pub async fn create(
         audio,
         fields,
         dir,
+        receiving: _receiving,
     } = upload;
     let submission = Submission {
         user: caller.user_id,
@@ -224,6 +226,7 @@ pub async fn create(
         (status = 200, description = "Everything would be accepted", body = Preview),
         (status = 403, description = "plan_limit", body = crate::http::error::Problem),
         (status = 413, description = "file_too_large", body = crate::http::error::Problem),
+        (status = 408, description = "upload_stalled: nothing of the body arrived for 30 s", body = crate::http::error::Problem),
         (status = 422, description = "validation_failed, duration_mismatch, no_face_detected, unsupported_*", body = crate::http::error::Problem),
         (status = 429, description = "too_many_uploads, preview_limit, rate_limited", body = crate::http::error::Problem),
     ),
