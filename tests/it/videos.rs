@@ -318,6 +318,24 @@ async fn signed_link_plays_without_a_token_supports_ranges_and_refuses_tampering
         .unwrap()
         .parse()
         .unwrap();
+    // Another spelling of the same expiry is another URL (a CDN cache miss): only the canonical one counts.
+    for respelled in [
+        format!("expires=0{expires}"),
+        format!("expires=%2B{expires}"),
+    ] {
+        let respelled = url.replace(&format!("expires={expires}"), &respelled);
+        let body = problem(
+            server
+                .client
+                .get(server.url(&respelled))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        assert_eq!(body["code"], "invalid_signature", "{respelled}");
+    }
     let extended = url.replace(
         &format!("expires={expires}"),
         &format!("expires={}", expires + 3600),

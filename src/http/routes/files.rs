@@ -182,7 +182,9 @@ pub async fn content(
 /// The query of a signed link.
 #[derive(Deserialize)]
 pub struct SignedQuery {
-    expires: Option<i64>,
+    /// As text: only its canonical spelling counts (no `+`, no leading zeros), so one link has one URL
+    /// (every other spelling would be a cache miss at a CDN in front of us).
+    expires: Option<String>,
     sig: Option<String>,
 }
 
@@ -208,6 +210,10 @@ pub async fn signed(
     })) = query
     else {
         return Err(invalid());
+    };
+    let expires = match expires.parse::<i64>() {
+        Ok(value) if value.to_string() == expires => value,
+        _ => return Err(invalid()),
     };
     let id = match state
         .videos
