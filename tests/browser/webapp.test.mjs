@@ -356,7 +356,7 @@ test("on a plain-HTTP LAN address (no Web Locks, no randomUUID) two tabs refresh
       assert.equal(me.username, "creator");
     }
     assert.deepEqual(problems, []);
-    await shot(second, "12-lan-address-two-tabs");
+    await shot(second, "14-lan-address-two-tabs");
     await context.close();
   } finally {
     await lanBrowser.close();
